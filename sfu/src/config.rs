@@ -1,0 +1,240 @@
+//! Configuration of an SFU node: one serde tree, read from TOML, every key overridable from
+//! the environment (`METACLINIC_SFU__RTC__UDP_PORT=40000`), unknown keys refused, validated
+//! before anything starts. `config/sfu.toml` documents every key.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override the file; `__` separates levels.
+pub const ENV_PREFIX: &str = "METACLINIC_SFU__";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    pub node: NodeConfig,
+    pub rtc: RtcConfig,
+    pub control: ControlConfig,
+    pub rooms: RoomsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name in events, metrics and (later) the node registry.
+    pub id: String,
+    /// The address clients send media to: the node's public IP.
+    pub announced_ip: IpAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// Local address the media sockets bind to.
+    pub bind_ip: IpAddr,
+    /// First UDP port; media thread `i` listens on `udp_port + i`.
+    pub udp_port: u16,
+    /// Media threads (one room lives on one thread). 0 means one per CPU core.
+    pub media_threads: usize,
+    /// A session whose ICE has not connected after this long is closed.
+    pub connect_timeout_s: u64,
+    /// A connected session that sends nothing (not even consent checks) for this long is
+    /// closed.
+    pub idle_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Where the internal control API listens. Keep it off the public network.
+    pub listen: SocketAddr,
+    /// The service credential callers present as `Authorization: Bearer <credential>`.
+    /// At least 16 characters. Prefer setting it from the environment.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Most participants in one consultation room.
+    pub max_participants: usize,
+    /// Most rooms on this node.
+    pub max_rooms: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            node: NodeConfig::default(),
+            rtc: RtcConfig::default(),
+            control: ControlConfig::default(),
+            rooms: RoomsConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: "sfu-1".into(), announced_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            udp_port: 40000,
+            media_threads: 0,
+            connect_timeout_s: 30,
+            idle_timeout_s: 30,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { listen: "127.0.0.1:7001".parse().expect("literal address"), credential: String::new() }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig { max_participants: 16, max_rooms: 5000 }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment names the key path and the source (file or environment variable).
+        ConfigError::Parse(e.to_string())
+    }
+}
+
+impl SfuConfig {
+    /// Defaults, then the file (if any), then the environment; validated.
+    pub fn load(path: Option<&Path>) -> Result<SfuConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(SfuConfig::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Parse(format!("config file {} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        let cfg: SfuConfig = fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text alone (no environment), validated. For tests and tools.
+    pub fn from_toml(text: &str) -> Result<SfuConfig, ConfigError> {
+        let cfg: SfuConfig =
+            Figment::from(Serialized::defaults(SfuConfig::default())).merge(Toml::string(text)).extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.to_owned() });
+        if self.node.id.is_empty() || self.node.id.len() > 64 {
+            return invalid("node.id", "must be 1 to 64 characters");
+        }
+        if self.node.announced_ip.is_unspecified() {
+            return invalid("node.announced_ip", "must be an address clients can reach, not 0.0.0.0 or ::");
+        }
+        if self.rtc.udp_port == 0 {
+            return invalid("rtc.udp_port", "must be a fixed port (clients are told it), not 0");
+        }
+        if self.rtc.udp_port as usize + self.media_threads() > 65536 {
+            return invalid("rtc.udp_port", "udp_port + media_threads runs past port 65535");
+        }
+        if self.rtc.media_threads > 256 {
+            return invalid("rtc.media_threads", "at most 256");
+        }
+        if self.rtc.connect_timeout_s == 0 || self.rtc.idle_timeout_s == 0 {
+            return invalid("rtc.connect_timeout_s", "timeouts must be at least 1 second");
+        }
+        if self.control.credential.len() < 16 {
+            return invalid(
+                "control.credential",
+                "must be at least 16 characters (set METACLINIC_SFU__CONTROL__CREDENTIAL)",
+            );
+        }
+        if self.rooms.max_participants < 2 {
+            return invalid("rooms.max_participants", "must be at least 2");
+        }
+        if self.rooms.max_rooms == 0 {
+            return invalid("rooms.max_rooms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Media threads to start: the configured number, or one per core.
+    pub fn media_threads(&self) -> usize {
+        if self.rtc.media_threads > 0 {
+            self.rtc.media_threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.rtc.connect_timeout_s)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.rtc.idle_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CRED: &str = "[control]\ncredential = \"0123456789abcdef\"\n";
+
+    #[test]
+    fn defaults_plus_a_credential_are_valid() {
+        let cfg = SfuConfig::from_toml(CRED).unwrap();
+        assert_eq!(cfg.rtc.udp_port, 40000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = SfuConfig::from_toml(&format!("{CRED}[rtc]\nudp_prot = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("udp_prot"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = SfuConfig::from_toml(&format!("{CRED}[node]\nannounced_ip = \"0.0.0.0\"\n")).unwrap_err();
+        assert!(err.to_string().starts_with("node.announced_ip:"), "{err}");
+        let err = SfuConfig::from_toml("[control]\ncredential = \"short\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("control.credential:"), "{err}");
+        let err = SfuConfig::from_toml(&format!("{CRED}[rtc]\nudp_port = \"x\"\n")).unwrap_err();
+        assert!(err.to_string().contains("udp_port"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sfu.toml", &format!("{CRED}[rtc]\nudp_port = 41000\n"))?;
+            jail.set_env("METACLINIC_SFU__RTC__UDP_PORT", "42000");
+            let cfg = SfuConfig::load(Some(Path::new("sfu.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.rtc.udp_port, 42000);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! The wire types of the internal control API (JSON). Signaling, the client library and the
+//! tests speak exactly these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{MediaState, Rights};
+use crate::ids::{ParticipantId, RoomId, TrackId};
+use crate::media::{Codec, MediaKind};
+use crate::room::RoomKind;
+
+fn consultation() -> RoomKind {
+    RoomKind::Consultation
+}
+
+/// `POST /v1/rooms`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub room: RoomId,
+    #[serde(default = "consultation")]
+    pub kind: RoomKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomCreated {
+    pub room: RoomId,
+    pub kind: RoomKind,
+    pub node: String,
+    /// False when the room already existed (creating is idempotent).
+    pub created: bool,
+}
+
+/// `POST /v1/rooms/{room}/participants`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSession {
+    pub participant: ParticipantId,
+    /// The participant's role as signaling derived it (host, patient, interpreter,
+    /// companion); passed on to the others in room events.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub rights: Rights,
+}
+
+/// Longest role label accepted.
+pub const MAX_ROLE_LEN: usize = 32;
+
+impl OpenSession {
+    pub fn role_is_valid(&self) -> bool {
+        self.role.as_deref().is_none_or(|r| {
+            !r.is_empty() && r.len() <= MAX_ROLE_LEN && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionOpened {
+    pub room: RoomId,
+    pub participant: ParticipantId,
+    pub node: String,
+    /// True when an earlier session of the same participant was replaced (a reconnect).
+    pub replaced: bool,
+}
+
+/// `POST /v1/rooms/{room}/participants/{participant}/sdp`, and the answer to an offer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SessionDescription {
+    Offer { sdp: String },
+    Answer { sdp: String },
+}
+
+/// `POST .../candidates`, in the browser's `RTCIceCandidateInit` shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, rename = "sdpMid")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, rename = "usernameFragment")]
+    pub username_fragment: Option<String>,
+}
+
+/// `POST .../mute`: a host mutes or unmutes a participant's audio or video at the SFU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetMuted {
+    pub kind: MediaKind,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub track: TrackId,
+    pub participant: ParticipantId,
+    pub kind: MediaKind,
+    pub codec: Codec,
+    pub muted: bool,
+    pub subscribers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub participant: ParticipantId,
+    pub role: Option<String>,
+    pub rights: Rights,
+    pub media: MediaState,
+    pub publications: Vec<TrackId>,
+    pub subscriptions: usize,
+    pub audio_muted: bool,
+    pub video_muted: bool,
+}
+
+/// `GET /v1/rooms/{room}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room: RoomId,
+    pub kind: RoomKind,
+    pub participants: Vec<ParticipantInfo>,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub media_port: u16,
+    pub rooms: usize,
+    pub sessions: usize,
+}
+
+/// `GET /v1/node`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub announced_ip: std::net::IpAddr,
+    pub rooms: usize,
+    pub participants: usize,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

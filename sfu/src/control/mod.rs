@@ -1,0 +1,6 @@
+//! The SFU node's internal control API: HTTP+JSON on its own port, every `/v1` call
+//! authenticated with the service credential from config. Signaling drives it; the client
+//! library drives it directly in tests.
+
+pub mod api;
+pub mod http;

@@ -1,0 +1,131 @@
+//! Room events: what happened in a room, streamed to signaling over the control API. Some are
+//! for everyone in the room; an SDP offer is addressed to one participant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ParticipantId, RoomId, TrackId};
+use crate::media::{Codec, MediaKind};
+
+/// What a participant may do, granted by signaling from the appointment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rights {
+    pub publish: bool,
+    pub subscribe: bool,
+}
+
+impl Default for Rights {
+    fn default() -> Self {
+        Rights { publish: true, subscribe: true }
+    }
+}
+
+/// Why a participant's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// Removed through the control API (left, removed by a host, session revoked).
+    Removed,
+    /// The room was closed.
+    RoomClosed,
+    /// ICE never connected, or the client went silent for too long.
+    Timeout,
+    /// The connection failed (ICE or DTLS).
+    Failed,
+    /// The WebRTC stack broke on this session's input; the session was closed to protect
+    /// the others.
+    InternalError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaState {
+    Connected,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    ParticipantJoined {
+        participant: ParticipantId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        rights: Rights,
+    },
+    ParticipantLeft {
+        participant: ParticipantId,
+        reason: LeaveReason,
+    },
+    /// The participant's media connection came up or went quiet.
+    ParticipantMedia {
+        participant: ParticipantId,
+        state: MediaState,
+    },
+    TrackPublished {
+        track: TrackId,
+        participant: ParticipantId,
+        kind: MediaKind,
+        codec: Codec,
+    },
+    TrackEnded {
+        track: TrackId,
+        participant: ParticipantId,
+    },
+    TrackMuted {
+        track: TrackId,
+        participant: ParticipantId,
+        muted: bool,
+    },
+    /// The SFU offers the participant a new set of subscriptions; answer with
+    /// `POST .../sdp {"type":"answer"}`.
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    RoomClosed,
+}
+
+impl RoomEvent {
+    /// The one participant this event is for, or `None` when it is for the whole room.
+    pub fn addressee(&self) -> Option<&ParticipantId> {
+        match self {
+            RoomEvent::Offer { participant, .. } => Some(participant),
+            _ => None,
+        }
+    }
+}
+
+/// An event as it travels: numbered per room, so a consumer can tell when it missed some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomEventEnvelope {
+    pub room: RoomId,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: RoomEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_a_stable_wire_form() {
+        let e = RoomEventEnvelope {
+            room: RoomId::new("r1").unwrap(),
+            seq: 3,
+            event: RoomEvent::TrackPublished {
+                track: TrackId(7),
+                participant: ParticipantId::new("p1").unwrap(),
+                kind: MediaKind::Audio,
+                codec: Codec::Opus,
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"room":"r1","seq":3,"type":"track_published","track":"t7","participant":"p1","kind":"audio","codec":"opus"}"#
+        );
+        assert_eq!(serde_json::from_str::<RoomEventEnvelope>(&json).unwrap(), e);
+    }
+}

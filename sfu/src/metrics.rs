@@ -1,0 +1,277 @@
+//! Prometheus metrics of an SFU node, and the named reasons for every drop on the packet path.
+//!
+//! Media threads count into plain per-shard tallies ([`ShardTally`]) and publish them to the
+//! shared counters a few times a second, so the packet path touches no shared cache line.
+
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Why a datagram or packet was not processed or forwarded. Every early return on the packet
+/// path names one of these; each is a label of `metaclinic_sfu_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Larger than the receive buffer (truncated by the kernel).
+    Oversized,
+    /// Neither STUN, DTLS nor RTP/RTCP by its first byte (RFC 7983), or empty.
+    Unclassifiable,
+    /// Looks like STUN but does not parse.
+    MalformedStun,
+    /// A STUN request whose username names no session here.
+    UnknownUfrag,
+    /// A STUN request for a session here, failing MESSAGE-INTEGRITY.
+    StunIntegrity,
+    /// DTLS or RTP from an address no session has verified with STUN.
+    UnknownPeer,
+    /// RTP or RTCP shorter than its own header says.
+    TruncatedRtp,
+    /// The WebRTC stack refused the datagram (bad DTLS record, failed SRTP auth, ...).
+    PeerRejected,
+    /// The WebRTC stack panicked on this input; the session was closed, the node lives on.
+    PeerPanic,
+    /// Decrypted RTP for an SSRC that belongs to no published track.
+    UnknownSsrc,
+    /// Media from a participant without the right to publish.
+    NotPermitted,
+    /// Padding-only packets (bandwidth probes) are never forwarded.
+    Padding,
+    /// Video before the first keyframe of a subscription.
+    WaitingForKeyframe,
+    /// Too old to place in the subscriber's sequence.
+    TooOld,
+    /// The subscriber has not answered the offer that carries this track yet.
+    SubscriberNotReady,
+    /// The WebRTC stack refused to send to the subscriber.
+    SendFailed,
+    /// The publisher is muted by a host.
+    Muted,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 17] = [
+        DropReason::Oversized,
+        DropReason::Unclassifiable,
+        DropReason::MalformedStun,
+        DropReason::UnknownUfrag,
+        DropReason::StunIntegrity,
+        DropReason::UnknownPeer,
+        DropReason::TruncatedRtp,
+        DropReason::PeerRejected,
+        DropReason::PeerPanic,
+        DropReason::UnknownSsrc,
+        DropReason::NotPermitted,
+        DropReason::Padding,
+        DropReason::WaitingForKeyframe,
+        DropReason::TooOld,
+        DropReason::SubscriberNotReady,
+        DropReason::SendFailed,
+        DropReason::Muted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Oversized => "oversized",
+            DropReason::Unclassifiable => "unclassifiable",
+            DropReason::MalformedStun => "malformed_stun",
+            DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::StunIntegrity => "stun_integrity",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::TruncatedRtp => "truncated_rtp",
+            DropReason::PeerRejected => "peer_rejected",
+            DropReason::PeerPanic => "peer_panic",
+            DropReason::UnknownSsrc => "unknown_ssrc",
+            DropReason::NotPermitted => "not_permitted",
+            DropReason::Padding => "padding",
+            DropReason::WaitingForKeyframe => "waiting_for_keyframe",
+            DropReason::TooOld => "too_old",
+            DropReason::SubscriberNotReady => "subscriber_not_ready",
+            DropReason::SendFailed => "send_failed",
+            DropReason::Muted => "muted",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&r| r == self).unwrap_or(0)
+    }
+}
+
+/// The node's metric families, registered in its own registry (several nodes can live in
+/// one test process).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    dropped: Vec<IntCounter>,
+    pub datagrams_received: IntCounter,
+    pub datagrams_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub rtp_packets_received: IntCounter,
+    pub rtp_packets_forwarded: IntCounter,
+    pub send_batches: IntCounter,
+    pub rooms: IntGauge,
+    pub participants: IntGauge,
+    pub tracks: IntGaugeVec,
+    pub control_requests: IntCounterVec,
+    pub control_refused: IntCounterVec,
+    pub sessions_closed: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric names are static and valid");
+            registry.register(Box::new(c.clone())).expect("each metric is registered once");
+            c
+        };
+        let dropped_vec = IntCounterVec::new(
+            Opts::new("metaclinic_sfu_dropped_total", "Datagrams and packets dropped, by reason"),
+            &["reason"],
+        )
+        .expect("static metric");
+        registry.register(Box::new(dropped_vec.clone())).expect("registered once");
+        let dropped = DropReason::ALL.iter().map(|r| dropped_vec.with_label_values(&[r.as_str()])).collect();
+
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        Self {
+            dropped,
+            datagrams_received: counter("metaclinic_sfu_datagrams_received_total", "UDP datagrams received"),
+            datagrams_sent: counter("metaclinic_sfu_datagrams_sent_total", "UDP datagrams sent"),
+            bytes_received: counter("metaclinic_sfu_received_bytes_total", "UDP payload bytes received"),
+            bytes_sent: counter("metaclinic_sfu_sent_bytes_total", "UDP payload bytes sent"),
+            rtp_packets_received: counter("metaclinic_sfu_rtp_packets_received_total", "Decrypted RTP packets from publishers"),
+            rtp_packets_forwarded: counter(
+                "metaclinic_sfu_rtp_packets_forwarded_total",
+                "RTP packets forwarded to subscribers (one per subscriber)",
+            ),
+            send_batches: counter("metaclinic_sfu_send_batches_total", "sendmmsg calls"),
+            rooms: gauge("metaclinic_sfu_rooms", "Rooms open on this node"),
+            participants: gauge("metaclinic_sfu_participants", "Participant sessions open on this node"),
+            tracks: gauge_vec("metaclinic_sfu_tracks", "Published tracks, by kind", &["kind"]),
+            control_requests: counter_vec(
+                "metaclinic_sfu_control_requests_total",
+                "Control API requests, by route and status class",
+                &["route", "status"],
+            ),
+            control_refused: counter_vec(
+                "metaclinic_sfu_control_refused_total",
+                "Control API requests refused, by error code",
+                &["code"],
+            ),
+            sessions_closed: counter_vec(
+                "metaclinic_sfu_sessions_closed_total",
+                "Participant sessions ended, by cause",
+                &["cause"],
+            ),
+            registry,
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> &IntCounter {
+        &self.dropped[reason.index()]
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts kept by one media thread between publications.
+#[derive(Debug, Default)]
+pub struct ShardTally {
+    dropped: [u64; DropReason::ALL.len()],
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub rtp_packets_received: u64,
+    pub rtp_packets_forwarded: u64,
+    pub send_batches: u64,
+    last_flush: Option<Instant>,
+}
+
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+impl ShardTally {
+    pub fn drop(&mut self, reason: DropReason) {
+        self.dropped[reason.index()] += 1;
+    }
+
+    /// Publish to the shared counters if it is time (or `force`).
+    pub fn flush(&mut self, metrics: &Metrics, now: Instant, force: bool) {
+        if !force && self.last_flush.is_some_and(|t| now.duration_since(t) < FLUSH_EVERY) {
+            return;
+        }
+        self.last_flush = Some(now);
+        for (i, n) in self.dropped.iter_mut().enumerate() {
+            if *n > 0 {
+                metrics.dropped[i].inc_by(std::mem::take(n));
+            }
+        }
+        let take = |v: &mut u64, c: &IntCounter| {
+            if *v > 0 {
+                c.inc_by(std::mem::take(v));
+            }
+        };
+        take(&mut self.datagrams_received, &metrics.datagrams_received);
+        take(&mut self.datagrams_sent, &metrics.datagrams_sent);
+        take(&mut self.bytes_received, &metrics.bytes_received);
+        take(&mut self.bytes_sent, &metrics.bytes_sent);
+        take(&mut self.rtp_packets_received, &metrics.rtp_packets_received);
+        take(&mut self.rtp_packets_forwarded, &metrics.rtp_packets_forwarded);
+        take(&mut self.send_batches, &metrics.send_batches);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_label() {
+        let names: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn tallies_reach_the_exposition() {
+        let m = Metrics::new();
+        let mut t = ShardTally::default();
+        t.drop(DropReason::UnknownPeer);
+        t.drop(DropReason::UnknownPeer);
+        t.rtp_packets_forwarded = 5;
+        t.flush(&m, Instant::now(), true);
+        let text = m.render();
+        assert!(text.contains("metaclinic_sfu_dropped_total{reason=\"unknown_peer\"} 2"), "{text}");
+        assert!(text.contains("metaclinic_sfu_rtp_packets_forwarded_total 5"), "{text}");
+    }
+}

@@ -1,0 +1,219 @@
+//! An SFU node: its media threads, which room lives on which, and the operations the control
+//! API offers. Every operation on a room is a command to the one shard that owns it.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, oneshot};
+use tracing::info;
+
+use crate::config::SfuConfig;
+use crate::control::api::{
+    CreateRoom, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo, SessionOpened, ShardInfo,
+};
+use crate::error::ControlError;
+use crate::events::RoomEventEnvelope;
+use crate::ids::{ParticipantId, RoomId};
+use crate::media::MediaKind;
+use crate::metrics::Metrics;
+use crate::room::RoomKind;
+use crate::shard::{self, Command, ShardHandle, ShardSettings};
+
+/// Room events buffered per room for slow readers before they start missing some.
+const EVENT_BUFFER: usize = 1024;
+
+struct RoomEntry {
+    shard: usize,
+    kind: RoomKind,
+    events: broadcast::Sender<RoomEventEnvelope>,
+}
+
+pub struct Node {
+    config: SfuConfig,
+    shards: Vec<Mutex<ShardHandle>>,
+    rooms: Mutex<HashMap<RoomId, RoomEntry>>,
+    metrics: Metrics,
+}
+
+impl Node {
+    /// Bind the media ports and start one media thread per port.
+    pub fn start(config: SfuConfig) -> std::io::Result<Arc<Node>> {
+        let metrics = Metrics::new();
+        let track_ids = Arc::new(AtomicU64::new(1));
+        let settings = ShardSettings {
+            node_id: config.node.id.clone(),
+            connect_timeout: config.connect_timeout(),
+            idle_timeout: config.idle_timeout(),
+            max_participants: config.rooms.max_participants,
+        };
+        let mut shards = Vec::new();
+        for i in 0..config.media_threads() {
+            let port = config.rtc.udp_port + i as u16;
+            let socket = UdpSocket::bind(SocketAddr::new(config.rtc.bind_ip, port)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot bind media port {}:{port}: {e}", config.rtc.bind_ip))
+            })?;
+            let candidate = SocketAddr::new(config.node.announced_ip, port);
+            let handle = shard::spawn(i, socket, candidate, settings.clone(), metrics.clone(), track_ids.clone())?;
+            shards.push(Mutex::new(handle));
+        }
+        info!(node = %config.node.id, shards = shards.len(), first_port = config.rtc.udp_port, "SFU node started");
+        Ok(Arc::new(Node { config, shards, rooms: Mutex::new(HashMap::new()), metrics }))
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomEntry>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, shard: usize, cmd: Command) -> Result<(), ControlError> {
+        let handle = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
+        handle.send(cmd)
+    }
+
+    async fn ask<T>(&self, room: &RoomId, make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command) -> Result<T, ControlError> {
+        let shard = self.rooms().get(room).map(|r| r.shard).ok_or(ControlError::RoomNotFound)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(shard, make(tx))?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// The shard with the fewest sessions (then rooms) takes a new room.
+    fn least_loaded_shard(&self) -> usize {
+        (0..self.shards.len())
+            .min_by_key(|&i| {
+                let h = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+                (h.load.sessions.load(Ordering::Relaxed), h.load.rooms.load(Ordering::Relaxed))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Create a room, or confirm it exists (idempotent).
+    pub async fn create_room(&self, req: CreateRoom) -> Result<RoomCreated, ControlError> {
+        let (shard, events, created) = {
+            let mut rooms = self.rooms();
+            if let Some(r) = rooms.get(&req.room) {
+                if r.kind != req.kind {
+                    return Err(ControlError::RoomKindMismatch);
+                }
+                return Ok(RoomCreated { room: req.room, kind: req.kind, node: self.config.node.id.clone(), created: false });
+            }
+            if rooms.len() >= self.config.rooms.max_rooms {
+                return Err(ControlError::NodeFull);
+            }
+            let shard = self.least_loaded_shard();
+            let (events, _) = broadcast::channel(EVENT_BUFFER);
+            rooms.insert(req.room.clone(), RoomEntry { shard, kind: req.kind, events: events.clone() });
+            (shard, events, true)
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(shard, Command::CreateRoom { room: req.room.clone(), kind: req.kind, events, reply: tx });
+        let result = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(ControlError::Unavailable)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.rooms().remove(&req.room);
+            return Err(e);
+        }
+        Ok(RoomCreated { room: req.room, kind: req.kind, node: self.config.node.id.clone(), created })
+    }
+
+    pub async fn close_room(&self, room: &RoomId) -> Result<(), ControlError> {
+        let result = self.ask(room, |reply| Command::CloseRoom { room: room.clone(), reply }).await;
+        // Dropping the entry drops the event sender: every event stream ends after RoomClosed.
+        self.rooms().remove(room);
+        result
+    }
+
+    pub async fn open_session(&self, room: &RoomId, req: OpenSession) -> Result<SessionOpened, ControlError> {
+        if !req.role_is_valid() {
+            return Err(ControlError::BadRequest("role: lowercase letters and _ only, at most 32".into()));
+        }
+        let participant = req.participant.clone();
+        let replaced = self
+            .ask(room, |reply| Command::OpenSession {
+                room: room.clone(),
+                participant: req.participant,
+                role: req.role,
+                rights: req.rights,
+                reply,
+            })
+            .await?;
+        Ok(SessionOpened { room: room.clone(), participant, node: self.config.node.id.clone(), replaced })
+    }
+
+    pub async fn close_session(&self, room: &RoomId, participant: &ParticipantId) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::CloseSession { room: room.clone(), participant: participant.clone(), reply }).await
+    }
+
+    /// The participant's offer; returns the SFU's answer.
+    pub async fn offer(&self, room: &RoomId, participant: &ParticipantId, sdp: String) -> Result<String, ControlError> {
+        self.ask(room, |reply| Command::Offer { room: room.clone(), participant: participant.clone(), sdp, reply }).await
+    }
+
+    /// The participant's answer to the SFU's last offer.
+    pub async fn answer(&self, room: &RoomId, participant: &ParticipantId, sdp: String) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::Answer { room: room.clone(), participant: participant.clone(), sdp, reply }).await
+    }
+
+    pub async fn candidate(&self, room: &RoomId, participant: &ParticipantId, candidate: IceCandidate) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::Candidate { room: room.clone(), participant: participant.clone(), candidate, reply })
+            .await
+    }
+
+    pub async fn set_muted(&self, room: &RoomId, participant: &ParticipantId, kind: MediaKind, muted: bool) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::SetMuted { room: room.clone(), participant: participant.clone(), kind, muted, reply })
+            .await
+    }
+
+    pub async fn describe_room(&self, room: &RoomId) -> Result<RoomInfo, ControlError> {
+        self.ask(room, |reply| Command::DescribeRoom { room: room.clone(), reply }).await
+    }
+
+    /// Subscribe to a room's events from now on.
+    pub fn events(&self, room: &RoomId) -> Result<broadcast::Receiver<RoomEventEnvelope>, ControlError> {
+        self.rooms().get(room).map(|r| r.events.subscribe()).ok_or(ControlError::RoomNotFound)
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        let shards: Vec<ShardInfo> = self
+            .shards
+            .iter()
+            .map(|h| {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner());
+                ShardInfo {
+                    index: h.index,
+                    media_port: h.media_addr.port(),
+                    rooms: h.load.rooms.load(Ordering::Relaxed),
+                    sessions: h.load.sessions.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        NodeInfo {
+            node: self.config.node.id.clone(),
+            announced_ip: self.config.node.announced_ip,
+            rooms: self.rooms().len(),
+            participants: shards.iter().map(|s| s.sessions).sum(),
+            shards,
+        }
+    }
+
+    /// Close every room and stop the media threads.
+    pub fn shutdown(&self) {
+        for h in &self.shards {
+            h.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        }
+        self.rooms().clear();
+    }
+}

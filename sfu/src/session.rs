@@ -1,0 +1,82 @@
+//! A participant's session on a media thread: its peer connection and what it publishes and
+//! receives, by the peer's own handles.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::events::Rights;
+use crate::ids::{ParticipantId, RoomId, TrackId};
+use crate::shard::timers::SessionUid;
+use crate::webrtc::{InboundId, OutboundId, Peer};
+
+pub struct Session {
+    pub uid: SessionUid,
+    /// The room's key on this shard.
+    pub room: usize,
+    pub room_id: RoomId,
+    pub participant: ParticipantId,
+    pub role: Option<String>,
+    pub rights: Rights,
+    pub peer: Peer,
+    /// Our ICE username fragment: the demultiplexer's key for STUN.
+    pub ufrag: String,
+    /// 5-tuples that passed a connectivity check; the demultiplexer routes them here.
+    pub addrs: Vec<SocketAddr>,
+    /// Remote tracks we accepted as publications.
+    pub publications: HashMap<InboundId, TrackId>,
+    /// Our outbound tracks, each carrying one publication of someone else.
+    pub subscriptions: HashMap<OutboundId, TrackId>,
+    /// Host-imposed mutes, by kind; enforced on the packet path.
+    pub audio_muted: bool,
+    pub video_muted: bool,
+    /// Subscriptions changed; an offer is owed once the current exchange ends.
+    pub needs_offer: bool,
+    /// The client has sent its first offer (the SFU only offers after that).
+    pub had_remote_offer: bool,
+    pub connected_once: bool,
+    /// The deadline this session's peer last asked for.
+    pub timer: Option<Instant>,
+    /// Queued for output processing in this loop iteration.
+    pub dirty: bool,
+    pub created: Instant,
+    pub last_received: Instant,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        uid: SessionUid,
+        room: usize,
+        room_id: RoomId,
+        participant: ParticipantId,
+        role: Option<String>,
+        rights: Rights,
+        peer: Peer,
+        ufrag: String,
+        now: Instant,
+    ) -> Self {
+        Session {
+            uid,
+            room,
+            room_id,
+            participant,
+            role,
+            rights,
+            peer,
+            ufrag,
+            addrs: Vec::new(),
+            publications: HashMap::new(),
+            subscriptions: HashMap::new(),
+            audio_muted: false,
+            video_muted: false,
+            needs_offer: false,
+            had_remote_offer: false,
+            connected_once: false,
+            timer: None,
+            dirty: false,
+            created: now,
+            last_received: now,
+        }
+    }
+}

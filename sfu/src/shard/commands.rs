@@ -1,0 +1,279 @@
+//! What the control plane asks of a shard, and how the shard carries it out.
+
+use std::time::Instant;
+
+use rand::RngExt;
+use tokio::sync::{broadcast, oneshot};
+use tracing::info;
+
+use super::Shard;
+use crate::control::api::{IceCandidate, ParticipantInfo, RoomInfo, TrackInfo};
+use crate::error::ControlError;
+use crate::events::{LeaveReason, MediaState, Rights, RoomEvent, RoomEventEnvelope};
+use crate::ids::{ParticipantId, RoomId};
+use crate::media::MediaKind;
+use crate::room::{Room, RoomKind};
+use crate::session::Session;
+use crate::webrtc::{ConnectionState, Peer, PeerError, Side};
+
+pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+pub enum Command {
+    CreateRoom { room: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>, reply: Reply<()> },
+    CloseRoom { room: RoomId, reply: Reply<()> },
+    /// Open a session; a participant that already has one is reconnecting, and its old
+    /// session is replaced. Answers whether one was replaced.
+    OpenSession { room: RoomId, participant: ParticipantId, role: Option<String>, rights: Rights, reply: Reply<bool> },
+    CloseSession { room: RoomId, participant: ParticipantId, reply: Reply<()> },
+    Offer { room: RoomId, participant: ParticipantId, sdp: String, reply: Reply<String> },
+    Answer { room: RoomId, participant: ParticipantId, sdp: String, reply: Reply<()> },
+    Candidate { room: RoomId, participant: ParticipantId, candidate: IceCandidate, reply: Reply<()> },
+    SetMuted { room: RoomId, participant: ParticipantId, kind: MediaKind, muted: bool, reply: Reply<()> },
+    DescribeRoom { room: RoomId, reply: Reply<RoomInfo> },
+    Shutdown,
+}
+
+fn random_token(len: usize) -> String {
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+}
+
+impl Shard {
+    /// Carry out every queued command. False when told to shut down.
+    pub(super) fn handle_commands(&mut self, now: Instant) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Shutdown => return false,
+                Command::CreateRoom { room, kind, events, reply } => {
+                    let _ = reply.send(self.create_room(room, kind, events));
+                }
+                Command::CloseRoom { room, reply } => {
+                    let _ = reply.send(self.close_room(&room, now));
+                }
+                Command::OpenSession { room, participant, role, rights, reply } => {
+                    let _ = reply.send(self.open_session(&room, participant, role, rights, now));
+                }
+                Command::CloseSession { room, participant, reply } => {
+                    let r = self.session_key(&room, &participant).map(|key| self.close_session(key, LeaveReason::Removed, now));
+                    let _ = reply.send(r);
+                }
+                Command::Offer { room, participant, sdp, reply } => {
+                    let _ = reply.send(self.remote_offer(&room, &participant, &sdp, now));
+                }
+                Command::Answer { room, participant, sdp, reply } => {
+                    let _ = reply.send(self.remote_answer(&room, &participant, &sdp, now));
+                }
+                Command::Candidate { room, participant, candidate, reply } => {
+                    let r = self.session_key(&room, &participant).and_then(|key| {
+                        self.sessions[key]
+                            .peer
+                            .add_remote_candidate(&candidate.candidate, candidate.sdp_mid, candidate.sdp_m_line_index)
+                            .map_err(|e| ControlError::InvalidCandidate(e.to_string()))
+                    });
+                    let _ = reply.send(r);
+                }
+                Command::SetMuted { room, participant, kind, muted, reply } => {
+                    let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
+                }
+                Command::DescribeRoom { room, reply } => {
+                    let _ = reply.send(self.describe_room(&room));
+                }
+            }
+        }
+        true
+    }
+
+    fn create_room(&mut self, id: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>) -> Result<(), ControlError> {
+        if let Some(&key) = self.room_index.get(&id) {
+            return if self.rooms[key].kind == kind { Ok(()) } else { Err(ControlError::RoomKindMismatch) };
+        }
+        let key = self.rooms.insert(Room::new(id.clone(), kind, events));
+        self.room_index.insert(id.clone(), key);
+        self.metrics.rooms.inc();
+        info!(shard = self.index, room = %id, ?kind, "room created");
+        Ok(())
+    }
+
+    fn close_room(&mut self, id: &RoomId, now: Instant) -> Result<(), ControlError> {
+        let key = *self.room_index.get(id).ok_or(ControlError::RoomNotFound)?;
+        let members: Vec<_> = self.rooms[key].sessions.values().copied().collect();
+        for s in members {
+            self.close_session(s, LeaveReason::RoomClosed, now);
+        }
+        let mut room = self.rooms.remove(key);
+        self.room_index.remove(id);
+        room.emit(RoomEvent::RoomClosed);
+        self.metrics.rooms.dec();
+        info!(shard = self.index, room = %id, "room closed");
+        Ok(())
+    }
+
+    pub(super) fn session_key(&self, room: &RoomId, participant: &ParticipantId) -> Result<usize, ControlError> {
+        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
+        self.rooms[rkey].sessions.get(participant).copied().ok_or(ControlError::ParticipantNotFound)
+    }
+
+    fn open_session(
+        &mut self,
+        room: &RoomId,
+        participant: ParticipantId,
+        role: Option<String>,
+        rights: Rights,
+        now: Instant,
+    ) -> Result<bool, ControlError> {
+        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
+        let replaced = match self.rooms[rkey].sessions.get(&participant).copied() {
+            Some(old) => {
+                self.close_session(old, LeaveReason::Removed, now);
+                true
+            }
+            None => false,
+        };
+        if self.rooms[rkey].sessions.len() >= self.settings.max_participants {
+            return Err(ControlError::RoomFull);
+        }
+        // The ufrag keys the shared-port demultiplexer; it must be unique on this shard.
+        let ufrag = loop {
+            let u = random_token(8);
+            if !self.demux.has_ufrag(&u) {
+                break u;
+            }
+        };
+        let pwd = random_token(24);
+        let peer = Peer::new(Side::Server { ufrag: ufrag.clone(), pwd }, self.candidate, now).map_err(|e| {
+            tracing::error!(shard = self.index, "cannot create a peer connection: {e}");
+            ControlError::Internal
+        })?;
+        let uid = self.next_uid();
+        let session = Session::new(uid, rkey, room.clone(), participant.clone(), role.clone(), rights, peer, ufrag.clone(), now);
+        let key = self.sessions.insert(session);
+        self.by_uid.insert(uid, key);
+        self.demux.add_session(ufrag, key);
+        let r = &mut self.rooms[rkey];
+        r.sessions.insert(participant.clone(), key);
+        r.emit(RoomEvent::ParticipantJoined { participant: participant.clone(), role, rights });
+        self.metrics.participants.inc();
+        info!(shard = self.index, room = %room, participant = %participant, replaced, "session opened");
+        Ok(replaced)
+    }
+
+    fn remote_offer(&mut self, room: &RoomId, participant: &ParticipantId, sdp: &str, now: Instant) -> Result<String, ControlError> {
+        let key = self.session_key(room, participant)?;
+        let s = &mut self.sessions[key];
+        if s.peer.is_negotiating() {
+            return Err(ControlError::Glare);
+        }
+        let answer = s.peer.accept_offer(now, sdp).map_err(|e| match e {
+            PeerError::Rejected(m) => ControlError::InvalidSdp(m),
+            PeerError::Setup(m) => {
+                tracing::error!(shard = self.index, "answering an offer failed: {m}");
+                ControlError::Internal
+            }
+        })?;
+        s.had_remote_offer = true;
+        // A new participant receives what the room already publishes.
+        if s.rights.subscribe {
+            let rkey = s.room;
+            let tracks: Vec<_> = self.rooms[rkey].tracks.keys().copied().collect();
+            for track in tracks {
+                self.subscribe(key, track, now);
+            }
+        }
+        self.mark_dirty(key);
+        Ok(answer)
+    }
+
+    fn remote_answer(&mut self, room: &RoomId, participant: &ParticipantId, sdp: &str, now: Instant) -> Result<(), ControlError> {
+        let key = self.session_key(room, participant)?;
+        let s = &mut self.sessions[key];
+        s.peer.accept_answer(now, sdp).map_err(|e| match e {
+            PeerError::Rejected(m) if !s.peer.is_negotiating() => {
+                let _ = m;
+                ControlError::NoPendingOffer
+            }
+            PeerError::Rejected(m) => ControlError::InvalidSdp(m),
+            PeerError::Setup(_) => ControlError::Internal,
+        })?;
+        // Subscriptions this answer made ready start with a keyframe.
+        let tracks: Vec<_> = s.subscriptions.values().copied().collect();
+        for track in tracks {
+            self.request_keyframe(track, now);
+        }
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    fn set_muted(&mut self, room: &RoomId, participant: &ParticipantId, kind: MediaKind, muted: bool, now: Instant) -> Result<(), ControlError> {
+        let key = self.session_key(room, participant)?;
+        let s = &mut self.sessions[key];
+        match kind {
+            MediaKind::Audio => s.audio_muted = muted,
+            MediaKind::Video => s.video_muted = muted,
+        }
+        let rkey = s.room;
+        let tracks: Vec<_> = s.publications.values().copied().collect();
+        let mut changed = Vec::new();
+        for track in tracks {
+            if let Some(p) = self.rooms[rkey].tracks.get_mut(&track)
+                && p.codec.kind() == kind
+                && p.muted != muted
+            {
+                p.muted = muted;
+                changed.push(track);
+            }
+        }
+        for track in changed {
+            self.rooms[rkey].emit(RoomEvent::TrackMuted { track, participant: participant.clone(), muted });
+            if !muted {
+                self.request_keyframe(track, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_room(&self, room: &RoomId) -> Result<RoomInfo, ControlError> {
+        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
+        let r = &self.rooms[rkey];
+        let mut participants: Vec<ParticipantInfo> = r
+            .sessions
+            .values()
+            .filter_map(|&k| self.sessions.get(k))
+            .map(|s| {
+                let mut publications: Vec<_> = s.publications.values().copied().collect();
+                publications.sort();
+                ParticipantInfo {
+                    participant: s.participant.clone(),
+                    role: s.role.clone(),
+                    rights: s.rights,
+                    media: if s.peer.state() == ConnectionState::Connected { MediaState::Connected } else { MediaState::Disconnected },
+                    publications,
+                    subscriptions: s.subscriptions.len(),
+                    audio_muted: s.audio_muted,
+                    video_muted: s.video_muted,
+                }
+            })
+            .collect();
+        participants.sort_by(|a, b| a.participant.cmp(&b.participant));
+        let mut tracks: Vec<TrackInfo> = r
+            .tracks
+            .values()
+            .map(|p| TrackInfo {
+                track: p.id,
+                participant: p.participant.clone(),
+                kind: p.codec.kind(),
+                codec: p.codec,
+                muted: p.muted,
+                subscribers: p.subscribers.len(),
+            })
+            .collect();
+        tracks.sort_by_key(|t| t.track);
+        Ok(RoomInfo { room: r.id.clone(), kind: r.kind, participants, tracks })
+    }
+
+    /// Close every room (node shutdown).
+    pub(super) fn close_all(&mut self, now: Instant) {
+        let rooms: Vec<RoomId> = self.room_index.keys().cloned().collect();
+        for r in rooms {
+            let _ = self.close_room(&r, now);
+        }
+    }
+}

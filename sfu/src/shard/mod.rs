@@ -1,0 +1,391 @@
+//! A media thread ("shard"): one UDP port, the rooms placed on it, and every session in those
+//! rooms. Nothing on the packet path takes a lock or crosses a thread: a publisher's packet
+//! is decrypted, fanned out and re-encrypted for each subscriber right here, and the
+//! datagrams leave in one `sendmmsg` per batch.
+//!
+//! The control plane talks to a shard through [`ShardHandle`]: commands over a channel, a
+//! `mio` waker to interrupt the wait, answers on oneshot channels.
+//!
+//! - `mod.rs`: the loop, socket I/O, timers
+//! - `commands.rs`: what the control plane asks of a shard
+//! - `media.rs`: peer outputs, forwarding, publications and subscriptions
+
+mod commands;
+pub mod demux;
+mod media;
+pub mod timers;
+pub mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+
+pub use commands::Command;
+
+use crate::error::ControlError;
+use crate::ids::RoomId;
+use crate::metrics::{DropReason, Metrics, ShardTally};
+use crate::room::Room;
+use crate::session::Session;
+use demux::{Demux, Route, SessionKey};
+use timers::{SessionUid, Timers};
+use udp::{RecvBatch, SendQueue};
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Receive batches per loop turn before timers and commands get their turn.
+const MAX_RECV_BATCHES_PER_TURN: usize = 16;
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// rtc sometimes names a deadline that is already due again right after handling it; never
+/// spin on it.
+const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
+
+/// Load of one shard, read by the node to place rooms.
+#[derive(Debug, Default)]
+pub struct ShardLoad {
+    pub rooms: AtomicUsize,
+    pub sessions: AtomicUsize,
+}
+
+/// Settings a shard needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    pub node_id: String,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_participants: usize,
+}
+
+/// The control plane's end of a shard.
+pub struct ShardHandle {
+    pub index: usize,
+    /// Where clients send media for rooms on this shard (announced address and port).
+    pub media_addr: SocketAddr,
+    pub load: Arc<ShardLoad>,
+    commands: crossbeam_channel::Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    pub fn send(&self, command: Command) -> Result<(), ControlError> {
+        self.commands.send(command).map_err(|_| ControlError::Unavailable)?;
+        self.waker.wake().map_err(|_| ControlError::Unavailable)
+    }
+
+    /// Ask the shard to close everything and stop, and wait for it.
+    pub fn shutdown(&mut self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    settings: ShardSettings,
+    poll: Poll,
+    socket: mio::net::UdpSocket,
+    /// The address our ICE candidate announces; peers tag datagrams with it.
+    candidate: SocketAddr,
+    commands: crossbeam_channel::Receiver<Command>,
+    recv: Option<Box<RecvBatch>>,
+    send: SendQueue,
+    /// The last read turn stopped with datagrams possibly still waiting.
+    socket_backlog: bool,
+    demux: Demux,
+    sessions: Slab<Session>,
+    by_uid: HashMap<SessionUid, SessionKey>,
+    next_uid: SessionUid,
+    rooms: Slab<Room>,
+    room_index: HashMap<RoomId, usize>,
+    timers: Timers,
+    dirty: Vec<SessionKey>,
+    /// Node-wide track numbering, shared by all shards.
+    track_ids: Arc<AtomicU64>,
+    tally: ShardTally,
+    metrics: Metrics,
+    load: Arc<ShardLoad>,
+    next_housekeeping: Instant,
+}
+
+/// Start shard `index` on `socket` (already bound). `candidate` is the address clients are
+/// told to send to.
+pub(crate) fn spawn(
+    index: usize,
+    socket: UdpSocket,
+    candidate: SocketAddr,
+    settings: ShardSettings,
+    metrics: Metrics,
+    track_ids: Arc<AtomicU64>,
+) -> io::Result<ShardHandle> {
+    socket.set_nonblocking(true)?;
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    let poll = Poll::new()?;
+    poll.registry().register(&mut socket, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let load = Arc::new(ShardLoad::default());
+    let shard = Shard {
+        index,
+        settings,
+        poll,
+        socket,
+        candidate,
+        commands: rx,
+        recv: Some(Box::new(RecvBatch::new())),
+        send: SendQueue::default(),
+        socket_backlog: false,
+        demux: Demux::default(),
+        sessions: Slab::new(),
+        by_uid: HashMap::new(),
+        next_uid: 1,
+        rooms: Slab::new(),
+        room_index: HashMap::new(),
+        timers: Timers::default(),
+        dirty: Vec::new(),
+        track_ids,
+        tally: ShardTally::default(),
+        metrics,
+        load: load.clone(),
+        next_housekeeping: Instant::now() + HOUSEKEEPING_EVERY,
+    };
+    let thread = std::thread::Builder::new().name(format!("media-{index}")).spawn(move || shard.run())?;
+    Ok(ShardHandle { index, media_addr: candidate, load, commands: tx, waker, thread: Some(thread) })
+}
+
+impl Shard {
+    fn run(mut self) {
+        info!(shard = self.index, addr = %self.candidate, "media thread started");
+        let mut events = Events::with_capacity(16);
+        loop {
+            let now = Instant::now();
+            let timeout = if self.socket_backlog {
+                Some(Duration::ZERO)
+            } else {
+                let next = self.timers.next().map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+                Some(next.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!(shard = self.index, "poll failed: {e}");
+                    break;
+                }
+            }
+            let mut readable = self.socket_backlog;
+            let mut commands = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    SOCKET => readable |= ev.is_readable(),
+                    WAKER => commands = true,
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if commands && !self.handle_commands(now) {
+                break;
+            }
+            if readable {
+                self.read_socket(now);
+            }
+            self.run_timers(now);
+            if now >= self.next_housekeeping {
+                self.housekeeping(now);
+                self.next_housekeeping = now + HOUSEKEEPING_EVERY;
+            }
+            self.process_dirty(now);
+            self.flush_send();
+            self.tally.flush(&self.metrics, now, false);
+        }
+        self.close_all(Instant::now());
+        self.flush_send();
+        self.tally.flush(&self.metrics, Instant::now(), true);
+        info!(shard = self.index, "media thread stopped");
+    }
+
+    fn read_socket(&mut self, now: Instant) {
+        let Some(mut batch) = self.recv.take() else { return };
+        self.socket_backlog = false;
+        for _ in 0..MAX_RECV_BATCHES_PER_TURN {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
+            let result = batch.recv(&fd, |r| self.on_datagram(now, r.from, r.data, r.truncated));
+            match result {
+                Ok(n) if n == udp::BATCH => self.socket_backlog = true,
+                Ok(_) => {
+                    self.socket_backlog = false;
+                    break;
+                }
+                Err(e) => {
+                    // ICMP errors from one peer surface here (ECONNREFUSED); keep going.
+                    debug!(shard = self.index, "recv: {e}");
+                    self.socket_backlog = true;
+                    break;
+                }
+            }
+            // Keep latency flat under load: send what this batch produced before reading on.
+            self.process_dirty(now);
+            self.flush_send();
+        }
+        self.recv = Some(batch);
+    }
+
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8], truncated: bool) {
+        self.tally.datagrams_received += 1;
+        self.tally.bytes_received += data.len() as u64;
+        match self.demux.route(from, data, truncated) {
+            Route::Drop(reason) => self.tally.drop(reason),
+            Route::Known(key) => self.feed(key, now, from, data),
+            Route::Check(key) => {
+                self.feed(key, now, from, data);
+                // An ICE-lite agent answers a valid check with a success response; only then
+                // does the address route to this session.
+                let mut accepted = false;
+                if let Some(s) = self.sessions.get_mut(key) {
+                    while let Some(t) = s.peer.poll_transmit() {
+                        accepted |= t.to == from && crate::webrtc::stun::is_binding_success(&t.data);
+                        self.send.push(t.to, t.data);
+                    }
+                    if accepted && !s.addrs.contains(&from) {
+                        s.addrs.push(from);
+                        self.demux.bind(from, key);
+                    }
+                }
+                if !accepted {
+                    self.tally.drop(DropReason::StunIntegrity);
+                }
+            }
+        }
+    }
+
+    /// Hand a datagram to a session's peer and act on what comes out.
+    fn feed(&mut self, key: SessionKey, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        s.last_received = now;
+        let peer = &mut s.peer;
+        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.handle_datagram(now, from, data)));
+        if fed.is_err() {
+            self.on_peer_panic(key, now);
+            return;
+        }
+        self.mark_dirty(key);
+        self.drive(key, now);
+    }
+
+    fn mark_dirty(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key)
+            && !s.dirty
+        {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some((at, uid)) = self.timers.pop_due(now) {
+            let Some(&key) = self.by_uid.get(&uid) else { continue };
+            let Some(s) = self.sessions.get_mut(key) else { continue };
+            if s.timer != Some(at) {
+                continue; // re-armed since
+            }
+            s.timer = None;
+            let peer = &mut s.peer;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.handle_timeout(now))).is_err() {
+                self.on_peer_panic(key, now);
+                continue;
+            }
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Drive every session touched this turn: outputs, owed offers, datagrams, next deadline.
+    fn process_dirty(&mut self, now: Instant) {
+        while let Some(key) = self.dirty.pop() {
+            let Some(s) = self.sessions.get_mut(key) else { continue };
+            s.dirty = false;
+            self.drive(key, now);
+            self.maybe_offer(key, now);
+            let Some(s) = self.sessions.get_mut(key) else { continue };
+            while let Some(t) = s.peer.poll_transmit() {
+                self.send.push(t.to, t.data);
+            }
+            let next = s.peer.next_timeout().map(|t| t.max(now + MIN_TIMER_STEP));
+            if next != s.timer {
+                s.timer = next;
+                if let Some(t) = next {
+                    self.timers.arm(t, s.uid);
+                }
+            }
+        }
+    }
+
+    fn flush_send(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let f = self.send.flush(&self.socket);
+        self.tally.datagrams_sent += f.datagrams as u64;
+        self.tally.bytes_sent += f.bytes as u64;
+        self.tally.send_batches += f.syscalls as u64;
+        if f.blocked {
+            // The kernel buffer is full; mio reports writability and the next turn retries.
+            debug!(shard = self.index, queued = self.send.len(), "send buffer full");
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let connect_timeout = self.settings.connect_timeout;
+        let idle_timeout = self.settings.idle_timeout;
+        let expired: Vec<(SessionKey, crate::events::LeaveReason)> = self
+            .sessions
+            .iter()
+            .filter_map(|(key, s)| {
+                use crate::events::LeaveReason;
+                use crate::webrtc::ConnectionState;
+                if matches!(s.peer.state(), ConnectionState::Failed) {
+                    Some((key, LeaveReason::Failed))
+                } else if !s.connected_once && now.duration_since(s.created) > connect_timeout {
+                    Some((key, LeaveReason::Timeout))
+                } else if s.connected_once && now.duration_since(s.last_received) > idle_timeout {
+                    Some((key, LeaveReason::Timeout))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (key, reason) in expired {
+            self.close_session(key, reason, now);
+        }
+        self.retry_keyframes(now);
+        self.load.rooms.store(self.rooms.len(), Ordering::Relaxed);
+        self.load.sessions.store(self.sessions.len(), Ordering::Relaxed);
+    }
+
+    fn on_peer_panic(&mut self, key: SessionKey, now: Instant) {
+        self.tally.drop(DropReason::PeerPanic);
+        if let Some(s) = self.sessions.get(key) {
+            warn!(shard = self.index, room = %s.room_id, participant = %s.participant, "WebRTC stack panicked; closing this session");
+        }
+        self.close_session(key, crate::events::LeaveReason::InternalError, now);
+    }
+
+    fn next_uid(&mut self) -> SessionUid {
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        uid
+    }
+}

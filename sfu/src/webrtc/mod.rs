@@ -1,0 +1,547 @@
+//! The one module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O). Everything else
+//! sees [`Peer`]: datagrams and timeouts in, our own [`PeerOutput`]s and datagrams out.
+//!
+//! The same wrapper serves both sides of a call: the SFU's end of a participant's connection
+//! (ICE-lite, fixed credentials, one shared UDP port) and the client library's participants
+//! (full ICE, controlling), so tests and load runs exercise exactly this stack.
+
+mod engine;
+pub mod stun;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+pub use engine::{H264_FMTP, Side};
+
+use crate::media::{Codec, Feedback, MediaKind, RtpPacket};
+
+/// Errors from the WebRTC layer, split by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The remote side sent something we cannot use (bad SDP, wrong state for it).
+    #[error("{0}")]
+    Rejected(String),
+    /// Building or driving the connection failed on our side.
+    #[error("webrtc setup: {0}")]
+    Setup(String),
+}
+
+impl PeerError {
+    fn setup(e: impl std::fmt::Display) -> Self {
+        PeerError::Setup(e.to_string())
+    }
+    fn rejected(e: impl std::fmt::Display) -> Self {
+        PeerError::Rejected(e.to_string())
+    }
+}
+
+/// A track the remote side sends us, numbered by this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u32);
+
+/// A track we send to the remote side, numbered by this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboundId(pub u32);
+
+/// A data channel of this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelId(pub usize);
+
+/// Connection state, as far as rooms care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+/// What a peer hands back to its driver.
+#[derive(Debug)]
+pub enum PeerOutput {
+    State(ConnectionState),
+    /// The first packet of a remote track arrived; its codec is known.
+    TrackOpened { inbound: InboundId, codec: Codec, stream_id: String, track_id: String },
+    TrackClosed { inbound: InboundId },
+    Rtp { inbound: InboundId, packet: RtpPacket },
+    /// RTP on a track whose codec we do not forward (or do not know).
+    UnroutableRtp,
+    Feedback { outbound: OutboundId, feedback: Feedback },
+    ChannelOpened { channel: ChannelId, label: String },
+    ChannelClosed { channel: ChannelId },
+    ChannelMessage { channel: ChannelId, data: Bytes, text: bool },
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: BytesMut,
+}
+
+struct Inbound {
+    id: InboundId,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    stream_id: String,
+    /// Payload type to codec, learned per payload type from the receiver's parameters.
+    codecs: Vec<(u8, Option<Codec>)>,
+    announced: bool,
+}
+
+struct Outbound {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    codec: Codec,
+    /// The payload type the remote accepted for `codec`; known once an answer covers it.
+    payload_type: Option<u8>,
+}
+
+/// One WebRTC peer connection.
+pub struct Peer {
+    pc: RTCPeerConnection,
+    side: Side,
+    /// The address our host candidate announces; datagrams are tagged with it.
+    local_candidate: SocketAddr,
+    transport: TransportProtocol,
+    candidate_added: bool,
+    next_inbound: u32,
+    inbound: HashMap<String, Inbound>,
+    next_outbound: u32,
+    outbound: HashMap<OutboundId, Outbound>,
+    outbound_by_track: HashMap<String, OutboundId>,
+    /// Outbound tracks in the offer we are waiting to have answered.
+    offered: Vec<OutboundId>,
+    /// We made an offer and wait for its answer (signaling state have-local-offer).
+    awaiting_answer: bool,
+    pending: VecDeque<PeerOutput>,
+    open_channels: HashSet<usize>,
+    state: ConnectionState,
+}
+
+impl Peer {
+    /// `local_candidate` is the address the remote side reaches us at: on a server the
+    /// node's announced address and the shard's port; on a client its own socket.
+    pub fn new(side: Side, local_candidate: SocketAddr, now: Instant) -> Result<Peer, PeerError> {
+        Ok(Peer {
+            pc: engine::build(&side, now)?,
+            side,
+            local_candidate,
+            transport: TransportProtocol::UDP,
+            candidate_added: false,
+            next_inbound: 0,
+            inbound: HashMap::new(),
+            next_outbound: 0,
+            outbound: HashMap::new(),
+            outbound_by_track: HashMap::new(),
+            offered: Vec::new(),
+            awaiting_answer: false,
+            pending: VecDeque::new(),
+            open_channels: HashSet::new(),
+            state: ConnectionState::Connecting,
+        })
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.state
+    }
+
+    fn ensure_candidate(&mut self) -> Result<(), PeerError> {
+        if self.candidate_added {
+            return Ok(());
+        }
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.local_candidate.ip().to_string(),
+                port: self.local_candidate.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(PeerError::setup)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(PeerError::setup)?;
+        self.pc.add_local_candidate(init).map_err(PeerError::setup)?;
+        self.candidate_added = true;
+        Ok(())
+    }
+
+    /// Is an offer/answer exchange under way (we or they have an unanswered offer)?
+    pub fn is_negotiating(&self) -> bool {
+        self.awaiting_answer
+    }
+
+    /// Apply the remote side's offer and return our answer.
+    pub fn accept_offer(&mut self, now: Instant, sdp: &str) -> Result<String, PeerError> {
+        if self.is_negotiating() {
+            return Err(PeerError::Rejected("an offer is already being negotiated".into()));
+        }
+        let offer = RTCSessionDescription::offer(sdp.to_owned()).map_err(PeerError::rejected)?;
+        self.pc.set_remote_description(now, offer).map_err(PeerError::rejected)?;
+        self.ensure_candidate()?;
+        let answer = self.pc.create_answer(None).map_err(PeerError::rejected)?;
+        self.pc.set_local_description(now, answer).map_err(PeerError::rejected)?;
+        self.renegotiated();
+        self.local_sdp()
+    }
+
+    /// Make an offer for the current set of tracks and channels.
+    pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
+        self.ensure_candidate()?;
+        let offer = self.pc.create_offer(None).map_err(PeerError::setup)?;
+        self.pc.set_local_description(now, offer).map_err(PeerError::setup)?;
+        self.offered = self.outbound.keys().copied().collect();
+        self.awaiting_answer = true;
+        self.local_sdp()
+    }
+
+    /// Apply the remote side's answer to our offer.
+    pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
+        if !self.awaiting_answer {
+            return Err(PeerError::Rejected("no offer of ours is waiting for an answer".into()));
+        }
+        let answer = RTCSessionDescription::answer(sdp.to_owned()).map_err(PeerError::rejected)?;
+        self.pc.set_remote_description(now, answer).map_err(PeerError::rejected)?;
+        self.awaiting_answer = false;
+        self.renegotiated();
+        Ok(())
+    }
+
+    /// After a completed exchange, payload types may have changed: learn them again.
+    fn renegotiated(&mut self) {
+        for out in self.outbound.values_mut() {
+            out.payload_type = None;
+        }
+        for inbound in self.inbound.values_mut() {
+            inbound.codecs.clear();
+        }
+        self.offered.clear();
+        let ids: Vec<OutboundId> = self.outbound.keys().copied().collect();
+        for id in ids {
+            self.resolve_payload_type(id);
+        }
+    }
+
+    fn local_sdp(&self) -> Result<String, PeerError> {
+        self.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| PeerError::Setup("no local description".into()))
+    }
+
+    /// A trickled candidate from the remote side.
+    pub fn add_remote_candidate(&mut self, candidate: &str, sdp_mid: Option<String>, m_line: Option<u16>) -> Result<(), PeerError> {
+        let init = RTCIceCandidateInit {
+            candidate: candidate.to_owned(),
+            sdp_mid,
+            sdp_mline_index: m_line,
+            ..Default::default()
+        };
+        self.pc.add_remote_candidate(init).map_err(PeerError::rejected)
+    }
+
+    /// Start sending a track; it reaches the remote side with the next offer/answer.
+    pub fn add_outbound(&mut self, codec: Codec, ssrc: u32, stream_id: &str, track_id: &str) -> Result<OutboundId, PeerError> {
+        let kind = match codec.kind() {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let track = MediaStreamTrack::new(
+            stream_id.to_owned(),
+            track_id.to_owned(),
+            track_id.to_owned(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec: engine::rtp_codec(codec),
+                ..Default::default()
+            }],
+        );
+        let sender = self.pc.add_track(track).map_err(PeerError::setup)?;
+        let id = OutboundId(self.next_outbound);
+        self.next_outbound += 1;
+        self.outbound.insert(id, Outbound { sender, ssrc, codec, payload_type: None });
+        self.outbound_by_track.insert(track_id.to_owned(), id);
+        Ok(id)
+    }
+
+    /// Stop sending a track; the remote side learns with the next offer/answer.
+    pub fn remove_outbound(&mut self, id: OutboundId) -> Result<(), PeerError> {
+        let Some(out) = self.outbound.remove(&id) else { return Ok(()) };
+        self.outbound_by_track.retain(|_, v| *v != id);
+        self.offered.retain(|o| *o != id);
+        self.pc.remove_track(out.sender).map_err(PeerError::setup)
+    }
+
+    fn resolve_payload_type(&mut self, id: OutboundId) -> Option<u8> {
+        let out = self.outbound.get(&id)?;
+        if let Some(pt) = out.payload_type {
+            return Some(pt);
+        }
+        let (sender, codec) = (out.sender, out.codec);
+        let pt = self
+            .pc
+            .rtp_sender(sender)?
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| Codec::from_mime_type(&c.rtp_codec.mime_type) == Some(codec))
+            .map(|c| c.payload_type)?;
+        if let Some(out) = self.outbound.get_mut(&id) {
+            out.payload_type = Some(pt);
+        }
+        Some(pt)
+    }
+
+    /// Can `id` carry media: negotiated, and not waiting for the answer that adds it?
+    pub fn outbound_ready(&self, id: OutboundId) -> bool {
+        self.outbound.get(&id).is_some_and(|o| o.payload_type.is_some()) && !self.offered.contains(&id)
+    }
+
+    /// Send one packet on an outbound track with the given header values.
+    pub fn send_rtp(&mut self, now: Instant, id: OutboundId, packet: &RtpPacket, sequence_number: u16, timestamp: u32) -> bool {
+        if !self.outbound_ready(id) {
+            return false;
+        }
+        let Some(out) = self.outbound.get(&id) else { return false };
+        let Some(payload_type) = out.payload_type else { return false };
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker: packet.marker,
+            payload_type,
+            sequence_number,
+            timestamp,
+            ssrc: out.ssrc,
+            ..Default::default()
+        };
+        let pkt = rtc::rtp::packet::Packet { header, payload: packet.payload.clone() };
+        // Straight into the pipeline: `RTCRtpSender::write_rtp` would look the sender's
+        // parameters up again for every packet; we resolved them once.
+        self.pc
+            .handle_write(TaggedRTCMessage { now, message: RTCMessage::RtpPacket(String::new(), pkt) })
+            .is_ok()
+    }
+
+    /// Ask the remote sender of `inbound` for a keyframe (PLI).
+    pub fn request_keyframe(&mut self, now: Instant, inbound: InboundId) -> bool {
+        let Some(track) = self.inbound.values().find(|t| t.id == inbound) else { return false };
+        let (receiver, media_ssrc) = (track.receiver, track.ssrc);
+        let Some(mut rx) = self.pc.rtp_receiver(receiver) else { return false };
+        rx.write_rtcp(now, vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc })]).is_ok()
+    }
+
+    /// Open a data channel (reliable, ordered unless told otherwise).
+    pub fn create_channel(&mut self, label: &str) -> Result<ChannelId, PeerError> {
+        let dc = self.pc.create_data_channel(label, None).map_err(PeerError::setup)?;
+        Ok(ChannelId(dc.id()))
+    }
+
+    pub fn send_channel(&mut self, now: Instant, channel: ChannelId, data: &[u8], text: bool) -> bool {
+        let Some(mut dc) = self.pc.data_channel(channel.0) else { return false };
+        if text {
+            dc.send_text(now, String::from_utf8_lossy(data).into_owned()).is_ok()
+        } else {
+            dc.send(now, BytesMut::from(data)).is_ok()
+        }
+    }
+
+    pub fn channel_is_open(&self, channel: ChannelId) -> bool {
+        self.open_channels.contains(&channel.0)
+    }
+
+    /// Feed a datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_candidate,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: self.transport,
+            },
+            message: BytesMut::from(data),
+        };
+        // `handle_read` queues its results; errors surface as events or dropped input.
+        let _ = self.pc.handle_read(msg);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.pc.poll_write().map(|m| Transmit { to: m.transport.peer_addr, data: m.message })
+    }
+
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let _ = self.pc.handle_timeout(now);
+    }
+
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+        self.state = ConnectionState::Closed;
+    }
+
+    /// The next thing that happened, in order: state changes and track events before media.
+    pub fn poll_output(&mut self) -> Option<PeerOutput> {
+        loop {
+            if let Some(out) = self.pending.pop_front() {
+                return Some(out);
+            }
+            if let Some(event) = self.pc.poll_event() {
+                self.on_event(event);
+                continue;
+            }
+            let msg = self.pc.poll_read()?;
+            self.on_message(msg.message);
+        }
+    }
+
+    fn on_event(&mut self, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
+                let state = match s {
+                    RTCPeerConnectionState::Connected => ConnectionState::Connected,
+                    RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
+                    RTCPeerConnectionState::Failed => ConnectionState::Failed,
+                    RTCPeerConnectionState::Closed => ConnectionState::Closed,
+                    _ => ConnectionState::Connecting,
+                };
+                if state != self.state {
+                    self.state = state;
+                    self.pending.push_back(PeerOutput::State(state));
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                if self.inbound.contains_key(&init.track_id) {
+                    return;
+                }
+                let id = InboundId(self.next_inbound);
+                self.next_inbound += 1;
+                let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
+                self.inbound.insert(
+                    init.track_id,
+                    Inbound { id, receiver: init.receiver_id, ssrc: init.ssrc, stream_id, codecs: Vec::new(), announced: false },
+                );
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                if let Some(t) = self.inbound.remove(&track_id)
+                    && t.announced
+                {
+                    self.pending.push_back(PeerOutput::TrackClosed { inbound: t.id });
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                let label = self.pc.data_channel(id).map(|dc| dc.label().to_owned()).unwrap_or_default();
+                self.open_channels.insert(id);
+                self.pending.push_back(PeerOutput::ChannelOpened { channel: ChannelId(id), label });
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
+                if self.open_channels.remove(&id) {
+                    self.pending.push_back(PeerOutput::ChannelClosed { channel: ChannelId(id) });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&mut self, message: RTCMessage) {
+        match message {
+            RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(&track_id, pkt),
+            RTCMessage::RtcpPacket(track_id, packets) => {
+                let Some(&outbound) = self.outbound_by_track.get(&track_id) else { return };
+                let wants_keyframe = packets.iter().any(|p| {
+                    p.as_any().downcast_ref::<PictureLossIndication>().is_some()
+                        || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
+                });
+                if wants_keyframe {
+                    self.pending.push_back(PeerOutput::Feedback { outbound, feedback: Feedback::KeyframeRequest });
+                }
+            }
+            RTCMessage::DataChannelMessage(id, msg) => {
+                self.pending.push_back(PeerOutput::ChannelMessage {
+                    channel: ChannelId(id),
+                    data: msg.data.freeze(),
+                    text: msg.is_string,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rtp(&mut self, track_id: &str, pkt: rtc::rtp::packet::Packet) {
+        let pt = pkt.header.payload_type;
+        let Some(track) = self.inbound.get_mut(track_id) else {
+            self.pending.push_back(PeerOutput::UnroutableRtp);
+            return;
+        };
+        let codec = match track.codecs.iter().find(|(p, _)| *p == pt) {
+            Some(&(_, codec)) => codec,
+            None => {
+                let receiver = track.receiver;
+                let codec = self.pc.rtp_receiver(receiver).and_then(|mut rx| {
+                    rx.get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.payload_type == pt)
+                        .and_then(|c| Codec::from_mime_type(&c.rtp_codec.mime_type))
+                });
+                let Some(track) = self.inbound.get_mut(track_id) else { return };
+                track.codecs.push((pt, codec));
+                codec
+            }
+        };
+        let Some(track) = self.inbound.get_mut(track_id) else { return };
+        let Some(codec) = codec else {
+            self.pending.push_back(PeerOutput::UnroutableRtp);
+            return;
+        };
+        if !track.announced {
+            track.announced = true;
+            self.pending.push_back(PeerOutput::TrackOpened {
+                inbound: track.id,
+                codec,
+                stream_id: track.stream_id.clone(),
+                track_id: track_id.to_owned(),
+            });
+        }
+        let h = pkt.header;
+        self.pending.push_back(PeerOutput::Rtp {
+            inbound: track.id,
+            packet: RtpPacket {
+                ssrc: h.ssrc,
+                sequence_number: h.sequence_number,
+                timestamp: h.timestamp,
+                payload_type: h.payload_type,
+                marker: h.marker,
+                payload: pkt.payload,
+            },
+        });
+    }
+
+    /// Which side this peer is on.
+    pub fn side(&self) -> &Side {
+        &self.side
+    }
+}

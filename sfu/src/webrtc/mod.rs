@@ -23,7 +23,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -238,6 +238,29 @@ impl Peer {
         let ids: Vec<OutboundId> = self.outbound.keys().copied().collect();
         for id in ids {
             self.resolve_payload_type(id);
+        }
+        self.end_unreceived_tracks();
+    }
+
+    /// The library raises no event when a renegotiation stops a remote track; a track whose
+    /// transceiver no longer receives has ended.
+    fn end_unreceived_tracks(&mut self) {
+        let mut ended = Vec::new();
+        for (track_id, t) in &self.inbound {
+            let receiving = self
+                .pc
+                .rtp_transceiver(RTCRtpTransceiverId::from(t.receiver))
+                .is_some_and(|tr| tr.current_direction().has_recv());
+            if !receiving {
+                ended.push(track_id.clone());
+            }
+        }
+        for track_id in ended {
+            if let Some(t) = self.inbound.remove(&track_id)
+                && t.announced
+            {
+                self.pending.push_back(PeerOutput::TrackClosed { inbound: t.id });
+            }
         }
     }
 

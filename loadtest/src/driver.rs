@@ -1,0 +1,299 @@
+//! The thread that runs many participants: one `mio` poll over their sockets, one timer heap
+//! for their media and their peers' deadlines, no allocation per packet beyond the WebRTC
+//! stack's own. Async code talks to it with commands (create, apply SDP, read stats).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tokio::sync::oneshot;
+
+use crate::media::audio::ToneLoop;
+use crate::participant::{Participant, ParticipantSpec, ParticipantStats};
+
+/// A participant's handle within its driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParticipantKey(usize);
+
+const WAKER: Token = Token(usize::MAX);
+const MAX_DATAGRAM: usize = 2048;
+
+type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+enum Command {
+    /// Create a participant and return its initial offer.
+    Create { spec: ParticipantSpec, reply: Reply<(ParticipantKey, String)> },
+    AcceptAnswer { key: ParticipantKey, sdp: String, reply: Reply<()> },
+    /// Apply the SFU's offer and return the answer.
+    AcceptOffer { key: ParticipantKey, sdp: String, reply: Reply<String> },
+    Stats { key: ParticipantKey, reply: Reply<ParticipantStats> },
+    Latency { reply: Reply<Histogram<u64>> },
+    /// Send raw datagrams from the participant's own socket (hostile-input tests).
+    SendRaw { key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>, reply: Reply<()> },
+    Close { key: ParticipantKey, reply: Reply<()> },
+    Shutdown,
+}
+
+struct Inner {
+    commands: crossbeam_channel::Sender<Command>,
+    waker: Waker,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs participants on one thread. Clone it freely; the thread stops with the last clone.
+#[derive(Clone)]
+pub struct ClientDriver {
+    inner: Arc<Inner>,
+}
+
+impl ClientDriver {
+    pub fn start(name: &str) -> io::Result<ClientDriver> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let worker = Worker {
+            poll,
+            commands: rx,
+            participants: Slab::new(),
+            timers: BinaryHeap::new(),
+            scheduled: HashMap::new(),
+            tones: HashMap::new(),
+            buf: vec![0u8; MAX_DATAGRAM],
+        };
+        let thread = std::thread::Builder::new().name(format!("clients-{name}")).spawn(move || worker.run())?;
+        Ok(ClientDriver { inner: Arc::new(Inner { commands: tx, waker, thread: std::sync::Mutex::new(Some(thread)) }) })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.commands.send(make(tx)).map_err(|_| anyhow::anyhow!("client driver stopped"))?;
+        self.inner.waker.wake()?;
+        rx.await.map_err(|_| anyhow::anyhow!("client driver stopped"))?
+    }
+
+    pub async fn create(&self, spec: ParticipantSpec) -> anyhow::Result<(ParticipantKey, String)> {
+        self.call(|reply| Command::Create { spec, reply }).await
+    }
+
+    pub async fn accept_answer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<()> {
+        self.call(|reply| Command::AcceptAnswer { key, sdp, reply }).await
+    }
+
+    pub async fn accept_offer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<String> {
+        self.call(|reply| Command::AcceptOffer { key, sdp, reply }).await
+    }
+
+    pub async fn stats(&self, key: ParticipantKey) -> anyhow::Result<ParticipantStats> {
+        self.call(|reply| Command::Stats { key, reply }).await
+    }
+
+    /// Send-to-receive latency over every track every participant of this driver received.
+    pub async fn latency(&self) -> anyhow::Result<Histogram<u64>> {
+        self.call(|reply| Command::Latency { reply }).await
+    }
+
+    pub async fn send_raw(&self, key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.call(|reply| Command::SendRaw { key, to, datagrams, reply }).await
+    }
+
+    pub async fn close(&self, key: ParticipantKey) -> anyhow::Result<()> {
+        self.call(|reply| Command::Close { key, reply }).await
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Wake {
+    at: Instant,
+    key: usize,
+}
+
+struct Worker {
+    poll: Poll,
+    commands: crossbeam_channel::Receiver<Command>,
+    participants: Slab<Participant>,
+    timers: BinaryHeap<Reverse<Wake>>,
+    /// The one wake-up each participant has in the heap.
+    scheduled: HashMap<usize, Instant>,
+    /// Encoded tones, shared by every participant that sends the same one.
+    tones: HashMap<u32, Arc<ToneLoop>>,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let timeout = self.timers.peek().map(|Reverse(w)| w.at.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout.or(Some(Duration::from_secs(1))))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!("client driver poll: {e}");
+                return;
+            }
+            let now = Instant::now();
+            let mut readable = Vec::new();
+            let mut commands = false;
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    commands = true;
+                } else {
+                    readable.push(ev.token().0);
+                }
+            }
+            if commands && !self.handle_commands(now) {
+                return;
+            }
+            for key in readable {
+                self.read(key, now);
+            }
+            while let Some(Reverse(w)) = self.timers.peek().copied() {
+                if w.at > now {
+                    break;
+                }
+                self.timers.pop();
+                if self.scheduled.get(&w.key) != Some(&w.at) {
+                    continue;
+                }
+                self.scheduled.remove(&w.key);
+                self.service(w.key, now);
+            }
+        }
+    }
+
+    fn read(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.participants.get_mut(key) else { return };
+        loop {
+            match p.socket.recv_from(&mut self.buf) {
+                Ok((n, from)) => p.peer.handle_datagram(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+        self.service(key, now);
+    }
+
+    /// Everything a participant has to do now: timers, media, outputs, datagrams; then
+    /// schedule its next wake-up.
+    fn service(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.participants.get_mut(key) else { return };
+        if p.peer_timer.is_some_and(|t| t <= now) {
+            p.peer_timer = None;
+            p.peer.handle_timeout(now);
+        }
+        p.drive(now);
+        p.send_media(now);
+        while let Some(t) = p.peer.poll_transmit() {
+            // A full socket buffer drops the datagram, as a real network would.
+            let _ = p.socket.send_to(&t.data, t.to);
+        }
+        p.peer_timer = p.peer.next_timeout().map(|t| t.max(now + Duration::from_millis(1)));
+        let next = match (p.peer_timer, p.next_media()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next
+            && self.scheduled.get(&key).is_none_or(|&s| at < s)
+        {
+            self.scheduled.insert(key, at);
+            self.timers.push(Reverse(Wake { at, key }));
+        }
+    }
+
+    fn handle_commands(&mut self, now: Instant) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Shutdown => return false,
+                Command::Create { spec, reply } => {
+                    let _ = reply.send(self.create(spec, now));
+                }
+                Command::AcceptAnswer { key, sdp, reply } => {
+                    let r = self.with(key, |p| p.peer.accept_answer(now, &sdp).map_err(Into::into));
+                    self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
+                Command::AcceptOffer { key, sdp, reply } => {
+                    let r = self.with(key, |p| p.peer.accept_offer(now, &sdp).map_err(Into::into));
+                    self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
+                Command::Stats { key, reply } => {
+                    let _ = reply.send(self.with(key, |p| Ok(p.stats())));
+                }
+                Command::Latency { reply } => {
+                    let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+                    for (_, p) in &self.participants {
+                        p.merge_latency(&mut h);
+                    }
+                    let _ = reply.send(Ok(h));
+                }
+                Command::SendRaw { key, to, datagrams, reply } => {
+                    let r = self.with(key, |p| {
+                        for d in &datagrams {
+                            p.socket.send_to(d, to)?;
+                        }
+                        Ok(())
+                    });
+                    let _ = reply.send(r);
+                }
+                Command::Close { key, reply } => {
+                    if self.participants.contains(key.0) {
+                        let mut p = self.participants.remove(key.0);
+                        let _ = self.poll.registry().deregister(&mut p.socket);
+                        p.peer.close();
+                        while let Some(t) = p.peer.poll_transmit() {
+                            let _ = p.socket.send_to(&t.data, t.to);
+                        }
+                        self.scheduled.remove(&key.0);
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        true
+    }
+
+    fn with<T>(&mut self, key: ParticipantKey, f: impl FnOnce(&mut Participant) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let p = self.participants.get_mut(key.0).ok_or_else(|| anyhow::anyhow!("no such participant"))?;
+        f(p)
+    }
+
+    fn create(&mut self, spec: ParticipantSpec, now: Instant) -> anyhow::Result<(ParticipantKey, String)> {
+        let tone = match &spec.publish.audio {
+            Some(a) => Some(match self.tones.get(&a.hz) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(ToneLoop::new(a.hz, a.level_dbfs)?);
+                    self.tones.insert(a.hz, t.clone());
+                    t
+                }
+            }),
+            None => None,
+        };
+        let mut p = Participant::new(spec, tone, now)?;
+        let offer = p.peer.create_offer(now)?;
+        let entry = self.participants.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(&mut p.socket, Token(key), Interest::READABLE)?;
+        entry.insert(p);
+        self.service(key, now);
+        Ok((ParticipantKey(key), offer))
+    }
+}

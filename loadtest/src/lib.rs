@@ -1,0 +1,17 @@
+//! MetaClinic's client library and load tool.
+//!
+//! The library runs real WebRTC participants on the same sans-I/O stack as the SFU, many per
+//! thread ([`driver`]): each publishes a real Opus tone and synthetic but decodable VP8
+//! ([`media`]), and measures what it receives ([`participant`]). [`control`] speaks the SFU's
+//! control API; [`sfu_client`] joins rooms through it. The `loadtest` binary builds on these.
+
+pub mod control;
+pub mod driver;
+pub mod media;
+pub mod participant;
+pub mod sfu_client;
+
+pub use control::SfuControl;
+pub use driver::ClientDriver;
+pub use participant::{ParticipantSpec, ParticipantStats, VideoSpec};
+pub use sfu_client::SfuParticipant;

@@ -1,0 +1,461 @@
+//! One WebRTC participant of the client library: a peer connection on its own UDP socket,
+//! what it publishes (a tone, synthetic VP8) and what it measures about what it receives.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use metaclinic_sfu::forward::seq_is_newer;
+use metaclinic_sfu::media::{Codec, Feedback, RtpPacket};
+use metaclinic_sfu::webrtc::{ConnectionState, InboundId, OutboundId, Peer, PeerOutput, Side};
+use serde::Serialize;
+
+use crate::media::audio::{FRAME_MS, FRAME_SAMPLES, ToneAnalyzer, ToneLoop};
+use crate::media::marker;
+use crate::media::vp8::{Vp8Writer, packetize};
+
+/// What a participant publishes.
+#[derive(Debug, Clone, Default)]
+pub struct PublishSpec {
+    pub audio: Option<AudioSpec>,
+    pub video: Option<VideoSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AudioSpec {
+    pub hz: u32,
+    pub level_dbfs: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoSpec {
+    pub width: u16,
+    pub height: u16,
+    pub fps: u32,
+    pub kbps: u32,
+    /// A keyframe at least this often (also on request).
+    pub keyframe_interval: Duration,
+}
+
+impl Default for VideoSpec {
+    fn default() -> Self {
+        VideoSpec { width: 640, height: 360, fps: 30, kbps: 500, keyframe_interval: Duration::from_secs(3) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParticipantSpec {
+    pub name: String,
+    pub publish: PublishSpec,
+    /// Decode received Opus (for checks); costs ~40 us per frame, so load runs may turn it off.
+    pub decode_audio: bool,
+    /// Open a data channel (avatar poses in shared rooms).
+    pub data_channel: bool,
+}
+
+impl ParticipantSpec {
+    pub fn new(name: &str) -> Self {
+        ParticipantSpec { name: name.to_owned(), publish: PublishSpec::default(), decode_audio: true, data_channel: false }
+    }
+
+    pub fn with_tone(mut self, hz: u32) -> Self {
+        self.publish.audio = Some(AudioSpec { hz, level_dbfs: -12.0 });
+        self
+    }
+
+    pub fn with_video(mut self, video: VideoSpec) -> Self {
+        self.publish.video = Some(video);
+        self
+    }
+}
+
+/// Payload bytes per RTP packet of synthetic video.
+const VIDEO_MTU: usize = 1100;
+
+struct AudioOut {
+    outbound: OutboundId,
+    tone: Arc<ToneLoop>,
+    index: usize,
+    seq: u16,
+    ts: u32,
+    next: Instant,
+}
+
+struct VideoOut {
+    outbound: OutboundId,
+    spec: VideoSpec,
+    writer: Vp8Writer,
+    frame_bytes: usize,
+    frame: u64,
+    picture_id: u16,
+    seq: u16,
+    ts: u32,
+    next: Instant,
+    last_keyframe: Option<Instant>,
+    keyframe_requested: bool,
+}
+
+/// What arrived on one remote track.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteTrackStats {
+    /// The publishing participant (the stream id the SFU gives the track).
+    pub from: String,
+    pub track: String,
+    pub codec: Codec,
+    pub ended: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    /// Video frames completed (marker bit) or audio packets.
+    pub frames: u64,
+    pub keyframes: u64,
+    pub audio_frames_decoded: u64,
+    pub decode_errors: u64,
+    pub tone_hz: Option<f64>,
+    pub level_dbfs: Option<f64>,
+    pub latency_samples: u64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    /// Since the participant was created.
+    pub first_packet_ms: Option<u64>,
+    pub last_packet_ms: Option<u64>,
+}
+
+struct RemoteTrack {
+    stats: RemoteTrackStats,
+    analyzer: Option<ToneAnalyzer>,
+    latency_us: Histogram<u64>,
+    first_seq: Option<u16>,
+    highest_seq: u16,
+    wraps: u64,
+}
+
+impl RemoteTrack {
+    fn new(from: String, track: String, codec: Codec, decode_audio: bool) -> Self {
+        let analyzer = if codec == Codec::Opus && decode_audio { ToneAnalyzer::new().ok() } else { None };
+        RemoteTrack {
+            stats: RemoteTrackStats {
+                from,
+                track,
+                codec,
+                ended: false,
+                packets: 0,
+                bytes: 0,
+                lost: 0,
+                frames: 0,
+                keyframes: 0,
+                audio_frames_decoded: 0,
+                decode_errors: 0,
+                tone_hz: None,
+                level_dbfs: None,
+                latency_samples: 0,
+                latency_ms_p50: None,
+                latency_ms_p99: None,
+                first_packet_ms: None,
+                last_packet_ms: None,
+            },
+            analyzer,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
+            first_seq: None,
+            highest_seq: 0,
+            wraps: 0,
+        }
+    }
+
+    fn on_packet(&mut self, p: &RtpPacket, since_start_ms: u64, arrival_us: u64) {
+        let s = &mut self.stats;
+        s.packets += 1;
+        s.bytes += p.payload.len() as u64;
+        s.first_packet_ms.get_or_insert(since_start_ms);
+        s.last_packet_ms = Some(since_start_ms);
+        match self.first_seq {
+            None => {
+                self.first_seq = Some(p.sequence_number);
+                self.highest_seq = p.sequence_number;
+            }
+            Some(_) if seq_is_newer(p.sequence_number, self.highest_seq) => {
+                if p.sequence_number < self.highest_seq {
+                    self.wraps += 1;
+                }
+                self.highest_seq = p.sequence_number;
+            }
+            Some(_) => {}
+        }
+        if let Some(first) = self.first_seq {
+            let expected = self.wraps * 65536 + self.highest_seq as u64 + 1 - first as u64;
+            s.lost = expected.saturating_sub(s.packets);
+        }
+        if s.codec.is_keyframe_start(&p.payload) {
+            s.keyframes += 1;
+        }
+        if s.codec == Codec::Opus || p.marker {
+            s.frames += 1;
+        }
+        if let Some(sent) = marker::read(&p.payload) {
+            let _ = self.latency_us.record(arrival_us.saturating_sub(sent).max(1));
+        }
+        if let Some(a) = &mut self.analyzer {
+            a.push(&p.payload);
+        }
+    }
+
+    fn snapshot(&self) -> RemoteTrackStats {
+        let mut s = self.stats.clone();
+        if let Some(a) = &self.analyzer {
+            s.audio_frames_decoded = a.frames_decoded;
+            s.decode_errors = a.decode_errors;
+            s.tone_hz = a.frequency_hz();
+            s.level_dbfs = a.level_dbfs();
+        }
+        s.latency_samples = self.latency_us.len();
+        if !self.latency_us.is_empty() {
+            s.latency_ms_p50 = Some(self.latency_us.value_at_quantile(0.5) as f64 / 1000.0);
+            s.latency_ms_p99 = Some(self.latency_us.value_at_quantile(0.99) as f64 / 1000.0);
+        }
+        s
+    }
+}
+
+/// A participant's view of its call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantStats {
+    pub name: String,
+    pub connected: bool,
+    /// From creation to the connection coming up.
+    pub connect_ms: Option<u64>,
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub keyframes_sent: u64,
+    pub keyframe_requests: u64,
+    pub remote: Vec<RemoteTrackStats>,
+}
+
+impl ParticipantStats {
+    /// Live (not ended) tracks received from `from`.
+    pub fn tracks_from<'a>(&'a self, from: &'a str) -> impl Iterator<Item = &'a RemoteTrackStats> + 'a {
+        self.remote.iter().filter(move |t| t.from == from && !t.ended)
+    }
+
+    pub fn audio_from<'a>(&'a self, from: &'a str) -> Option<&'a RemoteTrackStats> {
+        self.tracks_from(from).find(|t| t.codec == Codec::Opus)
+    }
+
+    pub fn video_from<'a>(&'a self, from: &'a str) -> Option<&'a RemoteTrackStats> {
+        self.tracks_from(from).find(|t| t.codec != Codec::Opus)
+    }
+}
+
+pub(crate) struct Participant {
+    pub spec: ParticipantSpec,
+    pub socket: mio::net::UdpSocket,
+    pub peer: Peer,
+    audio: Option<AudioOut>,
+    video: Option<VideoOut>,
+    remote: HashMap<InboundId, RemoteTrack>,
+    /// Tracks in the order they opened, including ended ones.
+    order: Vec<InboundId>,
+    created: Instant,
+    connected_at: Option<Instant>,
+    sent_packets: u64,
+    sent_bytes: u64,
+    keyframes_sent: u64,
+    keyframe_requests: u64,
+    /// The peer's own deadline, as last asked.
+    pub peer_timer: Option<Instant>,
+}
+
+impl Participant {
+    pub fn new(spec: ParticipantSpec, tone: Option<Arc<ToneLoop>>, now: Instant) -> anyhow::Result<Participant> {
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        std_socket.set_nonblocking(true)?;
+        let local = std_socket.local_addr()?;
+        let socket = mio::net::UdpSocket::from_std(std_socket);
+        let mut peer = Peer::new(Side::Client, local, now)?;
+        let stream = spec.name.clone();
+        let rng_ssrc = || rand::random_range(1..=u32::MAX);
+        let audio = match (&spec.publish.audio, tone) {
+            (Some(_), Some(tone)) => {
+                let outbound = peer.add_outbound(Codec::Opus, rng_ssrc(), &stream, &format!("{stream}-audio"))?;
+                Some(AudioOut { outbound, tone, index: 0, seq: rand::random(), ts: rand::random(), next: now })
+            }
+            _ => None,
+        };
+        let video = match &spec.publish.video {
+            Some(v) => {
+                let outbound = peer.add_outbound(Codec::Vp8, rng_ssrc(), &stream, &format!("{stream}-video"))?;
+                let frame_bytes = (v.kbps as usize * 1000 / 8 / v.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
+                Some(VideoOut {
+                    outbound,
+                    spec: v.clone(),
+                    writer: Vp8Writer::new(v.width, v.height),
+                    frame_bytes,
+                    frame: 0,
+                    picture_id: rand::random::<u16>() & 0x7fff,
+                    seq: rand::random(),
+                    ts: rand::random(),
+                    next: now,
+                    last_keyframe: None,
+                    keyframe_requested: true,
+                })
+            }
+            None => None,
+        };
+        if spec.data_channel {
+            peer.create_channel("poses")?;
+        }
+        Ok(Participant {
+            spec,
+            socket,
+            peer,
+            audio,
+            video,
+            remote: HashMap::new(),
+            order: Vec::new(),
+            created: now,
+            connected_at: None,
+            sent_packets: 0,
+            sent_bytes: 0,
+            keyframes_sent: 0,
+            keyframe_requests: 0,
+            peer_timer: None,
+        })
+    }
+
+    /// The next time media is due.
+    pub fn next_media(&self) -> Option<Instant> {
+        let a = self.audio.as_ref().map(|a| a.next);
+        let v = self.video.as_ref().map(|v| v.next);
+        match (a, v) {
+            (Some(a), Some(v)) => Some(a.min(v)),
+            (a, v) => a.or(v),
+        }
+    }
+
+    /// Send what is due by `now`. Media waits for the connection (and the answer).
+    pub fn send_media(&mut self, now: Instant) {
+        let connected = self.connected_at.is_some();
+        if let Some(a) = &mut self.audio {
+            while a.next <= now {
+                a.next += Duration::from_millis(FRAME_MS);
+                if !connected || !self.peer.outbound_ready(a.outbound) {
+                    continue;
+                }
+                let mut payload = a.tone.packets[a.index % a.tone.packets.len()].clone();
+                a.index += 1;
+                marker::write(&mut payload, marker::now_micros());
+                let len = payload.len();
+                let pkt = RtpPacket { ssrc: 0, sequence_number: a.seq, timestamp: a.ts, payload_type: 0, marker: false, payload: Bytes::from(payload) };
+                if self.peer.send_rtp(now, a.outbound, &pkt, a.seq, a.ts) {
+                    self.sent_packets += 1;
+                    self.sent_bytes += len as u64;
+                }
+                a.seq = a.seq.wrapping_add(1);
+                a.ts = a.ts.wrapping_add(FRAME_SAMPLES as u32);
+            }
+        }
+        if let Some(v) = &mut self.video {
+            let interval = Duration::from_secs(1) / v.spec.fps.max(1);
+            while v.next <= now {
+                v.next += interval;
+                if !connected || !self.peer.outbound_ready(v.outbound) {
+                    continue;
+                }
+                let keyframe = v.keyframe_requested || v.last_keyframe.is_none_or(|t| now.duration_since(t) >= v.spec.keyframe_interval);
+                // Keyframes cost more, as in a real encoder.
+                let target = if keyframe { v.frame_bytes * 3 } else { v.frame_bytes };
+                let mut frame = v.writer.frame(keyframe, &[]);
+                frame.resize(frame.len().max(target), 0);
+                let n = frame.len();
+                marker::write(&mut frame[n - marker::MARKER_LEN..], marker::now_micros());
+                let packets = packetize(&frame, v.picture_id, VIDEO_MTU);
+                let count = packets.len();
+                for (i, payload) in packets.into_iter().enumerate() {
+                    let len = payload.len();
+                    let pkt = RtpPacket { ssrc: 0, sequence_number: v.seq, timestamp: v.ts, payload_type: 0, marker: i + 1 == count, payload: Bytes::from(payload) };
+                    if self.peer.send_rtp(now, v.outbound, &pkt, v.seq, v.ts) {
+                        self.sent_packets += 1;
+                        self.sent_bytes += len as u64;
+                    }
+                    v.seq = v.seq.wrapping_add(1);
+                }
+                if keyframe {
+                    v.keyframe_requested = false;
+                    v.last_keyframe = Some(now);
+                    self.keyframes_sent += 1;
+                }
+                v.frame += 1;
+                v.picture_id = (v.picture_id + 1) & 0x7fff;
+                v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
+            }
+        }
+    }
+
+    /// Act on the peer's outputs.
+    pub fn drive(&mut self, now: Instant) {
+        while let Some(out) = self.peer.poll_output() {
+            match out {
+                PeerOutput::State(ConnectionState::Connected) => {
+                    self.connected_at.get_or_insert(now);
+                }
+                PeerOutput::State(_) => {}
+                PeerOutput::TrackOpened { inbound, codec, stream_id, track_id } => {
+                    self.remote.insert(inbound, RemoteTrack::new(stream_id, track_id, codec, self.spec.decode_audio));
+                    self.order.push(inbound);
+                }
+                PeerOutput::TrackClosed { inbound } => {
+                    if let Some(t) = self.remote.get_mut(&inbound) {
+                        t.stats.ended = true;
+                    }
+                }
+                PeerOutput::Rtp { inbound, packet } => {
+                    let since = now.duration_since(self.created).as_millis() as u64;
+                    let arrival = marker::micros_at(now);
+                    if let Some(t) = self.remote.get_mut(&inbound) {
+                        t.on_packet(&packet, since, arrival);
+                    }
+                }
+                PeerOutput::Feedback { feedback: Feedback::KeyframeRequest, outbound } => {
+                    self.keyframe_requests += 1;
+                    if let Some(v) = &mut self.video
+                        && v.outbound == outbound
+                    {
+                        v.keyframe_requested = true;
+                    }
+                }
+                PeerOutput::UnroutableRtp
+                | PeerOutput::ChannelOpened { .. }
+                | PeerOutput::ChannelClosed { .. }
+                | PeerOutput::ChannelMessage { .. } => {}
+            }
+        }
+    }
+
+    /// Remote tracks that ended with a renegotiation are marked by the SFU's offer: a track
+    /// whose transceiver went inactive. The peer reports that as `TrackClosed`.
+    pub fn stats(&self) -> ParticipantStats {
+        ParticipantStats {
+            name: self.spec.name.clone(),
+            connected: self.connected_at.is_some() && self.peer.state() == ConnectionState::Connected,
+            connect_ms: self.connected_at.map(|t| t.duration_since(self.created).as_millis() as u64),
+            sent_packets: self.sent_packets,
+            sent_bytes: self.sent_bytes,
+            keyframes_sent: self.keyframes_sent,
+            keyframe_requests: self.keyframe_requests,
+            remote: self.order.iter().filter_map(|id| self.remote.get(id)).map(RemoteTrack::snapshot).collect(),
+        }
+    }
+
+    /// Merge every received track's latency into `into`.
+    pub fn merge_latency(&self, into: &mut Histogram<u64>) {
+        for t in self.remote.values() {
+            let _ = into.add(&t.latency_us);
+        }
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+}

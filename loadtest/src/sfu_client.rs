@@ -1,0 +1,100 @@
+//! Joining a room through an SFU node's control API directly (what signaling does on a
+//! client's behalf): open a session, exchange the first offer and answer, then answer every
+//! offer the SFU makes as subscriptions change.
+
+use std::time::{Duration, Instant};
+
+use metaclinic_sfu::events::{RoomEvent, Rights};
+use tokio::task::JoinHandle;
+
+use crate::control::{SfuControl, StreamItem};
+use crate::driver::{ClientDriver, ParticipantKey};
+use crate::participant::{ParticipantSpec, ParticipantStats};
+
+pub struct SfuParticipant {
+    pub name: String,
+    pub room: String,
+    pub key: ParticipantKey,
+    driver: ClientDriver,
+    control: SfuControl,
+    relay: JoinHandle<()>,
+    /// From the session request to the answer being applied.
+    pub signaling_ms: u64,
+}
+
+impl SfuParticipant {
+    pub async fn join(
+        driver: &ClientDriver,
+        control: &SfuControl,
+        room: &str,
+        role: Option<&str>,
+        spec: ParticipantSpec,
+    ) -> anyhow::Result<SfuParticipant> {
+        let started = Instant::now();
+        let name = spec.name.clone();
+        control.open_session(room, &name, role, Rights::default()).await?;
+        // Listen before offering, so no offer of the SFU's can slip past.
+        let mut events = control.participant_events(room, &name).await?;
+        let (key, offer) = driver.create(spec).await?;
+        let answer = control.offer(room, &name, offer).await?;
+        driver.accept_answer(key, answer).await?;
+        let signaling_ms = started.elapsed().as_millis() as u64;
+
+        let (d, c, r, n) = (driver.clone(), control.clone(), room.to_owned(), name.clone());
+        let relay = tokio::spawn(async move {
+            while let Some(item) = events.next().await {
+                let StreamItem::Event(env) = item else { continue };
+                match env.event {
+                    RoomEvent::Offer { participant, sdp } if participant.as_str() == n => {
+                        match d.accept_offer(key, sdp).await {
+                            Ok(answer) => {
+                                if let Err(e) = c.answer(&r, &n, answer).await {
+                                    tracing::warn!(participant = %n, "answering the SFU's offer failed: {e}");
+                                }
+                            }
+                            Err(e) => tracing::warn!(participant = %n, "applying the SFU's offer failed: {e}"),
+                        }
+                    }
+                    RoomEvent::RoomClosed => break,
+                    _ => {}
+                }
+            }
+        });
+        Ok(SfuParticipant { name, room: room.to_owned(), key, driver: driver.clone(), control: control.clone(), relay, signaling_ms })
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {
+        self.driver.stats(self.key).await
+    }
+
+    /// Poll the stats until `done` holds, for at most `timeout`. Returns the last stats
+    /// either way; the caller asserts.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&ParticipantStats) -> bool) -> anyhow::Result<ParticipantStats> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats().await?;
+            if done(&s) || Instant::now() >= deadline {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn driver(&self) -> &ClientDriver {
+        &self.driver
+    }
+
+    /// Leave: the SFU ends the session, then the local peer closes.
+    pub async fn leave(self) -> anyhow::Result<()> {
+        self.relay.abort();
+        let r = self.control.close_session(&self.room, &self.name).await;
+        self.driver.close(self.key).await?;
+        r.map_err(Into::into)
+    }
+}
+
+impl Drop for SfuParticipant {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}

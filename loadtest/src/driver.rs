@@ -37,6 +37,8 @@ enum Command {
     Latency { reply: Reply<Histogram<u64>> },
     /// Send raw datagrams from the participant's own socket (hostile-input tests).
     SendRaw { key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>, reply: Reply<()> },
+    /// Send RTP on an SSRC the participant never declared (hostile-input tests).
+    SendUndeclaredRtp { key: ParticipantKey, ssrc: u32, count: u16, reply: Reply<()> },
     Close { key: ParticipantKey, reply: Reply<()> },
     Shutdown,
 }
@@ -111,6 +113,10 @@ impl ClientDriver {
 
     pub async fn send_raw(&self, key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>) -> anyhow::Result<()> {
         self.call(|reply| Command::SendRaw { key, to, datagrams, reply }).await
+    }
+
+    pub async fn send_undeclared_rtp(&self, key: ParticipantKey, ssrc: u32, count: u16) -> anyhow::Result<()> {
+        self.call(|reply| Command::SendUndeclaredRtp { key, ssrc, count, reply }).await
     }
 
     pub async fn close(&self, key: ParticipantKey) -> anyhow::Result<()> {
@@ -251,6 +257,16 @@ impl Worker {
                         }
                         Ok(())
                     });
+                    let _ = reply.send(r);
+                }
+                Command::SendUndeclaredRtp { key, ssrc, count, reply } => {
+                    let r = self.with(key, |p| {
+                        for seq in 0..count {
+                            p.peer.send_undeclared_rtp(now, ssrc, 111, seq);
+                        }
+                        Ok(())
+                    });
+                    self.service(key.0, now);
                     let _ = reply.send(r);
                 }
                 Command::Close { key, reply } => {

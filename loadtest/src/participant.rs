@@ -2,7 +2,6 @@
 //! what it publishes (a tone, synthetic VP8) and what it measures about what it receives.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -453,9 +452,5 @@ impl Participant {
         for t in self.remote.values() {
             let _ = into.add(&t.latency_us);
         }
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok()
     }
 }

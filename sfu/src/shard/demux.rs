@@ -78,6 +78,14 @@ impl Demux {
     }
 }
 
+/// The SSRC of an (S)RTP packet (not RTCP), read from its clear-text header.
+pub fn rtp_ssrc(p: &[u8]) -> Option<u32> {
+    if stun::classify(p) != DatagramKind::RtpOrRtcp || p.len() < 12 || (192..=223).contains(&p[1]) {
+        return None;
+    }
+    Some(u32::from_be_bytes([p[8], p[9], p[10], p[11]]))
+}
+
 /// Does the (S)RTP or (S)RTCP header fit in the datagram, as its own fields describe it?
 pub fn rtp_or_rtcp_header_fits(p: &[u8]) -> bool {
     if p.len() < 8 || p[0] >> 6 != 2 {

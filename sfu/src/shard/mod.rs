@@ -249,7 +249,17 @@ impl Shard {
         self.tally.bytes_received += data.len() as u64;
         match self.demux.route(from, data, truncated) {
             Route::Drop(reason) => self.tally.drop(reason),
-            Route::Known(key) => self.feed(key, now, from, data),
+            Route::Known(key) => {
+                // SRTP leaves the header in the clear: refuse streams the participant never
+                // declared before spending a decryption on them.
+                if let Some(ssrc) = demux::rtp_ssrc(data)
+                    && self.sessions.get(key).is_some_and(|s| !s.peer.expects_inbound_ssrc(ssrc))
+                {
+                    self.tally.drop(DropReason::UnknownSsrc);
+                    return;
+                }
+                self.feed(key, now, from, data)
+            }
             Route::Check(key) => {
                 self.feed(key, now, from, data);
                 // An ICE-lite agent answers a valid check with a success response; only then

@@ -114,6 +114,15 @@ struct Outbound {
     payload_type: Option<u8>,
 }
 
+/// The SSRCs an SDP declares with `a=ssrc:<ssrc> ...` (RFC 5576), retransmission and FEC
+/// streams included.
+fn declared_ssrcs(sdp: &str) -> HashSet<u32> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=ssrc:"))
+        .filter_map(|rest| rest.split(|c: char| c == ' ' || c == '\r').next()?.parse().ok())
+        .collect()
+}
+
 /// One WebRTC peer connection.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -133,6 +142,8 @@ pub struct Peer {
     awaiting_answer: bool,
     pending: VecDeque<PeerOutput>,
     open_channels: HashSet<usize>,
+    /// SSRCs the remote side declared (`a=ssrc`) in its last description.
+    remote_ssrcs: HashSet<u32>,
     state: ConnectionState,
 }
 
@@ -155,6 +166,7 @@ impl Peer {
             awaiting_answer: false,
             pending: VecDeque::new(),
             open_channels: HashSet::new(),
+            remote_ssrcs: HashSet::new(),
             state: ConnectionState::Connecting,
         })
     }
@@ -240,6 +252,12 @@ impl Peer {
             self.resolve_payload_type(id);
         }
         self.end_unreceived_tracks();
+        self.remote_ssrcs = self.pc.remote_description().map(|d| declared_ssrcs(&d.sdp)).unwrap_or_default();
+    }
+
+    /// Did the remote side declare this SSRC? RTP on any other is dropped before decryption.
+    pub fn expects_inbound_ssrc(&self, ssrc: u32) -> bool {
+        self.remote_ssrcs.contains(&ssrc)
     }
 
     /// The library raises no event when a renegotiation stops a remote track; a track whose
@@ -563,8 +581,31 @@ impl Peer {
         });
     }
 
+    /// Send RTP on an SSRC this peer never declared, through its own SRTP context. Only for
+    /// hostile-input tests of the other side.
+    pub fn send_undeclared_rtp(&mut self, now: Instant, ssrc: u32, payload_type: u8, sequence_number: u16) -> bool {
+        let header = rtc::rtp::header::Header { version: 2, payload_type, sequence_number, ssrc, ..Default::default() };
+        let pkt = rtc::rtp::packet::Packet { header, payload: Bytes::from_static(&[0u8; 100]) };
+        self.pc
+            .handle_write(TaggedRTCMessage { now, message: RTCMessage::RtpPacket(String::new(), pkt) })
+            .is_ok()
+    }
+
     /// Which side this peer is on.
     pub fn side(&self) -> &Side {
         &self.side
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_ssrcs_are_read_from_sdp() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:1234 cname:x\r\na=ssrc:1234 msid:a b\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=ssrc-group:FID 5 6\r\na=ssrc:5 cname:x\r\na=ssrc:6 cname:x\r\na=ssrc:bad\r\n";
+        let got = declared_ssrcs(sdp);
+        assert_eq!(got, [1234, 5, 6].into_iter().collect());
     }
 }

@@ -5,11 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::SfuProcess;
-use common::browser::{Browser, Page};
+use common::browser::Browser;
 use metaclinic_loadtest::control::StreamItem;
 use metaclinic_loadtest::{ClientDriver, ParticipantSpec, SfuParticipant, VideoSpec};
-use metaclinic_sfu::events::{RoomEvent, Rights};
+use metaclinic_sfu::events::{Rights, RoomEvent};
 use serde_json::Value;
 
 /// The browser side: a plain RTCPeerConnection; the test relays its SDP to the SFU.
@@ -57,12 +56,17 @@ fn inbound(stats: &Value, kind: &str) -> (u64, u64) {
         .into_iter()
         .flatten()
         .filter(|s| s["kind"] == kind)
-        .fold((0, 0), |(p, f), s| (p + s["packets"].as_u64().unwrap_or(0), f + s["framesDecoded"].as_u64().unwrap_or(0)))
+        .fold((0, 0), |(p, f), s| {
+            (
+                p + s["packets"].as_u64().unwrap_or(0),
+                f + s["framesDecoded"].as_u64().unwrap_or(0),
+            )
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
-    let sfu = SfuProcess::start(1);
+    let sfu = common::start_sfu(1);
     let c = sfu.control.clone();
     c.create_room("browser-room").await.unwrap();
 
@@ -74,7 +78,13 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
         Some("host"),
         ParticipantSpec::new("rust-doctor")
             .with_tone(440)
-            .with_video(VideoSpec { width: 320, height: 240, fps: 15, kbps: 200, keyframe_interval: Duration::from_secs(2) }),
+            .with_video(VideoSpec {
+                width: 320,
+                height: 240,
+                fps: 15,
+                kbps: 200,
+                keyframe_interval: Duration::from_secs(2),
+            }),
     )
     .await
     .unwrap();
@@ -84,11 +94,32 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
     let page = browser.open(&format!("http://{addr}/")).await;
 
     // The browser joins through the control API, with the test relaying its SDP.
-    c.open_session("browser-room", "browser-patient", Some("patient"), Rights::default()).await.unwrap();
-    let mut events = c.participant_events("browser-room", "browser-patient").await.unwrap();
+    c.open_session(
+        "browser-room",
+        "browser-patient",
+        Some("patient"),
+        Rights::default(),
+    )
+    .await
+    .unwrap();
+    let mut events = c
+        .participant_events("browser-room", "browser-patient")
+        .await
+        .unwrap();
     let offer = page.eval("mc.start()").await;
-    let answer = c.offer("browser-room", "browser-patient", offer.as_str().unwrap().to_owned()).await.unwrap();
-    page.eval(&format!("mc.answer({})", serde_json::to_string(&answer).unwrap())).await;
+    let answer = c
+        .offer(
+            "browser-room",
+            "browser-patient",
+            offer.as_str().unwrap().to_owned(),
+        )
+        .await
+        .unwrap();
+    page.eval(&format!(
+        "mc.answer({})",
+        serde_json::to_string(&answer).unwrap()
+    ))
+    .await;
     let relay_page = page.clone();
     let relay_control = c.clone();
     let relay = tokio::spawn(async move {
@@ -97,8 +128,20 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
                 && let RoomEvent::Offer { participant, sdp } = e.event
                 && participant.as_str() == "browser-patient"
             {
-                let answer = relay_page.eval(&format!("mc.offer({})", serde_json::to_string(&sdp).unwrap())).await;
-                relay_control.answer("browser-room", "browser-patient", answer.as_str().unwrap().to_owned()).await.unwrap();
+                let answer = relay_page
+                    .eval(&format!(
+                        "mc.offer({})",
+                        serde_json::to_string(&sdp).unwrap()
+                    ))
+                    .await;
+                relay_control
+                    .answer(
+                        "browser-room",
+                        "browser-patient",
+                        answer.as_str().unwrap().to_owned(),
+                    )
+                    .await
+                    .unwrap();
             }
         }
     });
@@ -111,9 +154,18 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
         rust_stats = rust.stats().await.unwrap();
         let (audio_packets, _) = inbound(&page_stats, "audio");
         let (video_packets, video_frames) = inbound(&page_stats, "video");
-        let rust_audio = rust_stats.audio_from("browser-patient").map_or(0, |a| a.audio_frames_decoded);
-        let rust_keyframes = rust_stats.video_from("browser-patient").map_or(0, |v| v.keyframes);
-        if audio_packets > 50 && video_packets > 20 && video_frames > 10 && rust_audio > 50 && rust_keyframes >= 1 {
+        let rust_audio = rust_stats
+            .audio_from("browser-patient")
+            .map_or(0, |a| a.audio_frames_decoded);
+        let rust_keyframes = rust_stats
+            .video_from("browser-patient")
+            .map_or(0, |v| v.keyframes);
+        if audio_packets > 50
+            && video_packets > 20
+            && video_frames > 10
+            && rust_audio > 50
+            && rust_keyframes >= 1
+        {
             break;
         }
         if Instant::now() > deadline {

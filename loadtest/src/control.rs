@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use metaclinic_sfu::control::api::{
-    CreateRoom, ErrorBody, OpenSession, RoomCreated, RoomInfo, SessionDescription, SessionOpened, SetMuted,
+    CreateRoom, ErrorBody, OpenSession, RoomCreated, RoomInfo, SessionDescription, SessionOpened,
+    SetMuted,
 };
 use metaclinic_sfu::events::{Rights, RoomEventEnvelope};
 use metaclinic_sfu::ids::{ParticipantId, RoomId};
@@ -26,7 +27,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn transport(e: impl std::fmt::Display) -> Self {
-        ApiError { status: 0, code: "transport".into(), message: e.to_string() }
+        ApiError {
+            status: 0,
+            code: "transport".into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -49,7 +54,11 @@ impl SfuControl {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds");
-        SfuControl { base: base.trim_end_matches('/').to_owned(), credential: credential.to_owned(), http }
+        SfuControl {
+            base: base.trim_end_matches('/').to_owned(),
+            credential: credential.to_owned(),
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -77,86 +86,191 @@ impl SfuControl {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => ApiError { status, code: b.error.code, message: b.error.message },
-            Err(_) => ApiError { status, code: "unknown".into(), message: text },
+            Ok(b) => ApiError {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => ApiError {
+                status,
+                code: "unknown".into(),
+                message: text,
+            },
         })
     }
 
     async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
-        self.send(req).await?.json().await.map_err(ApiError::transport)
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(ApiError::transport)
     }
 
     pub async fn create_room(&self, room: &str) -> Result<RoomCreated, ApiError> {
-        let room = RoomId::new(room).map_err(|e| ApiError { status: 0, code: "invalid_id".into(), message: e.to_string() })?;
-        self.json(self.http.post(self.url("/v1/rooms")).json(&CreateRoom { room, kind: RoomKind::Consultation })).await
+        let room = RoomId::new(room).map_err(|e| ApiError {
+            status: 0,
+            code: "invalid_id".into(),
+            message: e.to_string(),
+        })?;
+        self.json(self.http.post(self.url("/v1/rooms")).json(&CreateRoom {
+            room,
+            kind: RoomKind::Consultation,
+        }))
+        .await
     }
 
     pub async fn close_room(&self, room: &str) -> Result<(), ApiError> {
-        self.send(self.http.delete(self.url(&format!("/v1/rooms/{}", seg(room))))).await.map(|_| ())
+        self.send(
+            self.http
+                .delete(self.url(&format!("/v1/rooms/{}", seg(room)))),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn room(&self, room: &str) -> Result<RoomInfo, ApiError> {
-        self.json(self.http.get(self.url(&format!("/v1/rooms/{}", seg(room))))).await
+        self.json(self.http.get(self.url(&format!("/v1/rooms/{}", seg(room)))))
+            .await
     }
 
-    pub async fn open_session(&self, room: &str, participant: &str, role: Option<&str>, rights: Rights) -> Result<SessionOpened, ApiError> {
-        let participant =
-            ParticipantId::new(participant).map_err(|e| ApiError { status: 0, code: "invalid_id".into(), message: e.to_string() })?;
-        let body = OpenSession { participant, role: role.map(str::to_owned), rights };
-        self.json(self.http.post(self.url(&format!("/v1/rooms/{}/participants", seg(room)))).json(&body)).await
+    pub async fn open_session(
+        &self,
+        room: &str,
+        participant: &str,
+        role: Option<&str>,
+        rights: Rights,
+    ) -> Result<SessionOpened, ApiError> {
+        let participant = ParticipantId::new(participant).map_err(|e| ApiError {
+            status: 0,
+            code: "invalid_id".into(),
+            message: e.to_string(),
+        })?;
+        let body = OpenSession {
+            participant,
+            role: role.map(str::to_owned),
+            rights,
+        };
+        self.json(
+            self.http
+                .post(self.url(&format!("/v1/rooms/{}/participants", seg(room))))
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn close_session(&self, room: &str, participant: &str) -> Result<(), ApiError> {
-        self.send(self.http.delete(self.url(&Self::participant_path(room, participant)))).await.map(|_| ())
+        self.send(
+            self.http
+                .delete(self.url(&Self::participant_path(room, participant))),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Send the participant's offer; returns the SFU's answer SDP.
-    pub async fn offer(&self, room: &str, participant: &str, sdp: String) -> Result<String, ApiError> {
-        let url = self.url(&format!("{}/sdp", Self::participant_path(room, participant)));
-        match self.json(self.http.post(url).json(&SessionDescription::Offer { sdp })).await? {
+    pub async fn offer(
+        &self,
+        room: &str,
+        participant: &str,
+        sdp: String,
+    ) -> Result<String, ApiError> {
+        let url = self.url(&format!(
+            "{}/sdp",
+            Self::participant_path(room, participant)
+        ));
+        match self
+            .json(self.http.post(url).json(&SessionDescription::Offer { sdp }))
+            .await?
+        {
             SessionDescription::Answer { sdp } => Ok(sdp),
-            SessionDescription::Offer { .. } => Err(ApiError::transport("the SFU answered an offer with an offer")),
+            SessionDescription::Offer { .. } => Err(ApiError::transport(
+                "the SFU answered an offer with an offer",
+            )),
         }
     }
 
     pub async fn answer(&self, room: &str, participant: &str, sdp: String) -> Result<(), ApiError> {
-        let url = self.url(&format!("{}/sdp", Self::participant_path(room, participant)));
-        self.send(self.http.post(url).json(&SessionDescription::Answer { sdp })).await.map(|_| ())
+        let url = self.url(&format!(
+            "{}/sdp",
+            Self::participant_path(room, participant)
+        ));
+        self.send(
+            self.http
+                .post(url)
+                .json(&SessionDescription::Answer { sdp }),
+        )
+        .await
+        .map(|_| ())
     }
 
-    pub async fn set_muted(&self, room: &str, participant: &str, kind: MediaKind, muted: bool) -> Result<(), ApiError> {
-        let url = self.url(&format!("{}/mute", Self::participant_path(room, participant)));
-        self.send(self.http.post(url).json(&SetMuted { kind, muted })).await.map(|_| ())
+    pub async fn set_muted(
+        &self,
+        room: &str,
+        participant: &str,
+        kind: MediaKind,
+        muted: bool,
+    ) -> Result<(), ApiError> {
+        let url = self.url(&format!(
+            "{}/mute",
+            Self::participant_path(room, participant)
+        ));
+        self.send(self.http.post(url).json(&SetMuted { kind, muted }))
+            .await
+            .map(|_| ())
     }
 
     /// The participant's event stream: room events plus the offers addressed to it.
-    pub async fn participant_events(&self, room: &str, participant: &str) -> Result<EventStream, ApiError> {
-        let url = self.url(&format!("{}/events", Self::participant_path(room, participant)));
+    pub async fn participant_events(
+        &self,
+        room: &str,
+        participant: &str,
+    ) -> Result<EventStream, ApiError> {
+        let url = self.url(&format!(
+            "{}/events",
+            Self::participant_path(room, participant)
+        ));
         self.stream(url).await
     }
 
     pub async fn room_events(&self, room: &str) -> Result<EventStream, ApiError> {
-        self.stream(self.url(&format!("/v1/rooms/{}/events", seg(room)))).await
+        self.stream(self.url(&format!("/v1/rooms/{}/events", seg(room))))
+            .await
     }
 
     async fn stream(&self, url: String) -> Result<EventStream, ApiError> {
-        let resp = self.http.get(url).bearer_auth(&self.credential).send().await.map_err(ApiError::transport)?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .map_err(ApiError::transport)?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
             let body = serde_json::from_str::<ErrorBody>(&text).ok();
             return Err(ApiError {
                 status,
-                code: body.as_ref().map_or("unknown".into(), |b| b.error.code.clone()),
+                code: body
+                    .as_ref()
+                    .map_or("unknown".into(), |b| b.error.code.clone()),
                 message: body.map_or(text, |b| b.error.message),
             });
         }
-        Ok(EventStream { body: Box::pin(resp.bytes_stream()), buf: BytesMut::new() })
+        Ok(EventStream {
+            body: Box::pin(resp.bytes_stream()),
+            buf: BytesMut::new(),
+        })
     }
 
     /// The node's Prometheus exposition.
     pub async fn metrics(&self) -> Result<String, ApiError> {
-        self.send(self.http.get(self.url("/metrics"))).await?.text().await.map_err(ApiError::transport)
+        self.send(self.http.get(self.url("/metrics")))
+            .await?
+            .text()
+            .await
+            .map_err(ApiError::transport)
     }
 }
 
@@ -180,10 +294,16 @@ impl EventStream {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line = self.buf.split_to(pos + 1);
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 match v.get("type").and_then(|t| t.as_str()) {
                     Some("keepalive") => continue,
-                    Some("lagged") => return Some(StreamItem::Lagged(v.get("missed").and_then(|m| m.as_u64()).unwrap_or(0))),
+                    Some("lagged") => {
+                        return Some(StreamItem::Lagged(
+                            v.get("missed").and_then(|m| m.as_u64()).unwrap_or(0),
+                        ));
+                    }
                     _ => {}
                 }
                 if let Ok(e) = serde_json::from_value::<RoomEventEnvelope>(v) {

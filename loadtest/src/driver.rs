@@ -29,17 +29,50 @@ type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
 
 enum Command {
     /// Create a participant and return its initial offer.
-    Create { spec: ParticipantSpec, reply: Reply<(ParticipantKey, String)> },
-    AcceptAnswer { key: ParticipantKey, sdp: String, reply: Reply<()> },
+    Create {
+        spec: ParticipantSpec,
+        reply: Reply<(ParticipantKey, String)>,
+    },
+    AcceptAnswer {
+        key: ParticipantKey,
+        sdp: String,
+        reply: Reply<()>,
+    },
     /// Apply the SFU's offer and return the answer.
-    AcceptOffer { key: ParticipantKey, sdp: String, reply: Reply<String> },
-    Stats { key: ParticipantKey, reply: Reply<ParticipantStats> },
-    Latency { reply: Reply<Histogram<u64>> },
+    AcceptOffer {
+        key: ParticipantKey,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Stats {
+        key: ParticipantKey,
+        reply: Reply<ParticipantStats>,
+    },
+    Latency {
+        reply: Reply<Histogram<u64>>,
+    },
+    /// Forget latency samples so far (a measurement window starts).
+    ResetLatency {
+        reply: Reply<()>,
+    },
     /// Send raw datagrams from the participant's own socket (hostile-input tests).
-    SendRaw { key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>, reply: Reply<()> },
+    SendRaw {
+        key: ParticipantKey,
+        to: SocketAddr,
+        datagrams: Vec<Vec<u8>>,
+        reply: Reply<()>,
+    },
     /// Send RTP on an SSRC the participant never declared (hostile-input tests).
-    SendUndeclaredRtp { key: ParticipantKey, ssrc: u32, count: u16, reply: Reply<()> },
-    Close { key: ParticipantKey, reply: Reply<()> },
+    SendUndeclaredRtp {
+        key: ParticipantKey,
+        ssrc: u32,
+        count: u16,
+        reply: Reply<()>,
+    },
+    Close {
+        key: ParticipantKey,
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -79,15 +112,27 @@ impl ClientDriver {
             tones: HashMap::new(),
             buf: vec![0u8; MAX_DATAGRAM],
         };
-        let thread = std::thread::Builder::new().name(format!("clients-{name}")).spawn(move || worker.run())?;
-        Ok(ClientDriver { inner: Arc::new(Inner { commands: tx, waker, thread: std::sync::Mutex::new(Some(thread)) }) })
+        let thread = std::thread::Builder::new()
+            .name(format!("clients-{name}"))
+            .spawn(move || worker.run())?;
+        Ok(ClientDriver {
+            inner: Arc::new(Inner {
+                commands: tx,
+                waker,
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> anyhow::Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.inner.commands.send(make(tx)).map_err(|_| anyhow::anyhow!("client driver stopped"))?;
+        self.inner
+            .commands
+            .send(make(tx))
+            .map_err(|_| anyhow::anyhow!("client driver stopped"))?;
         self.inner.waker.wake()?;
-        rx.await.map_err(|_| anyhow::anyhow!("client driver stopped"))?
+        rx.await
+            .map_err(|_| anyhow::anyhow!("client driver stopped"))?
     }
 
     pub async fn create(&self, spec: ParticipantSpec) -> anyhow::Result<(ParticipantKey, String)> {
@@ -95,11 +140,13 @@ impl ClientDriver {
     }
 
     pub async fn accept_answer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<()> {
-        self.call(|reply| Command::AcceptAnswer { key, sdp, reply }).await
+        self.call(|reply| Command::AcceptAnswer { key, sdp, reply })
+            .await
     }
 
     pub async fn accept_offer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<String> {
-        self.call(|reply| Command::AcceptOffer { key, sdp, reply }).await
+        self.call(|reply| Command::AcceptOffer { key, sdp, reply })
+            .await
     }
 
     pub async fn stats(&self, key: ParticipantKey) -> anyhow::Result<ParticipantStats> {
@@ -111,12 +158,38 @@ impl ClientDriver {
         self.call(|reply| Command::Latency { reply }).await
     }
 
-    pub async fn send_raw(&self, key: ParticipantKey, to: SocketAddr, datagrams: Vec<Vec<u8>>) -> anyhow::Result<()> {
-        self.call(|reply| Command::SendRaw { key, to, datagrams, reply }).await
+    pub async fn reset_latency(&self) -> anyhow::Result<()> {
+        self.call(|reply| Command::ResetLatency { reply }).await
     }
 
-    pub async fn send_undeclared_rtp(&self, key: ParticipantKey, ssrc: u32, count: u16) -> anyhow::Result<()> {
-        self.call(|reply| Command::SendUndeclaredRtp { key, ssrc, count, reply }).await
+    pub async fn send_raw(
+        &self,
+        key: ParticipantKey,
+        to: SocketAddr,
+        datagrams: Vec<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        self.call(|reply| Command::SendRaw {
+            key,
+            to,
+            datagrams,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn send_undeclared_rtp(
+        &self,
+        key: ParticipantKey,
+        ssrc: u32,
+        count: u16,
+    ) -> anyhow::Result<()> {
+        self.call(|reply| Command::SendUndeclaredRtp {
+            key,
+            ssrc,
+            count,
+            reply,
+        })
+        .await
     }
 
     pub async fn close(&self, key: ParticipantKey) -> anyhow::Result<()> {
@@ -147,8 +220,13 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
-            let timeout = self.timers.peek().map(|Reverse(w)| w.at.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout.or(Some(Duration::from_secs(1))))
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse(w)| w.at.saturating_duration_since(now));
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, timeout.or(Some(Duration::from_secs(1))))
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 tracing::error!("client driver poll: {e}");
@@ -185,7 +263,9 @@ impl Worker {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let Some(p) = self.participants.get_mut(key) else { return };
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
         loop {
             match p.socket.recv_from(&mut self.buf) {
                 Ok((n, from)) => p.peer.handle_datagram(now, from, &self.buf[..n]),
@@ -199,7 +279,9 @@ impl Worker {
     /// Everything a participant has to do now: timers, media, outputs, datagrams; then
     /// schedule its next wake-up.
     fn service(&mut self, key: usize, now: Instant) {
-        let Some(p) = self.participants.get_mut(key) else { return };
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
         if p.peer_timer.is_some_and(|t| t <= now) {
             p.peer_timer = None;
             p.peer.handle_timeout(now);
@@ -210,7 +292,10 @@ impl Worker {
             // A full socket buffer drops the datagram, as a real network would.
             let _ = p.socket.send_to(&t.data, t.to);
         }
-        p.peer_timer = p.peer.next_timeout().map(|t| t.max(now + Duration::from_millis(1)));
+        p.peer_timer = p
+            .peer
+            .next_timeout()
+            .map(|t| t.max(now + Duration::from_millis(1)));
         let next = match (p.peer_timer, p.next_media()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -244,13 +329,25 @@ impl Worker {
                     let _ = reply.send(self.with(key, |p| Ok(p.stats())));
                 }
                 Command::Latency { reply } => {
-                    let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+                    let mut h =
+                        Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
                     for (_, p) in &self.participants {
                         p.merge_latency(&mut h);
                     }
                     let _ = reply.send(Ok(h));
                 }
-                Command::SendRaw { key, to, datagrams, reply } => {
+                Command::ResetLatency { reply } => {
+                    for (_, p) in self.participants.iter_mut() {
+                        p.reset_latency();
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+                Command::SendRaw {
+                    key,
+                    to,
+                    datagrams,
+                    reply,
+                } => {
                     let r = self.with(key, |p| {
                         for d in &datagrams {
                             p.socket.send_to(d, to)?;
@@ -259,7 +356,12 @@ impl Worker {
                     });
                     let _ = reply.send(r);
                 }
-                Command::SendUndeclaredRtp { key, ssrc, count, reply } => {
+                Command::SendUndeclaredRtp {
+                    key,
+                    ssrc,
+                    count,
+                    reply,
+                } => {
                     let r = self.with(key, |p| {
                         for seq in 0..count {
                             p.peer.send_undeclared_rtp(now, ssrc, 111, seq);
@@ -286,12 +388,23 @@ impl Worker {
         true
     }
 
-    fn with<T>(&mut self, key: ParticipantKey, f: impl FnOnce(&mut Participant) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let p = self.participants.get_mut(key.0).ok_or_else(|| anyhow::anyhow!("no such participant"))?;
+    fn with<T>(
+        &mut self,
+        key: ParticipantKey,
+        f: impl FnOnce(&mut Participant) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let p = self
+            .participants
+            .get_mut(key.0)
+            .ok_or_else(|| anyhow::anyhow!("no such participant"))?;
         f(p)
     }
 
-    fn create(&mut self, spec: ParticipantSpec, now: Instant) -> anyhow::Result<(ParticipantKey, String)> {
+    fn create(
+        &mut self,
+        spec: ParticipantSpec,
+        now: Instant,
+    ) -> anyhow::Result<(ParticipantKey, String)> {
         let tone = match &spec.publish.audio {
             Some(a) => Some(match self.tones.get(&a.hz) {
                 Some(t) => t.clone(),
@@ -307,7 +420,9 @@ impl Worker {
         let offer = p.peer.create_offer(now)?;
         let entry = self.participants.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(&mut p.socket, Token(key), Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut p.socket, Token(key), Interest::READABLE)?;
         entry.insert(p);
         self.service(key, now);
         Ok((ParticipantKey(key), offer))

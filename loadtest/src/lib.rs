@@ -7,6 +7,8 @@
 
 pub mod control;
 pub mod driver;
+pub mod forward;
+pub mod local;
 pub mod media;
 pub mod participant;
 pub mod sfu_client;

@@ -41,7 +41,13 @@ pub struct VideoSpec {
 
 impl Default for VideoSpec {
     fn default() -> Self {
-        VideoSpec { width: 640, height: 360, fps: 30, kbps: 500, keyframe_interval: Duration::from_secs(3) }
+        VideoSpec {
+            width: 640,
+            height: 360,
+            fps: 30,
+            kbps: 500,
+            keyframe_interval: Duration::from_secs(3),
+        }
     }
 }
 
@@ -57,11 +63,19 @@ pub struct ParticipantSpec {
 
 impl ParticipantSpec {
     pub fn new(name: &str) -> Self {
-        ParticipantSpec { name: name.to_owned(), publish: PublishSpec::default(), decode_audio: true, data_channel: false }
+        ParticipantSpec {
+            name: name.to_owned(),
+            publish: PublishSpec::default(),
+            decode_audio: true,
+            data_channel: false,
+        }
     }
 
     pub fn with_tone(mut self, hz: u32) -> Self {
-        self.publish.audio = Some(AudioSpec { hz, level_dbfs: -12.0 });
+        self.publish.audio = Some(AudioSpec {
+            hz,
+            level_dbfs: -12.0,
+        });
         self
     }
 
@@ -134,7 +148,11 @@ struct RemoteTrack {
 
 impl RemoteTrack {
     fn new(from: String, track: String, codec: Codec, decode_audio: bool) -> Self {
-        let analyzer = if codec == Codec::Opus && decode_audio { ToneAnalyzer::new().ok() } else { None };
+        let analyzer = if codec == Codec::Opus && decode_audio {
+            ToneAnalyzer::new().ok()
+        } else {
+            None
+        };
         RemoteTrack {
             stats: RemoteTrackStats {
                 from,
@@ -157,7 +175,8 @@ impl RemoteTrack {
                 last_packet_ms: None,
             },
             analyzer,
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("static histogram bounds"),
             first_seq: None,
             highest_seq: 0,
             wraps: 0,
@@ -194,7 +213,9 @@ impl RemoteTrack {
             s.frames += 1;
         }
         if let Some(sent) = marker::read(&p.payload) {
-            let _ = self.latency_us.record(arrival_us.saturating_sub(sent).max(1));
+            let _ = self
+                .latency_us
+                .record(arrival_us.saturating_sub(sent).max(1));
         }
         if let Some(a) = &mut self.analyzer {
             a.push(&p.payload);
@@ -234,8 +255,13 @@ pub struct ParticipantStats {
 
 impl ParticipantStats {
     /// Live (not ended) tracks received from `from`.
-    pub fn tracks_from<'a>(&'a self, from: &'a str) -> impl Iterator<Item = &'a RemoteTrackStats> + 'a {
-        self.remote.iter().filter(move |t| t.from == from && !t.ended)
+    pub fn tracks_from<'a>(
+        &'a self,
+        from: &'a str,
+    ) -> impl Iterator<Item = &'a RemoteTrackStats> + 'a {
+        self.remote
+            .iter()
+            .filter(move |t| t.from == from && !t.ended)
     }
 
     pub fn audio_from<'a>(&'a self, from: &'a str) -> Option<&'a RemoteTrackStats> {
@@ -267,9 +293,15 @@ pub(crate) struct Participant {
 }
 
 impl Participant {
-    pub fn new(spec: ParticipantSpec, tone: Option<Arc<ToneLoop>>, now: Instant) -> anyhow::Result<Participant> {
+    pub fn new(
+        spec: ParticipantSpec,
+        tone: Option<Arc<ToneLoop>>,
+        now: Instant,
+    ) -> anyhow::Result<Participant> {
         let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         std_socket.set_nonblocking(true)?;
+        // Many participants share a thread; a burst must not overflow their sockets.
+        metaclinic_sfu::shard::udp::enlarge_buffers(&std_socket, 1 << 20);
         let local = std_socket.local_addr()?;
         let socket = mio::net::UdpSocket::from_std(std_socket);
         let mut peer = Peer::new(Side::Client, local, now)?;
@@ -277,15 +309,29 @@ impl Participant {
         let rng_ssrc = || rand::random_range(1..=u32::MAX);
         let audio = match (&spec.publish.audio, tone) {
             (Some(_), Some(tone)) => {
-                let outbound = peer.add_outbound(Codec::Opus, rng_ssrc(), &stream, &format!("{stream}-audio"))?;
-                Some(AudioOut { outbound, tone, index: 0, seq: rand::random(), ts: rand::random(), next: now })
+                let outbound = peer.add_outbound(
+                    Codec::Opus,
+                    rng_ssrc(),
+                    &stream,
+                    &format!("{stream}-audio"),
+                )?;
+                Some(AudioOut {
+                    outbound,
+                    tone,
+                    index: 0,
+                    seq: rand::random(),
+                    ts: rand::random(),
+                    next: now,
+                })
             }
             _ => None,
         };
         let video = match &spec.publish.video {
             Some(v) => {
-                let outbound = peer.add_outbound(Codec::Vp8, rng_ssrc(), &stream, &format!("{stream}-video"))?;
-                let frame_bytes = (v.kbps as usize * 1000 / 8 / v.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
+                let outbound =
+                    peer.add_outbound(Codec::Vp8, rng_ssrc(), &stream, &format!("{stream}-video"))?;
+                let frame_bytes = (v.kbps as usize * 1000 / 8 / v.fps.max(1) as usize)
+                    .max(marker::MARKER_LEN + 16);
                 Some(VideoOut {
                     outbound,
                     spec: v.clone(),
@@ -302,7 +348,9 @@ impl Participant {
             }
             None => None,
         };
-        if spec.data_channel {
+        // A connection needs one negotiated section to carry ICE and DTLS: a participant that
+        // publishes nothing opens a data channel (the SFU's offers then add what it receives).
+        if spec.data_channel || (audio.is_none() && video.is_none()) {
             peer.create_channel("poses")?;
         }
         Ok(Participant {
@@ -346,7 +394,14 @@ impl Participant {
                 a.index += 1;
                 marker::write(&mut payload, marker::now_micros());
                 let len = payload.len();
-                let pkt = RtpPacket { ssrc: 0, sequence_number: a.seq, timestamp: a.ts, payload_type: 0, marker: false, payload: Bytes::from(payload) };
+                let pkt = RtpPacket {
+                    ssrc: 0,
+                    sequence_number: a.seq,
+                    timestamp: a.ts,
+                    payload_type: 0,
+                    marker: false,
+                    payload: Bytes::from(payload),
+                };
                 if self.peer.send_rtp(now, a.outbound, &pkt, a.seq, a.ts) {
                     self.sent_packets += 1;
                     self.sent_bytes += len as u64;
@@ -362,9 +417,15 @@ impl Participant {
                 if !connected || !self.peer.outbound_ready(v.outbound) {
                     continue;
                 }
-                let keyframe = v.keyframe_requested || v.last_keyframe.is_none_or(|t| now.duration_since(t) >= v.spec.keyframe_interval);
+                let keyframe = v.keyframe_requested
+                    || v.last_keyframe
+                        .is_none_or(|t| now.duration_since(t) >= v.spec.keyframe_interval);
                 // Keyframes cost more, as in a real encoder.
-                let target = if keyframe { v.frame_bytes * 3 } else { v.frame_bytes };
+                let target = if keyframe {
+                    v.frame_bytes * 3
+                } else {
+                    v.frame_bytes
+                };
                 let mut frame = v.writer.frame(keyframe, &[]);
                 frame.resize(frame.len().max(target), 0);
                 let n = frame.len();
@@ -373,7 +434,14 @@ impl Participant {
                 let count = packets.len();
                 for (i, payload) in packets.into_iter().enumerate() {
                     let len = payload.len();
-                    let pkt = RtpPacket { ssrc: 0, sequence_number: v.seq, timestamp: v.ts, payload_type: 0, marker: i + 1 == count, payload: Bytes::from(payload) };
+                    let pkt = RtpPacket {
+                        ssrc: 0,
+                        sequence_number: v.seq,
+                        timestamp: v.ts,
+                        payload_type: 0,
+                        marker: i + 1 == count,
+                        payload: Bytes::from(payload),
+                    };
                     if self.peer.send_rtp(now, v.outbound, &pkt, v.seq, v.ts) {
                         self.sent_packets += 1;
                         self.sent_bytes += len as u64;
@@ -400,8 +468,16 @@ impl Participant {
                     self.connected_at.get_or_insert(now);
                 }
                 PeerOutput::State(_) => {}
-                PeerOutput::TrackOpened { inbound, codec, stream_id, track_id } => {
-                    self.remote.insert(inbound, RemoteTrack::new(stream_id, track_id, codec, self.spec.decode_audio));
+                PeerOutput::TrackOpened {
+                    inbound,
+                    codec,
+                    stream_id,
+                    track_id,
+                } => {
+                    self.remote.insert(
+                        inbound,
+                        RemoteTrack::new(stream_id, track_id, codec, self.spec.decode_audio),
+                    );
                     self.order.push(inbound);
                 }
                 PeerOutput::TrackClosed { inbound } => {
@@ -416,7 +492,10 @@ impl Participant {
                         t.on_packet(&packet, since, arrival);
                     }
                 }
-                PeerOutput::Feedback { feedback: Feedback::KeyframeRequest, outbound } => {
+                PeerOutput::Feedback {
+                    feedback: Feedback::KeyframeRequest,
+                    outbound,
+                } => {
                     self.keyframe_requests += 1;
                     if let Some(v) = &mut self.video
                         && v.outbound == outbound
@@ -437,13 +516,27 @@ impl Participant {
     pub fn stats(&self) -> ParticipantStats {
         ParticipantStats {
             name: self.spec.name.clone(),
-            connected: self.connected_at.is_some() && self.peer.state() == ConnectionState::Connected,
-            connect_ms: self.connected_at.map(|t| t.duration_since(self.created).as_millis() as u64),
+            connected: self.connected_at.is_some()
+                && self.peer.state() == ConnectionState::Connected,
+            connect_ms: self
+                .connected_at
+                .map(|t| t.duration_since(self.created).as_millis() as u64),
             sent_packets: self.sent_packets,
             sent_bytes: self.sent_bytes,
             keyframes_sent: self.keyframes_sent,
             keyframe_requests: self.keyframe_requests,
-            remote: self.order.iter().filter_map(|id| self.remote.get(id)).map(RemoteTrack::snapshot).collect(),
+            remote: self
+                .order
+                .iter()
+                .filter_map(|id| self.remote.get(id))
+                .map(RemoteTrack::snapshot)
+                .collect(),
+        }
+    }
+
+    pub fn reset_latency(&mut self) {
+        for t in self.remote.values_mut() {
+            t.latency_us.reset();
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use metaclinic_sfu::events::{RoomEvent, Rights};
+use metaclinic_sfu::events::{Rights, RoomEvent};
 use tokio::task::JoinHandle;
 
 use crate::control::{SfuControl, StreamItem};
@@ -32,7 +32,9 @@ impl SfuParticipant {
     ) -> anyhow::Result<SfuParticipant> {
         let started = Instant::now();
         let name = spec.name.clone();
-        control.open_session(room, &name, role, Rights::default()).await?;
+        control
+            .open_session(room, &name, role, Rights::default())
+            .await?;
         // Listen before offering, so no offer of the SFU's can slip past.
         let mut events = control.participant_events(room, &name).await?;
         let (key, offer) = driver.create(spec).await?;
@@ -40,10 +42,17 @@ impl SfuParticipant {
         driver.accept_answer(key, answer).await?;
         let signaling_ms = started.elapsed().as_millis() as u64;
 
-        let (d, c, r, n) = (driver.clone(), control.clone(), room.to_owned(), name.clone());
+        let (d, c, r, n) = (
+            driver.clone(),
+            control.clone(),
+            room.to_owned(),
+            name.clone(),
+        );
         let relay = tokio::spawn(async move {
             while let Some(item) = events.next().await {
-                let StreamItem::Event(env) = item else { continue };
+                let StreamItem::Event(env) = item else {
+                    continue;
+                };
                 match env.event {
                     RoomEvent::Offer { participant, sdp } if participant.as_str() == n => {
                         match d.accept_offer(key, sdp).await {
@@ -52,7 +61,9 @@ impl SfuParticipant {
                                     tracing::warn!(participant = %n, "answering the SFU's offer failed: {e}");
                                 }
                             }
-                            Err(e) => tracing::warn!(participant = %n, "applying the SFU's offer failed: {e}"),
+                            Err(e) => {
+                                tracing::warn!(participant = %n, "applying the SFU's offer failed: {e}")
+                            }
                         }
                     }
                     RoomEvent::RoomClosed => break,
@@ -60,7 +71,15 @@ impl SfuParticipant {
                 }
             }
         });
-        Ok(SfuParticipant { name, room: room.to_owned(), key, driver: driver.clone(), control: control.clone(), relay, signaling_ms })
+        Ok(SfuParticipant {
+            name,
+            room: room.to_owned(),
+            key,
+            driver: driver.clone(),
+            control: control.clone(),
+            relay,
+            signaling_ms,
+        })
     }
 
     pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {
@@ -69,7 +88,11 @@ impl SfuParticipant {
 
     /// Poll the stats until `done` holds, for at most `timeout`. Returns the last stats
     /// either way; the caller asserts.
-    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&ParticipantStats) -> bool) -> anyhow::Result<ParticipantStats> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&ParticipantStats) -> bool,
+    ) -> anyhow::Result<ParticipantStats> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.stats().await?;

@@ -45,6 +45,9 @@ pub struct RtcConfig {
     /// A connected session that sends nothing (not even consent checks) for this long is
     /// closed.
     pub idle_timeout_s: u64,
+    /// Kernel receive and send buffer asked for each media socket, in bytes. The kernel caps
+    /// it at net.core.rmem_max / wmem_max; raise those on SFU hosts.
+    pub socket_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,7 +82,10 @@ impl Default for SfuConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { id: "sfu-1".into(), announced_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+        NodeConfig {
+            id: "sfu-1".into(),
+            announced_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
     }
 }
 
@@ -91,19 +97,26 @@ impl Default for RtcConfig {
             media_threads: 0,
             connect_timeout_s: 30,
             idle_timeout_s: 30,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { listen: "127.0.0.1:7001".parse().expect("literal address"), credential: String::new() }
+        ControlConfig {
+            listen: "127.0.0.1:7001".parse().expect("literal address"),
+            credential: String::new(),
+        }
     }
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { max_participants: 16, max_rooms: 5000 }
+        RoomsConfig {
+            max_participants: 16,
+            max_rooms: 5000,
+        }
     }
 }
 
@@ -129,7 +142,10 @@ impl SfuConfig {
         let mut fig = Figment::from(Serialized::defaults(SfuConfig::default()));
         if let Some(p) = path {
             if !p.exists() {
-                return Err(ConfigError::Parse(format!("config file {} does not exist", p.display())));
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
             }
             fig = fig.merge(Toml::file_exact(p));
         }
@@ -140,31 +156,49 @@ impl SfuConfig {
 
     /// Parse TOML text alone (no environment), validated. For tests and tools.
     pub fn from_toml(text: &str) -> Result<SfuConfig, ConfigError> {
-        let cfg: SfuConfig =
-            Figment::from(Serialized::defaults(SfuConfig::default())).merge(Toml::string(text)).extract()?;
+        let cfg: SfuConfig = Figment::from(Serialized::defaults(SfuConfig::default()))
+            .merge(Toml::string(text))
+            .extract()?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.to_owned() });
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
         if self.node.id.is_empty() || self.node.id.len() > 64 {
             return invalid("node.id", "must be 1 to 64 characters");
         }
         if self.node.announced_ip.is_unspecified() {
-            return invalid("node.announced_ip", "must be an address clients can reach, not 0.0.0.0 or ::");
+            return invalid(
+                "node.announced_ip",
+                "must be an address clients can reach, not 0.0.0.0 or ::",
+            );
         }
         if self.rtc.udp_port == 0 {
-            return invalid("rtc.udp_port", "must be a fixed port (clients are told it), not 0");
+            return invalid(
+                "rtc.udp_port",
+                "must be a fixed port (clients are told it), not 0",
+            );
         }
         if self.rtc.udp_port as usize + self.media_threads() > 65536 {
-            return invalid("rtc.udp_port", "udp_port + media_threads runs past port 65535");
+            return invalid(
+                "rtc.udp_port",
+                "udp_port + media_threads runs past port 65535",
+            );
         }
         if self.rtc.media_threads > 256 {
             return invalid("rtc.media_threads", "at most 256");
         }
         if self.rtc.connect_timeout_s == 0 || self.rtc.idle_timeout_s == 0 {
-            return invalid("rtc.connect_timeout_s", "timeouts must be at least 1 second");
+            return invalid(
+                "rtc.connect_timeout_s",
+                "timeouts must be at least 1 second",
+            );
         }
         if self.control.credential.len() < 16 {
             return invalid(
@@ -186,7 +220,9 @@ impl SfuConfig {
         if self.rtc.media_threads > 0 {
             self.rtc.media_threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 
@@ -213,13 +249,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = SfuConfig::from_toml(&format!("{CRED}[rtc]\nudp_prot = 1\n")).unwrap_err().to_string();
+        let err = SfuConfig::from_toml(&format!("{CRED}[rtc]\nudp_prot = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("udp_prot"), "{err}");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = SfuConfig::from_toml(&format!("{CRED}[node]\nannounced_ip = \"0.0.0.0\"\n")).unwrap_err();
+        let err = SfuConfig::from_toml(&format!("{CRED}[node]\nannounced_ip = \"0.0.0.0\"\n"))
+            .unwrap_err();
         assert!(err.to_string().starts_with("node.announced_ip:"), "{err}");
         let err = SfuConfig::from_toml("[control]\ncredential = \"short\"\n").unwrap_err();
         assert!(err.to_string().starts_with("control.credential:"), "{err}");

@@ -69,9 +69,14 @@ impl ControlError {
             | ControlError::InvalidSdp(_)
             | ControlError::InvalidCandidate(_)
             | ControlError::UnsupportedRoomKind => 400,
-            ControlError::RoomNotFound | ControlError::ParticipantNotFound | ControlError::NotFound => 404,
+            ControlError::RoomNotFound
+            | ControlError::ParticipantNotFound
+            | ControlError::NotFound => 404,
             ControlError::MethodNotAllowed => 405,
-            ControlError::RoomFull | ControlError::Glare | ControlError::NoPendingOffer | ControlError::RoomKindMismatch => 409,
+            ControlError::RoomFull
+            | ControlError::Glare
+            | ControlError::NoPendingOffer
+            | ControlError::RoomKindMismatch => 409,
             ControlError::PayloadTooLarge => 413,
             ControlError::NodeFull | ControlError::Unavailable => 503,
             ControlError::Internal => 500,

@@ -16,7 +16,10 @@ pub struct Rights {
 
 impl Default for Rights {
     fn default() -> Self {
-        Rights { publish: true, subscribe: true }
+        Rights {
+            publish: true,
+            subscribe: true,
+        }
     }
 }
 

@@ -51,7 +51,11 @@ impl SeqMapper {
         if seq_is_newer(seq, self.highest_in) {
             self.highest_in = seq;
         }
-        let at = self.dropped.iter().position(|&d| seq_is_newer(d, seq)).unwrap_or(self.dropped.len());
+        let at = self
+            .dropped
+            .iter()
+            .position(|&d| seq_is_newer(d, seq))
+            .unwrap_or(self.dropped.len());
         self.dropped.insert(at, seq);
         if self.dropped.len() > REMEMBERED_DROPS {
             // Fold the oldest drop into the base: from now on it is too old to matter, and
@@ -76,8 +80,16 @@ impl SeqMapper {
         if seq_is_newer(seq, self.highest_in) {
             self.highest_in = seq;
         }
-        let later_drops = self.dropped.iter().rev().take_while(|&&d| seq_is_newer(d, seq)).count();
-        Some(seq.wrapping_add(self.offset).wrapping_sub((self.dropped.len() - later_drops) as u16))
+        let later_drops = self
+            .dropped
+            .iter()
+            .rev()
+            .take_while(|&&d| seq_is_newer(d, seq))
+            .count();
+        Some(
+            seq.wrapping_add(self.offset)
+                .wrapping_sub((self.dropped.len() - later_drops) as u16),
+        )
     }
 }
 
@@ -86,7 +98,10 @@ impl SeqMapper {
 enum Phase {
     /// Nothing forwarded yet; video waits for a keyframe so the decoder starts clean.
     WaitingForStart,
-    Forwarding { seq: SeqMapper, ts_offset: u32 },
+    Forwarding {
+        seq: SeqMapper,
+        ts_offset: u32,
+    },
 }
 
 /// What to do with one packet for one subscriber.
@@ -94,7 +109,10 @@ enum Phase {
 pub enum Forward {
     Drop(DropReason),
     /// Send with these header values (and the publisher's payload).
-    Send { sequence_number: u16, timestamp: u32 },
+    Send {
+        sequence_number: u16,
+        timestamp: u32,
+    },
 }
 
 /// The rewriting state of one subscription.
@@ -111,12 +129,19 @@ pub struct DownTrack {
 
 impl DownTrack {
     pub fn new(codec: Codec, ssrc: u32, start_seq: u16, start_ts: u32) -> Self {
-        Self { codec, ssrc, start_seq, start_ts, phase: Phase::WaitingForStart }
+        Self {
+            codec,
+            ssrc,
+            start_seq,
+            start_ts,
+            phase: Phase::WaitingForStart,
+        }
     }
 
     /// Has a video subscription started (received its first keyframe)?
     pub fn is_waiting_for_keyframe(&self) -> bool {
-        matches!(self.phase, Phase::WaitingForStart) && self.codec.kind() == crate::media::MediaKind::Video
+        matches!(self.phase, Phase::WaitingForStart)
+            && self.codec.kind() == crate::media::MediaKind::Video
     }
 
     pub fn decide(&mut self, pkt: &RtpPacket) -> Forward {
@@ -130,8 +155,14 @@ impl DownTrack {
                     return Forward::Drop(DropReason::WaitingForKeyframe);
                 }
                 let ts_offset = self.start_ts.wrapping_sub(pkt.timestamp);
-                self.phase = Phase::Forwarding { seq: SeqMapper::new(pkt.sequence_number, self.start_seq), ts_offset };
-                Forward::Send { sequence_number: self.start_seq, timestamp: self.start_ts }
+                self.phase = Phase::Forwarding {
+                    seq: SeqMapper::new(pkt.sequence_number, self.start_seq),
+                    ts_offset,
+                };
+                Forward::Send {
+                    sequence_number: self.start_seq,
+                    timestamp: self.start_ts,
+                }
             }
             Phase::Forwarding { seq, ts_offset } => {
                 if pkt.is_padding_only() {
@@ -139,9 +170,10 @@ impl DownTrack {
                     return Forward::Drop(DropReason::Padding);
                 }
                 match seq.map(pkt.sequence_number) {
-                    Some(sequence_number) => {
-                        Forward::Send { sequence_number, timestamp: pkt.timestamp.wrapping_add(*ts_offset) }
-                    }
+                    Some(sequence_number) => Forward::Send {
+                        sequence_number,
+                        timestamp: pkt.timestamp.wrapping_add(*ts_offset),
+                    },
                     None => Forward::Drop(DropReason::TooOld),
                 }
             }
@@ -180,32 +212,98 @@ mod tests {
     #[test]
     fn video_starts_on_a_keyframe_with_its_own_numbering() {
         let mut dt = DownTrack::new(Codec::Vp8, 99, 1000, 5000);
-        assert_eq!(dt.decide(&pkt(10, 90, DELTA)), Forward::Drop(DropReason::WaitingForKeyframe));
-        assert_eq!(dt.decide(&pkt(11, 90, CONT)), Forward::Drop(DropReason::WaitingForKeyframe));
-        assert_eq!(dt.decide(&pkt(12, 180, KEY)), Forward::Send { sequence_number: 1000, timestamp: 5000 });
-        assert_eq!(dt.decide(&pkt(13, 180, CONT)), Forward::Send { sequence_number: 1001, timestamp: 5000 });
-        assert_eq!(dt.decide(&pkt(14, 270, DELTA)), Forward::Send { sequence_number: 1002, timestamp: 5090 });
+        assert_eq!(
+            dt.decide(&pkt(10, 90, DELTA)),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(
+            dt.decide(&pkt(11, 90, CONT)),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(
+            dt.decide(&pkt(12, 180, KEY)),
+            Forward::Send {
+                sequence_number: 1000,
+                timestamp: 5000
+            }
+        );
+        assert_eq!(
+            dt.decide(&pkt(13, 180, CONT)),
+            Forward::Send {
+                sequence_number: 1001,
+                timestamp: 5000
+            }
+        );
+        assert_eq!(
+            dt.decide(&pkt(14, 270, DELTA)),
+            Forward::Send {
+                sequence_number: 1002,
+                timestamp: 5090
+            }
+        );
         // A retransmitted packet from before the start cannot be placed.
-        assert_eq!(dt.decide(&pkt(11, 90, CONT)), Forward::Drop(DropReason::TooOld));
+        assert_eq!(
+            dt.decide(&pkt(11, 90, CONT)),
+            Forward::Drop(DropReason::TooOld)
+        );
     }
 
     #[test]
     fn audio_starts_at_once() {
         let mut dt = DownTrack::new(Codec::Opus, 7, 65535, u32::MAX);
-        assert_eq!(dt.decide(&pkt(500, 960, b"x")), Forward::Send { sequence_number: 65535, timestamp: u32::MAX });
-        assert_eq!(dt.decide(&pkt(501, 1920, b"x")), Forward::Send { sequence_number: 0, timestamp: 959 });
+        assert_eq!(
+            dt.decide(&pkt(500, 960, b"x")),
+            Forward::Send {
+                sequence_number: 65535,
+                timestamp: u32::MAX
+            }
+        );
+        assert_eq!(
+            dt.decide(&pkt(501, 1920, b"x")),
+            Forward::Send {
+                sequence_number: 0,
+                timestamp: 959
+            }
+        );
     }
 
     #[test]
     fn dropped_padding_leaves_no_gap_and_late_packets_keep_their_place() {
         let mut dt = DownTrack::new(Codec::Vp8, 1, 0, 0);
-        assert!(matches!(dt.decide(&pkt(100, 0, KEY)), Forward::Send { sequence_number: 0, .. }));
+        assert!(matches!(
+            dt.decide(&pkt(100, 0, KEY)),
+            Forward::Send {
+                sequence_number: 0,
+                ..
+            }
+        ));
         // 101 is lost upstream for now; 102 is padding.
-        assert_eq!(dt.decide(&pkt(102, 0, b"")), Forward::Drop(DropReason::Padding));
-        assert_eq!(dt.decide(&pkt(103, 0, CONT)), Forward::Send { sequence_number: 2, timestamp: 0 });
+        assert_eq!(
+            dt.decide(&pkt(102, 0, b"")),
+            Forward::Drop(DropReason::Padding)
+        );
+        assert_eq!(
+            dt.decide(&pkt(103, 0, CONT)),
+            Forward::Send {
+                sequence_number: 2,
+                timestamp: 0
+            }
+        );
         // 101 arrives late (a retransmission): it takes the slot before the padding.
-        assert_eq!(dt.decide(&pkt(101, 0, CONT)), Forward::Send { sequence_number: 1, timestamp: 0 });
-        assert_eq!(dt.decide(&pkt(104, 0, CONT)), Forward::Send { sequence_number: 3, timestamp: 0 });
+        assert_eq!(
+            dt.decide(&pkt(101, 0, CONT)),
+            Forward::Send {
+                sequence_number: 1,
+                timestamp: 0
+            }
+        );
+        assert_eq!(
+            dt.decide(&pkt(104, 0, CONT)),
+            Forward::Send {
+                sequence_number: 3,
+                timestamp: 0
+            }
+        );
     }
 
     #[test]

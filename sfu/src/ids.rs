@@ -113,7 +113,8 @@ impl Serialize for TrackId {
 impl<'de> Deserialize<'de> for TrackId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        TrackId::parse(&s).ok_or_else(|| serde::de::Error::custom("track id must look like t<number>"))
+        TrackId::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("track id must look like t<number>"))
     }
 }
 
@@ -125,7 +126,10 @@ mod tests {
     fn ids_from_outside_are_checked() {
         assert!(RoomId::new("Appointment/telehealth-1").is_ok());
         assert_eq!(RoomId::new(""), Err(IdError::Length { max: MAX_ID_LEN }));
-        assert_eq!(RoomId::new(&"a".repeat(MAX_ID_LEN + 1)), Err(IdError::Length { max: MAX_ID_LEN }));
+        assert_eq!(
+            RoomId::new(&"a".repeat(MAX_ID_LEN + 1)),
+            Err(IdError::Length { max: MAX_ID_LEN })
+        );
         assert_eq!(ParticipantId::new("dr who"), Err(IdError::Charset));
         assert_eq!(ParticipantId::new("x\n"), Err(IdError::Charset));
         assert!(serde_json::from_str::<RoomId>("\"bad room\"").is_err());

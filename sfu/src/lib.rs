@@ -32,10 +32,18 @@ pub use config::SfuConfig;
 pub use node::Node;
 
 /// Run a node until `shutdown` resolves: media threads plus the control API.
-pub async fn run(config: SfuConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: SfuConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for the control API on {}: {e}", config.control.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for the control API on {}: {e}",
+                config.control.listen
+            )
+        })?;
     let node = Node::start(config)?;
     tracing::info!(addr = %listener.local_addr()?, "control API listening");
     control::http::serve(listener, node.clone(), shutdown).await;

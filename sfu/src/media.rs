@@ -135,12 +135,16 @@ fn h264_is_keyframe_start(p: &[u8]) -> bool {
                 if is_key(rest[2] & 0x1f) {
                     return true;
                 }
-                let Some(next) = rest.get(2 + size..) else { return false };
+                let Some(next) = rest.get(2 + size..) else {
+                    return false;
+                };
                 rest = next;
             }
             false
         }
-        H264_NAL_FU_A => p.get(1).is_some_and(|&fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        H264_NAL_FU_A => p
+            .get(1)
+            .is_some_and(|&fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
         t => is_key(t),
     }
 }

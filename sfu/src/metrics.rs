@@ -121,47 +121,79 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("metric names are static and valid");
-            registry.register(Box::new(c.clone())).expect("each metric is registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric is registered once");
             c
         };
         let dropped_vec = IntCounterVec::new(
-            Opts::new("metaclinic_sfu_dropped_total", "Datagrams and packets dropped, by reason"),
+            Opts::new(
+                "metaclinic_sfu_dropped_total",
+                "Datagrams and packets dropped, by reason",
+            ),
             &["reason"],
         )
         .expect("static metric");
-        registry.register(Box::new(dropped_vec.clone())).expect("registered once");
-        let dropped = DropReason::ALL.iter().map(|r| dropped_vec.with_label_values(&[r.as_str()])).collect();
+        registry
+            .register(Box::new(dropped_vec.clone()))
+            .expect("registered once");
+        let dropped = DropReason::ALL
+            .iter()
+            .map(|r| dropped_vec.with_label_values(&[r.as_str()]))
+            .collect();
 
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         Self {
             dropped,
-            datagrams_received: counter("metaclinic_sfu_datagrams_received_total", "UDP datagrams received"),
+            datagrams_received: counter(
+                "metaclinic_sfu_datagrams_received_total",
+                "UDP datagrams received",
+            ),
             datagrams_sent: counter("metaclinic_sfu_datagrams_sent_total", "UDP datagrams sent"),
-            bytes_received: counter("metaclinic_sfu_received_bytes_total", "UDP payload bytes received"),
+            bytes_received: counter(
+                "metaclinic_sfu_received_bytes_total",
+                "UDP payload bytes received",
+            ),
             bytes_sent: counter("metaclinic_sfu_sent_bytes_total", "UDP payload bytes sent"),
-            rtp_packets_received: counter("metaclinic_sfu_rtp_packets_received_total", "Decrypted RTP packets from publishers"),
+            rtp_packets_received: counter(
+                "metaclinic_sfu_rtp_packets_received_total",
+                "Decrypted RTP packets from publishers",
+            ),
             rtp_packets_forwarded: counter(
                 "metaclinic_sfu_rtp_packets_forwarded_total",
                 "RTP packets forwarded to subscribers (one per subscriber)",
             ),
             send_batches: counter("metaclinic_sfu_send_batches_total", "sendmmsg calls"),
             rooms: gauge("metaclinic_sfu_rooms", "Rooms open on this node"),
-            participants: gauge("metaclinic_sfu_participants", "Participant sessions open on this node"),
-            tracks: gauge_vec("metaclinic_sfu_tracks", "Published tracks, by kind", &["kind"]),
+            participants: gauge(
+                "metaclinic_sfu_participants",
+                "Participant sessions open on this node",
+            ),
+            tracks: gauge_vec(
+                "metaclinic_sfu_tracks",
+                "Published tracks, by kind",
+                &["kind"],
+            ),
             control_requests: counter_vec(
                 "metaclinic_sfu_control_requests_total",
                 "Control API requests, by route and status class",
@@ -225,7 +257,11 @@ impl ShardTally {
 
     /// Publish to the shared counters if it is time (or `force`).
     pub fn flush(&mut self, metrics: &Metrics, now: Instant, force: bool) {
-        if !force && self.last_flush.is_some_and(|t| now.duration_since(t) < FLUSH_EVERY) {
+        if !force
+            && self
+                .last_flush
+                .is_some_and(|t| now.duration_since(t) < FLUSH_EVERY)
+        {
             return;
         }
         self.last_flush = Some(now);
@@ -243,8 +279,14 @@ impl ShardTally {
         take(&mut self.datagrams_sent, &metrics.datagrams_sent);
         take(&mut self.bytes_received, &metrics.bytes_received);
         take(&mut self.bytes_sent, &metrics.bytes_sent);
-        take(&mut self.rtp_packets_received, &metrics.rtp_packets_received);
-        take(&mut self.rtp_packets_forwarded, &metrics.rtp_packets_forwarded);
+        take(
+            &mut self.rtp_packets_received,
+            &metrics.rtp_packets_received,
+        );
+        take(
+            &mut self.rtp_packets_forwarded,
+            &metrics.rtp_packets_forwarded,
+        );
         take(&mut self.send_batches, &metrics.send_batches);
     }
 }
@@ -255,7 +297,8 @@ mod tests {
 
     #[test]
     fn every_reason_has_its_own_label() {
-        let names: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), DropReason::ALL.len());
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
@@ -271,7 +314,13 @@ mod tests {
         t.rtp_packets_forwarded = 5;
         t.flush(&m, Instant::now(), true);
         let text = m.render();
-        assert!(text.contains("metaclinic_sfu_dropped_total{reason=\"unknown_peer\"} 2"), "{text}");
-        assert!(text.contains("metaclinic_sfu_rtp_packets_forwarded_total 5"), "{text}");
+        assert!(
+            text.contains("metaclinic_sfu_dropped_total{reason=\"unknown_peer\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metaclinic_sfu_rtp_packets_forwarded_total 5"),
+            "{text}"
+        );
     }
 }

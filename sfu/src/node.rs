@@ -11,7 +11,8 @@ use tracing::info;
 
 use crate::config::SfuConfig;
 use crate::control::api::{
-    CreateRoom, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo, SessionOpened, ShardInfo,
+    CreateRoom, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo, SessionOpened,
+    ShardInfo,
 };
 use crate::error::ControlError;
 use crate::events::RoomEventEnvelope;
@@ -51,15 +52,42 @@ impl Node {
         let mut shards = Vec::new();
         for i in 0..config.media_threads() {
             let port = config.rtc.udp_port + i as u16;
-            let socket = UdpSocket::bind(SocketAddr::new(config.rtc.bind_ip, port)).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot bind media port {}:{port}: {e}", config.rtc.bind_ip))
-            })?;
+            let socket =
+                UdpSocket::bind(SocketAddr::new(config.rtc.bind_ip, port)).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind media port {}:{port}: {e}", config.rtc.bind_ip),
+                    )
+                })?;
+            let (rcv, snd) =
+                crate::shard::udp::enlarge_buffers(&socket, config.rtc.socket_buffer_bytes);
+            if rcv < config.rtc.socket_buffer_bytes {
+                tracing::warn!(
+                    port,
+                    asked = config.rtc.socket_buffer_bytes,
+                    granted = rcv,
+                    "the kernel granted a smaller media socket buffer; raise net.core.rmem_max"
+                );
+            }
+            tracing::debug!(port, rcv, snd, "media socket buffers");
             let candidate = SocketAddr::new(config.node.announced_ip, port);
-            let handle = shard::spawn(i, socket, candidate, settings.clone(), metrics.clone(), track_ids.clone())?;
+            let handle = shard::spawn(
+                i,
+                socket,
+                candidate,
+                settings.clone(),
+                metrics.clone(),
+                track_ids.clone(),
+            )?;
             shards.push(Mutex::new(handle));
         }
         info!(node = %config.node.id, shards = shards.len(), first_port = config.rtc.udp_port, "SFU node started");
-        Ok(Arc::new(Node { config, shards, rooms: Mutex::new(HashMap::new()), metrics }))
+        Ok(Arc::new(Node {
+            config,
+            shards,
+            rooms: Mutex::new(HashMap::new()),
+            metrics,
+        }))
     }
 
     pub fn config(&self) -> &SfuConfig {
@@ -81,8 +109,16 @@ impl Node {
         handle.send(cmd)
     }
 
-    async fn ask<T>(&self, room: &RoomId, make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command) -> Result<T, ControlError> {
-        let shard = self.rooms().get(room).map(|r| r.shard).ok_or(ControlError::RoomNotFound)?;
+    async fn ask<T>(
+        &self,
+        room: &RoomId,
+        make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
+    ) -> Result<T, ControlError> {
+        let shard = self
+            .rooms()
+            .get(room)
+            .map(|r| r.shard)
+            .ok_or(ControlError::RoomNotFound)?;
         let (tx, rx) = oneshot::channel();
         self.send(shard, make(tx))?;
         rx.await.map_err(|_| ControlError::Unavailable)?
@@ -93,7 +129,10 @@ impl Node {
         (0..self.shards.len())
             .min_by_key(|&i| {
                 let h = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
-                (h.load.sessions.load(Ordering::Relaxed), h.load.rooms.load(Ordering::Relaxed))
+                (
+                    h.load.sessions.load(Ordering::Relaxed),
+                    h.load.rooms.load(Ordering::Relaxed),
+                )
             })
             .unwrap_or(0)
     }
@@ -106,18 +145,38 @@ impl Node {
                 if r.kind != req.kind {
                     return Err(ControlError::RoomKindMismatch);
                 }
-                return Ok(RoomCreated { room: req.room, kind: req.kind, node: self.config.node.id.clone(), created: false });
+                return Ok(RoomCreated {
+                    room: req.room,
+                    kind: req.kind,
+                    node: self.config.node.id.clone(),
+                    created: false,
+                });
             }
             if rooms.len() >= self.config.rooms.max_rooms {
                 return Err(ControlError::NodeFull);
             }
             let shard = self.least_loaded_shard();
             let (events, _) = broadcast::channel(EVENT_BUFFER);
-            rooms.insert(req.room.clone(), RoomEntry { shard, kind: req.kind, events: events.clone() });
+            rooms.insert(
+                req.room.clone(),
+                RoomEntry {
+                    shard,
+                    kind: req.kind,
+                    events: events.clone(),
+                },
+            );
             (shard, events, true)
         };
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(shard, Command::CreateRoom { room: req.room.clone(), kind: req.kind, events, reply: tx });
+        let sent = self.send(
+            shard,
+            Command::CreateRoom {
+                room: req.room.clone(),
+                kind: req.kind,
+                events,
+                reply: tx,
+            },
+        );
         let result = match sent {
             Ok(()) => rx.await.unwrap_or(Err(ControlError::Unavailable)),
             Err(e) => Err(e),
@@ -126,19 +185,35 @@ impl Node {
             self.rooms().remove(&req.room);
             return Err(e);
         }
-        Ok(RoomCreated { room: req.room, kind: req.kind, node: self.config.node.id.clone(), created })
+        Ok(RoomCreated {
+            room: req.room,
+            kind: req.kind,
+            node: self.config.node.id.clone(),
+            created,
+        })
     }
 
     pub async fn close_room(&self, room: &RoomId) -> Result<(), ControlError> {
-        let result = self.ask(room, |reply| Command::CloseRoom { room: room.clone(), reply }).await;
+        let result = self
+            .ask(room, |reply| Command::CloseRoom {
+                room: room.clone(),
+                reply,
+            })
+            .await;
         // Dropping the entry drops the event sender: every event stream ends after RoomClosed.
         self.rooms().remove(room);
         result
     }
 
-    pub async fn open_session(&self, room: &RoomId, req: OpenSession) -> Result<SessionOpened, ControlError> {
+    pub async fn open_session(
+        &self,
+        room: &RoomId,
+        req: OpenSession,
+    ) -> Result<SessionOpened, ControlError> {
         if !req.role_is_valid() {
-            return Err(ControlError::BadRequest("role: lowercase letters and _ only, at most 32".into()));
+            return Err(ControlError::BadRequest(
+                "role: lowercase letters and _ only, at most 32".into(),
+            ));
         }
         let participant = req.participant.clone();
         let replaced = self
@@ -150,40 +225,108 @@ impl Node {
                 reply,
             })
             .await?;
-        Ok(SessionOpened { room: room.clone(), participant, node: self.config.node.id.clone(), replaced })
+        Ok(SessionOpened {
+            room: room.clone(),
+            participant,
+            node: self.config.node.id.clone(),
+            replaced,
+        })
     }
 
-    pub async fn close_session(&self, room: &RoomId, participant: &ParticipantId) -> Result<(), ControlError> {
-        self.ask(room, |reply| Command::CloseSession { room: room.clone(), participant: participant.clone(), reply }).await
+    pub async fn close_session(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::CloseSession {
+            room: room.clone(),
+            participant: participant.clone(),
+            reply,
+        })
+        .await
     }
 
     /// The participant's offer; returns the SFU's answer.
-    pub async fn offer(&self, room: &RoomId, participant: &ParticipantId, sdp: String) -> Result<String, ControlError> {
-        self.ask(room, |reply| Command::Offer { room: room.clone(), participant: participant.clone(), sdp, reply }).await
+    pub async fn offer(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        sdp: String,
+    ) -> Result<String, ControlError> {
+        self.ask(room, |reply| Command::Offer {
+            room: room.clone(),
+            participant: participant.clone(),
+            sdp,
+            reply,
+        })
+        .await
     }
 
     /// The participant's answer to the SFU's last offer.
-    pub async fn answer(&self, room: &RoomId, participant: &ParticipantId, sdp: String) -> Result<(), ControlError> {
-        self.ask(room, |reply| Command::Answer { room: room.clone(), participant: participant.clone(), sdp, reply }).await
+    pub async fn answer(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        sdp: String,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::Answer {
+            room: room.clone(),
+            participant: participant.clone(),
+            sdp,
+            reply,
+        })
+        .await
     }
 
-    pub async fn candidate(&self, room: &RoomId, participant: &ParticipantId, candidate: IceCandidate) -> Result<(), ControlError> {
-        self.ask(room, |reply| Command::Candidate { room: room.clone(), participant: participant.clone(), candidate, reply })
-            .await
+    pub async fn candidate(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        candidate: IceCandidate,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::Candidate {
+            room: room.clone(),
+            participant: participant.clone(),
+            candidate,
+            reply,
+        })
+        .await
     }
 
-    pub async fn set_muted(&self, room: &RoomId, participant: &ParticipantId, kind: MediaKind, muted: bool) -> Result<(), ControlError> {
-        self.ask(room, |reply| Command::SetMuted { room: room.clone(), participant: participant.clone(), kind, muted, reply })
-            .await
+    pub async fn set_muted(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        kind: MediaKind,
+        muted: bool,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::SetMuted {
+            room: room.clone(),
+            participant: participant.clone(),
+            kind,
+            muted,
+            reply,
+        })
+        .await
     }
 
     pub async fn describe_room(&self, room: &RoomId) -> Result<RoomInfo, ControlError> {
-        self.ask(room, |reply| Command::DescribeRoom { room: room.clone(), reply }).await
+        self.ask(room, |reply| Command::DescribeRoom {
+            room: room.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Subscribe to a room's events from now on.
-    pub fn events(&self, room: &RoomId) -> Result<broadcast::Receiver<RoomEventEnvelope>, ControlError> {
-        self.rooms().get(room).map(|r| r.events.subscribe()).ok_or(ControlError::RoomNotFound)
+    pub fn events(
+        &self,
+        room: &RoomId,
+    ) -> Result<broadcast::Receiver<RoomEventEnvelope>, ControlError> {
+        self.rooms()
+            .get(room)
+            .map(|r| r.events.subscribe())
+            .ok_or(ControlError::RoomNotFound)
     }
 
     pub fn info(&self) -> NodeInfo {

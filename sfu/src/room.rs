@@ -46,8 +46,23 @@ pub struct Publication {
 }
 
 impl Publication {
-    pub fn new(id: TrackId, publisher: SessionKey, participant: ParticipantId, inbound: InboundId, codec: Codec) -> Self {
-        Publication { id, publisher, participant, inbound, codec, muted: false, subscribers: Vec::new(), last_keyframe_request: None }
+    pub fn new(
+        id: TrackId,
+        publisher: SessionKey,
+        participant: ParticipantId,
+        inbound: InboundId,
+        codec: Codec,
+    ) -> Self {
+        Publication {
+            id,
+            publisher,
+            participant,
+            inbound,
+            codec,
+            muted: false,
+            subscribers: Vec::new(),
+            last_keyframe_request: None,
+        }
     }
 
     /// Should a keyframe request go to the publisher now? Coalesces requests from many
@@ -56,7 +71,10 @@ impl Publication {
         if self.codec.kind() != crate::media::MediaKind::Video {
             return false;
         }
-        if self.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
             return false;
         }
         self.last_keyframe_request = Some(now);
@@ -65,8 +83,12 @@ impl Publication {
 
     /// Some subscriber still waits for its first keyframe and we last asked a while ago.
     pub fn keyframe_overdue(&self, now: Instant) -> bool {
-        self.subscribers.iter().any(|s| s.down.is_waiting_for_keyframe())
-            && self.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_WAIT_RETRY)
+        self.subscribers
+            .iter()
+            .any(|s| s.down.is_waiting_for_keyframe())
+            && self
+                .last_keyframe_request
+                .is_none_or(|t| now.duration_since(t) >= KEYFRAME_WAIT_RETRY)
     }
 }
 
@@ -81,19 +103,36 @@ pub struct Room {
 
 impl Room {
     pub fn new(id: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>) -> Self {
-        Room { id, kind, sessions: HashMap::new(), tracks: HashMap::new(), events, next_seq: 0 }
+        Room {
+            id,
+            kind,
+            sessions: HashMap::new(),
+            tracks: HashMap::new(),
+            events,
+            next_seq: 0,
+        }
     }
 
     /// Publish an event to whoever listens (nobody listening is fine).
     pub fn emit(&mut self, event: RoomEvent) {
         self.next_seq += 1;
-        let _ = self.events.send(RoomEventEnvelope { room: self.id.clone(), seq: self.next_seq, event });
+        let _ = self.events.send(RoomEventEnvelope {
+            room: self.id.clone(),
+            seq: self.next_seq,
+            event,
+        });
     }
 
     /// The publication of `track` a subscriber's outbound carries, by subscriber.
-    pub fn publication_for_outbound(&mut self, session: SessionKey, outbound: OutboundId) -> Option<&mut Publication> {
-        self.tracks
-            .values_mut()
-            .find(|p| p.subscribers.iter().any(|s| s.session == session && s.outbound == outbound))
+    pub fn publication_for_outbound(
+        &mut self,
+        session: SessionKey,
+        outbound: OutboundId,
+    ) -> Option<&mut Publication> {
+        self.tracks.values_mut().find(|p| {
+            p.subscribers
+                .iter()
+                .any(|s| s.session == session && s.outbound == outbound)
+        })
     }
 }

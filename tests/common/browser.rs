@@ -81,8 +81,12 @@ impl Browser {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("chromium announces its DevTools address within 30 s");
-        let (ws, _) = tokio_tungstenite::connect_async(&url).await.expect("DevTools websocket");
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("chromium announces its DevTools address within 30 s");
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("DevTools websocket");
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
         tokio::spawn(async move {
@@ -98,32 +102,76 @@ impl Browser {
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(text) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
                 if let Some(id) = v.get("id").and_then(Value::as_u64) {
                     if let Some(tx) = p.lock().unwrap().remove(&id) {
                         let _ = tx.send(v);
                     }
-                } else if v.get("method").and_then(Value::as_str) == Some("Runtime.consoleAPICalled") {
+                } else if v.get("method").and_then(Value::as_str)
+                    == Some("Runtime.consoleAPICalled")
+                {
                     let args = v["params"]["args"].as_array().cloned().unwrap_or_default();
-                    let line: Vec<String> = args.iter().map(|a| a.get("value").map_or_else(|| a.to_string(), |x| x.to_string())).collect();
+                    let line: Vec<String> = args
+                        .iter()
+                        .map(|a| {
+                            a.get("value")
+                                .map_or_else(|| a.to_string(), |x| x.to_string())
+                        })
+                        .collect();
                     c.lock().unwrap().push(line.join(" "));
                 }
             }
         });
-        Browser { child, _profile: profile, out, pending, next_id: Arc::new(AtomicU64::new(1)), console }
+        Browser {
+            child,
+            _profile: profile,
+            out,
+            pending,
+            next_id: Arc::new(AtomicU64::new(1)),
+            console,
+        }
     }
 
     async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
-        call(&self.out, &self.pending, &self.next_id, session, method, params).await
+        call(
+            &self.out,
+            &self.pending,
+            &self.next_id,
+            session,
+            method,
+            params,
+        )
+        .await
     }
 
     /// Open `url` in a new tab.
     pub async fn open(&self, url: &str) -> Page {
-        let target = self.call(None, "Target.createTarget", json!({ "url": "about:blank" })).await;
-        let target_id = target["result"]["targetId"].as_str().expect("a target id").to_owned();
-        let attached = self.call(None, "Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).await;
-        let session = attached["result"]["sessionId"].as_str().expect("a session id").to_owned();
-        let page = Page { session, out: self.out.clone(), pending: self.pending.clone(), next_id: self.next_id.clone() };
+        let target = self
+            .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        let target_id = target["result"]["targetId"]
+            .as_str()
+            .expect("a target id")
+            .to_owned();
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target_id, "flatten": true }),
+            )
+            .await;
+        let session = attached["result"]["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
+        let page = Page {
+            session,
+            out: self.out.clone(),
+            pending: self.pending.clone(),
+            next_id: self.next_id.clone(),
+        };
         page.call("Runtime.enable", json!({})).await;
         page.call("Page.enable", json!({})).await;
         page.call("Page.navigate", json!({ "url": url })).await;
@@ -170,25 +218,43 @@ async fn call(
 
 impl Page {
     pub async fn call(&self, method: &str, params: Value) -> Value {
-        call(&self.out, &self.pending, &self.next_id, Some(&self.session), method, params).await
+        call(
+            &self.out,
+            &self.pending,
+            &self.next_id,
+            Some(&self.session),
+            method,
+            params,
+        )
+        .await
     }
 
     /// Evaluate an expression (awaiting a promise) and return its value as JSON. A thrown
     /// exception panics with its text.
     pub async fn eval(&self, expression: &str) -> Value {
         let r = self
-            .call("Runtime.evaluate", json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }))
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
+            )
             .await;
         if let Some(e) = r["result"].get("exceptionDetails") {
             panic!("page script failed: {e}");
         }
-        r["result"]["result"].get("value").cloned().unwrap_or(Value::Null)
+        r["result"]["result"]
+            .get("value")
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     /// A PNG of the page.
     pub async fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png" })).await;
-        base64::engine::general_purpose::STANDARD.decode(r["result"]["data"].as_str().unwrap_or_default()).unwrap_or_default()
+        let r = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(r["result"]["data"].as_str().unwrap_or_default())
+            .unwrap_or_default()
     }
 }

@@ -19,7 +19,8 @@ pub struct ToneLoop {
 
 impl ToneLoop {
     pub fn new(hz: u32, level_dbfs: f64) -> anyhow::Result<ToneLoop> {
-        let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
         enc.set_bitrate(opus::Bitrate::Bits(32_000))?;
         let amplitude = 32767.0 * 10f64.powf(level_dbfs / 20.0);
         let frames = SAMPLE_RATE as usize / FRAME_SAMPLES;
@@ -30,7 +31,9 @@ impl ToneLoop {
             for f in 0..frames {
                 for (i, s) in pcm.iter_mut().enumerate() {
                     let n = (f * FRAME_SAMPLES + i) as f64;
-                    *s = (amplitude * (2.0 * std::f64::consts::PI * hz as f64 * n / SAMPLE_RATE as f64).sin()) as i16;
+                    *s = (amplitude
+                        * (2.0 * std::f64::consts::PI * hz as f64 * n / SAMPLE_RATE as f64).sin())
+                        as i16;
                 }
                 let mut buf = vec![0u8; 1500];
                 let len = enc.encode(&pcm, &mut buf)?;

@@ -20,7 +20,12 @@ struct BoolEncoder {
 
 impl BoolEncoder {
     fn new() -> Self {
-        BoolEncoder { out: Vec::with_capacity(256), range: 255, bottom: 0, bit_count: 24 }
+        BoolEncoder {
+            out: Vec::with_capacity(256),
+            range: 255,
+            bottom: 0,
+            bit_count: 24,
+        }
     }
 
     /// Propagate a carry into bytes already written.
@@ -99,7 +104,10 @@ pub struct Vp8Writer {
 
 impl Vp8Writer {
     pub fn new(width: u16, height: u16) -> Self {
-        assert!(width > 0 && height > 0 && width < 16384 && height < 16384, "VP8 sizes are 14-bit");
+        assert!(
+            width > 0 && height > 0 && width < 16384 && height < 16384,
+            "VP8 sizes are 14-bit"
+        );
         Vp8Writer { width, height }
     }
 
@@ -253,7 +261,13 @@ mod tests {
 
     impl<'a> BoolDecoder<'a> {
         fn new(data: &'a [u8]) -> Self {
-            let mut d = BoolDecoder { data, pos: 0, value: 0, range: 255, bit_count: 0 };
+            let mut d = BoolDecoder {
+                data,
+                pos: 0,
+                value: 0,
+                range: 255,
+                bit_count: 0,
+            };
             d.value = (d.byte() << 8) | d.byte();
             d
         }
@@ -329,7 +343,8 @@ mod decode_tests {
     fn keyframes_decode_to_a_flat_picture() {
         for (w, h) in [(320u16, 240u16), (176, 144), (33, 17)] {
             let frame = Vp8Writer::new(w, h).frame(true, &[0xab; 500]);
-            let mut dec = image_webp::WebPDecoder::new(std::io::Cursor::new(webp(&frame))).expect("a valid VP8 keyframe");
+            let mut dec = image_webp::WebPDecoder::new(std::io::Cursor::new(webp(&frame)))
+                .expect("a valid VP8 keyframe");
             assert_eq!(dec.dimensions(), (w as u32, h as u32));
             let mut rgb = vec![0u8; dec.output_buffer_size().unwrap()];
             dec.read_image(&mut rgb).expect("decodes");

@@ -49,7 +49,9 @@ pub const MAX_ROLE_LEN: usize = 32;
 impl OpenSession {
     pub fn role_is_valid(&self) -> bool {
         self.role.as_deref().is_none_or(|r| {
-            !r.is_empty() && r.len() <= MAX_ROLE_LEN && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            !r.is_empty()
+                && r.len() <= MAX_ROLE_LEN
+                && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         })
     }
 }

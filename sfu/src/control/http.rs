@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
-use super::api::{CreateRoom, ErrorBody, ErrorDetail, IceCandidate, OpenSession, SessionDescription, SetMuted};
+use super::api::{
+    CreateRoom, ErrorBody, ErrorDetail, IceCandidate, OpenSession, SessionDescription, SetMuted,
+};
 use crate::error::ControlError;
 use crate::events::{RoomEvent, RoomEventEnvelope};
 use crate::ids::{ParticipantId, RoomId};
@@ -56,7 +58,10 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(handle(&node, req, peer).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 debug!(%peer, "control connection: {e}");
             }
         });
@@ -66,7 +71,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed_unsync());
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -85,26 +91,44 @@ fn no_content() -> Response<Body> {
 
 fn error_response(e: &ControlError) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = ErrorBody { error: ErrorDetail { code: e.code().to_owned(), message: e.to_string() } };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        },
+    };
     let v = serde_json::to_vec(&body).unwrap_or_default();
     full(status, "application/json", v)
 }
 
 fn authorized(node: &Node, req: &Request<Incoming>) -> bool {
-    let Some(value) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(token) = value.strip_prefix("Bearer ") else { return false };
+    let Some(value) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
     let expected = node.config().control.credential.as_bytes();
     token.as_bytes().ct_eq(expected).into()
 }
 
 async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ControlError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ControlError::PayloadTooLarge
-        } else {
-            ControlError::BadRequest("could not read the request body".into())
-        }
-    })?;
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ControlError::PayloadTooLarge
+            } else {
+                ControlError::BadRequest("could not read the request body".into())
+            }
+        })?;
     serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ControlError::BadRequest(e.to_string()))
 }
 
@@ -120,7 +144,8 @@ fn room_id(s: &str) -> Result<RoomId, ControlError> {
 }
 
 fn participant_id(s: &str) -> Result<ParticipantId, ControlError> {
-    ParticipantId::new(&decode_segment(s)?).map_err(|e| ControlError::BadRequest(format!("participant: {e}")))
+    ParticipantId::new(&decode_segment(s)?)
+        .map_err(|e| ControlError::BadRequest(format!("participant: {e}")))
 }
 
 async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -130,13 +155,20 @@ async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respon
     let method = req.method().clone();
     let result = match (method.clone(), segments.as_slice()) {
         (Method::GET, ["healthz"]) => Ok(full(StatusCode::OK, "text/plain", "ok\n")),
-        (Method::GET, ["metrics"]) => Ok(full(StatusCode::OK, "text/plain; version=0.0.4", node.metrics().render())),
+        (Method::GET, ["metrics"]) => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            node.metrics().render(),
+        )),
         (_, ["v1", ..]) if !authorized(node, &req) => Err(ControlError::Unauthorized),
         (_, ["v1", rest @ ..]) => v1(node, method.clone(), rest, req).await,
         _ => Err(ControlError::NotFound),
     };
     let response = result.unwrap_or_else(|e| {
-        node.metrics().control_refused.with_label_values(&[e.code()]).inc();
+        node.metrics()
+            .control_refused
+            .with_label_values(&[e.code()])
+            .inc();
         if e.status() >= 500 {
             warn!(%peer, %method, route, code = e.code(), "control request failed");
         } else {
@@ -145,7 +177,10 @@ async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respon
         error_response(&e)
     });
     let class = format!("{}xx", response.status().as_u16() / 100);
-    node.metrics().control_requests.with_label_values(&[route, &class]).inc();
+    node.metrics()
+        .control_requests
+        .with_label_values(&[route, &class])
+        .inc();
     response
 }
 
@@ -168,16 +203,28 @@ fn route_name(segments: &[&str]) -> &'static str {
     }
 }
 
-async fn v1(node: &Node, method: Method, path: &[&str], req: Request<Incoming>) -> Result<Response<Body>, ControlError> {
+async fn v1(
+    node: &Node,
+    method: Method,
+    path: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ControlError> {
     match (method, path) {
         (Method::GET, ["node"]) => Ok(json(StatusCode::OK, &node.info())),
         (Method::POST, ["rooms"]) => {
             let body: CreateRoom = body_json(req).await?;
             let created = node.create_room(body).await?;
-            let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json(status, &created))
         }
-        (Method::GET, ["rooms", room]) => Ok(json(StatusCode::OK, &node.describe_room(&room_id(room)?).await?)),
+        (Method::GET, ["rooms", room]) => Ok(json(
+            StatusCode::OK,
+            &node.describe_room(&room_id(room)?).await?,
+        )),
         (Method::DELETE, ["rooms", room]) => {
             node.close_room(&room_id(room)?).await?;
             Ok(no_content())
@@ -189,10 +236,14 @@ async fn v1(node: &Node, method: Method, path: &[&str], req: Request<Incoming>) 
         (Method::POST, ["rooms", room, "participants"]) => {
             let room = room_id(room)?;
             let body: OpenSession = body_json(req).await?;
-            Ok(json(StatusCode::CREATED, &node.open_session(&room, body).await?))
+            Ok(json(
+                StatusCode::CREATED,
+                &node.open_session(&room, body).await?,
+            ))
         }
         (Method::DELETE, ["rooms", room, "participants", p]) => {
-            node.close_session(&room_id(room)?, &participant_id(p)?).await?;
+            node.close_session(&room_id(room)?, &participant_id(p)?)
+                .await?;
             Ok(no_content())
         }
         (Method::GET, ["rooms", room, "participants", p, "events"]) => {
@@ -210,7 +261,10 @@ async fn v1(node: &Node, method: Method, path: &[&str], req: Request<Incoming>) 
             match body_json::<SessionDescription>(req).await? {
                 SessionDescription::Offer { sdp } => {
                     let answer = node.offer(&room, &p, sdp).await?;
-                    Ok(json(StatusCode::OK, &SessionDescription::Answer { sdp: answer }))
+                    Ok(json(
+                        StatusCode::OK,
+                        &SessionDescription::Answer { sdp: answer },
+                    ))
                 }
                 SessionDescription::Answer { sdp } => {
                     node.answer(&room, &p, sdp).await?;
@@ -231,7 +285,9 @@ async fn v1(node: &Node, method: Method, path: &[&str], req: Request<Incoming>) 
             Ok(no_content())
         }
         (_, ["node" | "rooms"] | ["rooms", _] | ["rooms", _, "events" | "participants"])
-        | (_, ["rooms", _, "participants", _] | ["rooms", _, "participants", _, _]) => Err(ControlError::MethodNotAllowed),
+        | (_, ["rooms", _, "participants", _] | ["rooms", _, "participants", _, _]) => {
+            Err(ControlError::MethodNotAllowed)
+        }
         _ => Err(ControlError::NotFound),
     }
 }
@@ -239,46 +295,62 @@ async fn v1(node: &Node, method: Method, path: &[&str], req: Request<Incoming>) 
 /// Room events as newline-delimited JSON. The room's stream carries everything (signaling
 /// relays offers from it); with `only_for`, only the room-wide events and those addressed to
 /// that participant, ending when the participant leaves.
-fn event_stream(rx: broadcast::Receiver<RoomEventEnvelope>, only_for: Option<ParticipantId>) -> Response<Body> {
+fn event_stream(
+    rx: broadcast::Receiver<RoomEventEnvelope>,
+    only_for: Option<ParticipantId>,
+) -> Response<Body> {
     struct State {
         rx: broadcast::Receiver<RoomEventEnvelope>,
         only_for: Option<ParticipantId>,
         done: bool,
     }
-    let lines = futures_util::stream::unfold(State { rx, only_for, done: false }, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            let next = tokio::time::timeout(KEEPALIVE, st.rx.recv()).await;
-            let line = match next {
-                Err(_) => Bytes::from_static(b"{\"type\":\"keepalive\"}\n"),
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-                Ok(Err(broadcast::error::RecvError::Lagged(n))) => Bytes::from(format!("{{\"type\":\"lagged\",\"missed\":{n}}}\n")),
-                Ok(Ok(env)) => {
-                    if let Some(me) = &st.only_for {
-                        if env.event.addressee().is_some_and(|a| a != me) {
-                            continue;
+    let lines = futures_util::stream::unfold(
+        State {
+            rx,
+            only_for,
+            done: false,
+        },
+        |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let next = tokio::time::timeout(KEEPALIVE, st.rx.recv()).await;
+                let line = match next {
+                    Err(_) => Bytes::from_static(b"{\"type\":\"keepalive\"}\n"),
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        Bytes::from(format!("{{\"type\":\"lagged\",\"missed\":{n}}}\n"))
+                    }
+                    Ok(Ok(env)) => {
+                        if let Some(me) = &st.only_for {
+                            if env.event.addressee().is_some_and(|a| a != me) {
+                                continue;
+                            }
+                            if let RoomEvent::ParticipantLeft { participant, .. } = &env.event
+                                && participant == me
+                            {
+                                st.done = true;
+                            }
                         }
-                        if let RoomEvent::ParticipantLeft { participant, .. } = &env.event
-                            && participant == me
-                        {
+                        if matches!(env.event, RoomEvent::RoomClosed) {
                             st.done = true;
                         }
+                        let mut v = serde_json::to_vec(&env).unwrap_or_default();
+                        v.push(b'\n');
+                        Bytes::from(v)
                     }
-                    if matches!(env.event, RoomEvent::RoomClosed) {
-                        st.done = true;
-                    }
-                    let mut v = serde_json::to_vec(&env).unwrap_or_default();
-                    v.push(b'\n');
-                    Bytes::from(v)
-                }
-            };
-            return Some((Ok::<_, Infallible>(Frame::data(line)), st));
-        }
-    });
+                };
+                return Some((Ok::<_, Infallible>(Frame::data(line)), st));
+            }
+        },
+    );
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(lines)));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
     r
 }

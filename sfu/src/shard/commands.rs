@@ -19,22 +19,68 @@ use crate::webrtc::{ConnectionState, Peer, PeerError, Side};
 pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
 
 pub enum Command {
-    CreateRoom { room: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>, reply: Reply<()> },
-    CloseRoom { room: RoomId, reply: Reply<()> },
+    CreateRoom {
+        room: RoomId,
+        kind: RoomKind,
+        events: broadcast::Sender<RoomEventEnvelope>,
+        reply: Reply<()>,
+    },
+    CloseRoom {
+        room: RoomId,
+        reply: Reply<()>,
+    },
     /// Open a session; a participant that already has one is reconnecting, and its old
     /// session is replaced. Answers whether one was replaced.
-    OpenSession { room: RoomId, participant: ParticipantId, role: Option<String>, rights: Rights, reply: Reply<bool> },
-    CloseSession { room: RoomId, participant: ParticipantId, reply: Reply<()> },
-    Offer { room: RoomId, participant: ParticipantId, sdp: String, reply: Reply<String> },
-    Answer { room: RoomId, participant: ParticipantId, sdp: String, reply: Reply<()> },
-    Candidate { room: RoomId, participant: ParticipantId, candidate: IceCandidate, reply: Reply<()> },
-    SetMuted { room: RoomId, participant: ParticipantId, kind: MediaKind, muted: bool, reply: Reply<()> },
-    DescribeRoom { room: RoomId, reply: Reply<RoomInfo> },
+    OpenSession {
+        room: RoomId,
+        participant: ParticipantId,
+        role: Option<String>,
+        rights: Rights,
+        reply: Reply<bool>,
+    },
+    CloseSession {
+        room: RoomId,
+        participant: ParticipantId,
+        reply: Reply<()>,
+    },
+    Offer {
+        room: RoomId,
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Answer {
+        room: RoomId,
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    Candidate {
+        room: RoomId,
+        participant: ParticipantId,
+        candidate: IceCandidate,
+        reply: Reply<()>,
+    },
+    SetMuted {
+        room: RoomId,
+        participant: ParticipantId,
+        kind: MediaKind,
+        muted: bool,
+        reply: Reply<()>,
+    },
+    DescribeRoom {
+        room: RoomId,
+        reply: Reply<RoomInfo>,
+    },
     Shutdown,
 }
 
 fn random_token(len: usize) -> String {
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 impl Shard {
@@ -43,35 +89,77 @@ impl Shard {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Shutdown => return false,
-                Command::CreateRoom { room, kind, events, reply } => {
+                Command::CreateRoom {
+                    room,
+                    kind,
+                    events,
+                    reply,
+                } => {
                     let _ = reply.send(self.create_room(room, kind, events));
                 }
                 Command::CloseRoom { room, reply } => {
                     let _ = reply.send(self.close_room(&room, now));
                 }
-                Command::OpenSession { room, participant, role, rights, reply } => {
+                Command::OpenSession {
+                    room,
+                    participant,
+                    role,
+                    rights,
+                    reply,
+                } => {
                     let _ = reply.send(self.open_session(&room, participant, role, rights, now));
                 }
-                Command::CloseSession { room, participant, reply } => {
-                    let r = self.session_key(&room, &participant).map(|key| self.close_session(key, LeaveReason::Removed, now));
+                Command::CloseSession {
+                    room,
+                    participant,
+                    reply,
+                } => {
+                    let r = self
+                        .session_key(&room, &participant)
+                        .map(|key| self.close_session(key, LeaveReason::Removed, now));
                     let _ = reply.send(r);
                 }
-                Command::Offer { room, participant, sdp, reply } => {
+                Command::Offer {
+                    room,
+                    participant,
+                    sdp,
+                    reply,
+                } => {
                     let _ = reply.send(self.remote_offer(&room, &participant, &sdp, now));
                 }
-                Command::Answer { room, participant, sdp, reply } => {
+                Command::Answer {
+                    room,
+                    participant,
+                    sdp,
+                    reply,
+                } => {
                     let _ = reply.send(self.remote_answer(&room, &participant, &sdp, now));
                 }
-                Command::Candidate { room, participant, candidate, reply } => {
+                Command::Candidate {
+                    room,
+                    participant,
+                    candidate,
+                    reply,
+                } => {
                     let r = self.session_key(&room, &participant).and_then(|key| {
                         self.sessions[key]
                             .peer
-                            .add_remote_candidate(&candidate.candidate, candidate.sdp_mid, candidate.sdp_m_line_index)
+                            .add_remote_candidate(
+                                &candidate.candidate,
+                                candidate.sdp_mid,
+                                candidate.sdp_m_line_index,
+                            )
                             .map_err(|e| ControlError::InvalidCandidate(e.to_string()))
                     });
                     let _ = reply.send(r);
                 }
-                Command::SetMuted { room, participant, kind, muted, reply } => {
+                Command::SetMuted {
+                    room,
+                    participant,
+                    kind,
+                    muted,
+                    reply,
+                } => {
                     let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
                 }
                 Command::DescribeRoom { room, reply } => {
@@ -82,9 +170,18 @@ impl Shard {
         true
     }
 
-    fn create_room(&mut self, id: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>) -> Result<(), ControlError> {
+    fn create_room(
+        &mut self,
+        id: RoomId,
+        kind: RoomKind,
+        events: broadcast::Sender<RoomEventEnvelope>,
+    ) -> Result<(), ControlError> {
         if let Some(&key) = self.room_index.get(&id) {
-            return if self.rooms[key].kind == kind { Ok(()) } else { Err(ControlError::RoomKindMismatch) };
+            return if self.rooms[key].kind == kind {
+                Ok(())
+            } else {
+                Err(ControlError::RoomKindMismatch)
+            };
         }
         let key = self.rooms.insert(Room::new(id.clone(), kind, events));
         self.room_index.insert(id.clone(), key);
@@ -107,9 +204,20 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn session_key(&self, room: &RoomId, participant: &ParticipantId) -> Result<usize, ControlError> {
-        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
-        self.rooms[rkey].sessions.get(participant).copied().ok_or(ControlError::ParticipantNotFound)
+    pub(super) fn session_key(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+    ) -> Result<usize, ControlError> {
+        let rkey = *self
+            .room_index
+            .get(room)
+            .ok_or(ControlError::RoomNotFound)?;
+        self.rooms[rkey]
+            .sessions
+            .get(participant)
+            .copied()
+            .ok_or(ControlError::ParticipantNotFound)
     }
 
     fn open_session(
@@ -120,7 +228,10 @@ impl Shard {
         rights: Rights,
         now: Instant,
     ) -> Result<bool, ControlError> {
-        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
+        let rkey = *self
+            .room_index
+            .get(room)
+            .ok_or(ControlError::RoomNotFound)?;
         let replaced = match self.rooms[rkey].sessions.get(&participant).copied() {
             Some(old) => {
                 self.close_session(old, LeaveReason::Removed, now);
@@ -139,24 +250,52 @@ impl Shard {
             }
         };
         let pwd = random_token(24);
-        let peer = Peer::new(Side::Server { ufrag: ufrag.clone(), pwd }, self.candidate, now).map_err(|e| {
+        let peer = Peer::new(
+            Side::Server {
+                ufrag: ufrag.clone(),
+                pwd,
+            },
+            self.candidate,
+            now,
+        )
+        .map_err(|e| {
             tracing::error!(shard = self.index, "cannot create a peer connection: {e}");
             ControlError::Internal
         })?;
         let uid = self.next_uid();
-        let session = Session::new(uid, rkey, room.clone(), participant.clone(), role.clone(), rights, peer, ufrag.clone(), now);
+        let session = Session::new(
+            uid,
+            rkey,
+            room.clone(),
+            participant.clone(),
+            role.clone(),
+            rights,
+            peer,
+            ufrag.clone(),
+            now,
+        );
         let key = self.sessions.insert(session);
         self.by_uid.insert(uid, key);
         self.demux.add_session(ufrag, key);
         let r = &mut self.rooms[rkey];
         r.sessions.insert(participant.clone(), key);
-        r.emit(RoomEvent::ParticipantJoined { participant: participant.clone(), role, rights });
+        r.emit(RoomEvent::ParticipantJoined {
+            participant: participant.clone(),
+            role,
+            rights,
+        });
         self.metrics.participants.inc();
         info!(shard = self.index, room = %room, participant = %participant, replaced, "session opened");
         Ok(replaced)
     }
 
-    fn remote_offer(&mut self, room: &RoomId, participant: &ParticipantId, sdp: &str, now: Instant) -> Result<String, ControlError> {
+    fn remote_offer(
+        &mut self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<String, ControlError> {
         let key = self.session_key(room, participant)?;
         let s = &mut self.sessions[key];
         if s.peer.is_negotiating() {
@@ -182,7 +321,13 @@ impl Shard {
         Ok(answer)
     }
 
-    fn remote_answer(&mut self, room: &RoomId, participant: &ParticipantId, sdp: &str, now: Instant) -> Result<(), ControlError> {
+    fn remote_answer(
+        &mut self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<(), ControlError> {
         let key = self.session_key(room, participant)?;
         let s = &mut self.sessions[key];
         s.peer.accept_answer(now, sdp).map_err(|e| match e {
@@ -202,7 +347,14 @@ impl Shard {
         Ok(())
     }
 
-    fn set_muted(&mut self, room: &RoomId, participant: &ParticipantId, kind: MediaKind, muted: bool, now: Instant) -> Result<(), ControlError> {
+    fn set_muted(
+        &mut self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        kind: MediaKind,
+        muted: bool,
+        now: Instant,
+    ) -> Result<(), ControlError> {
         let key = self.session_key(room, participant)?;
         let s = &mut self.sessions[key];
         match kind {
@@ -222,7 +374,11 @@ impl Shard {
             }
         }
         for track in changed {
-            self.rooms[rkey].emit(RoomEvent::TrackMuted { track, participant: participant.clone(), muted });
+            self.rooms[rkey].emit(RoomEvent::TrackMuted {
+                track,
+                participant: participant.clone(),
+                muted,
+            });
             if !muted {
                 self.request_keyframe(track, now);
             }
@@ -231,7 +387,10 @@ impl Shard {
     }
 
     fn describe_room(&self, room: &RoomId) -> Result<RoomInfo, ControlError> {
-        let rkey = *self.room_index.get(room).ok_or(ControlError::RoomNotFound)?;
+        let rkey = *self
+            .room_index
+            .get(room)
+            .ok_or(ControlError::RoomNotFound)?;
         let r = &self.rooms[rkey];
         let mut participants: Vec<ParticipantInfo> = r
             .sessions
@@ -244,7 +403,11 @@ impl Shard {
                     participant: s.participant.clone(),
                     role: s.role.clone(),
                     rights: s.rights,
-                    media: if s.peer.state() == ConnectionState::Connected { MediaState::Connected } else { MediaState::Disconnected },
+                    media: if s.peer.state() == ConnectionState::Connected {
+                        MediaState::Connected
+                    } else {
+                        MediaState::Disconnected
+                    },
                     publications,
                     subscriptions: s.subscriptions.len(),
                     audio_muted: s.audio_muted,
@@ -266,7 +429,12 @@ impl Shard {
             })
             .collect();
         tracks.sort_by_key(|t| t.track);
-        Ok(RoomInfo { room: r.id.clone(), kind: r.kind, participants, tracks })
+        Ok(RoomInfo {
+            room: r.id.clone(),
+            kind: r.kind,
+            participants,
+            tracks,
+        })
     }
 
     /// Close every room (node shutdown).

@@ -63,7 +63,9 @@ impl Demux {
                     Some(&key) => Route::Check(key),
                     None => Route::Drop(DropReason::UnknownUfrag),
                 },
-                StunTarget::NoUsername => known.map_or(Route::Drop(DropReason::UnknownPeer), Route::Known),
+                StunTarget::NoUsername => {
+                    known.map_or(Route::Drop(DropReason::UnknownPeer), Route::Known)
+                }
                 StunTarget::Malformed => Route::Drop(DropReason::MalformedStun),
             },
             DatagramKind::Dtls => known.map_or(Route::Drop(DropReason::UnknownPeer), Route::Known),
@@ -99,7 +101,9 @@ pub fn rtp_or_rtcp_header_fits(p: &[u8]) -> bool {
     let csrc = (p[0] & 0x0f) as usize;
     let mut len = 12 + 4 * csrc;
     if p[0] & 0x10 != 0 {
-        let Some(ext) = p.get(len + 2..len + 4) else { return false };
+        let Some(ext) = p.get(len + 2..len + 4) else {
+            return false;
+        };
         len += 4 + 4 * u16::from_be_bytes([ext[0], ext[1]]) as usize;
     }
     len <= p.len()
@@ -133,14 +137,32 @@ mod tests {
     fn strangers_are_dropped_with_reasons() {
         let mut d = Demux::default();
         d.add_session("abcd".into(), 3);
-        assert_eq!(d.route(addr(1), &[0xff, 0, 0], false), Route::Drop(DropReason::Unclassifiable));
-        assert_eq!(d.route(addr(1), &[22; 40], false), Route::Drop(DropReason::UnknownPeer));
-        assert_eq!(d.route(addr(1), &[0x80; 1200], true), Route::Drop(DropReason::Oversized));
-        assert_eq!(d.route(addr(1), &[0x80, 96, 0], false), Route::Drop(DropReason::TruncatedRtp));
-        assert_eq!(d.route(addr(1), &[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], false), Route::Drop(DropReason::UnknownPeer));
+        assert_eq!(
+            d.route(addr(1), &[0xff, 0, 0], false),
+            Route::Drop(DropReason::Unclassifiable)
+        );
+        assert_eq!(
+            d.route(addr(1), &[22; 40], false),
+            Route::Drop(DropReason::UnknownPeer)
+        );
+        assert_eq!(
+            d.route(addr(1), &[0x80; 1200], true),
+            Route::Drop(DropReason::Oversized)
+        );
+        assert_eq!(
+            d.route(addr(1), &[0x80, 96, 0], false),
+            Route::Drop(DropReason::TruncatedRtp)
+        );
+        assert_eq!(
+            d.route(addr(1), &[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], false),
+            Route::Drop(DropReason::UnknownPeer)
+        );
         d.bind(addr(1), 3);
         assert_eq!(d.route(addr(1), &[22; 40], false), Route::Known(3));
         d.remove_session("abcd", &[addr(1)]);
-        assert_eq!(d.route(addr(1), &[22; 40], false), Route::Drop(DropReason::UnknownPeer));
+        assert_eq!(
+            d.route(addr(1), &[22; 40], false),
+            Route::Drop(DropReason::UnknownPeer)
+        );
     }
 }

@@ -21,31 +21,45 @@ impl Shard {
     /// Act on everything the session's peer has to say.
     pub(super) fn drive(&mut self, key: SessionKey, now: Instant) {
         loop {
-            let Some(s) = self.sessions.get_mut(key) else { return };
-            let peer = &mut s.peer;
-            let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.poll_output())) {
-                Ok(Some(out)) => out,
-                Ok(None) => return,
-                Err(_) => {
-                    self.on_peer_panic(key, now);
-                    return;
-                }
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
             };
+            let peer = &mut s.peer;
+            let out =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.poll_output()))
+                {
+                    Ok(Some(out)) => out,
+                    Ok(None) => return,
+                    Err(_) => {
+                        self.on_peer_panic(key, now);
+                        return;
+                    }
+                };
             match out {
                 PeerOutput::Rtp { inbound, packet } => self.forward(key, inbound, &packet, now),
                 PeerOutput::State(state) => self.on_state(key, state, now),
-                PeerOutput::TrackOpened { inbound, codec, .. } => self.publish(key, inbound, codec, now),
+                PeerOutput::TrackOpened { inbound, codec, .. } => {
+                    self.publish(key, inbound, codec, now)
+                }
                 PeerOutput::TrackClosed { inbound } => self.unpublish(key, inbound),
                 PeerOutput::UnroutableRtp => self.tally.drop(DropReason::UnknownSsrc),
-                PeerOutput::Feedback { outbound, feedback: Feedback::KeyframeRequest } => {
-                    let track = self.sessions.get(key).and_then(|s| s.subscriptions.get(&outbound).copied());
+                PeerOutput::Feedback {
+                    outbound,
+                    feedback: Feedback::KeyframeRequest,
+                } => {
+                    let track = self
+                        .sessions
+                        .get(key)
+                        .and_then(|s| s.subscriptions.get(&outbound).copied());
                     if let Some(track) = track {
                         self.request_keyframe(track, now);
                     }
                 }
                 // Data channels carry avatar poses in shared rooms; a consultation room has no
                 // use for them yet, so they stay open and unread.
-                PeerOutput::ChannelOpened { .. } | PeerOutput::ChannelClosed { .. } | PeerOutput::ChannelMessage { .. } => {}
+                PeerOutput::ChannelOpened { .. }
+                | PeerOutput::ChannelClosed { .. }
+                | PeerOutput::ChannelMessage { .. } => {}
             }
         }
     }
@@ -53,7 +67,13 @@ impl Shard {
     /// Fan one publisher packet out to every subscriber of its publication.
     fn forward(&mut self, key: SessionKey, inbound: InboundId, packet: &RtpPacket, now: Instant) {
         self.tally.rtp_packets_received += 1;
-        let Shard { sessions, rooms, tally, dirty, .. } = self;
+        let Shard {
+            sessions,
+            rooms,
+            tally,
+            dirty,
+            ..
+        } = self;
         let Some(s) = sessions.get(key) else { return };
         let Some(&track) = s.publications.get(&inbound) else {
             // A track we did not accept: the participant may not publish.
@@ -69,15 +89,23 @@ impl Shard {
             return;
         }
         for sub in &mut publication.subscribers {
-            let Some(ss) = sessions.get_mut(sub.session) else { continue };
+            let Some(ss) = sessions.get_mut(sub.session) else {
+                continue;
+            };
             if !ss.peer.outbound_ready(sub.outbound) {
                 tally.drop(DropReason::SubscriberNotReady);
                 continue;
             }
             match sub.down.decide(packet) {
                 Forward::Drop(reason) => tally.drop(reason),
-                Forward::Send { sequence_number, timestamp } => {
-                    if ss.peer.send_rtp(now, sub.outbound, packet, sequence_number, timestamp) {
+                Forward::Send {
+                    sequence_number,
+                    timestamp,
+                } => {
+                    if ss
+                        .peer
+                        .send_rtp(now, sub.outbound, packet, sequence_number, timestamp)
+                    {
                         tally.rtp_packets_forwarded += 1;
                         if !ss.dirty {
                             ss.dirty = true;
@@ -92,7 +120,9 @@ impl Shard {
     }
 
     fn on_state(&mut self, key: SessionKey, state: ConnectionState, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         let participant = s.participant.clone();
         let rkey = s.room;
         match state {
@@ -102,12 +132,18 @@ impl Shard {
                 if first {
                     info!(shard = self.index, room = %s.room_id, participant = %participant, ms = now.duration_since(s.created).as_millis() as u64, "media connected");
                 }
-                self.rooms[rkey].emit(RoomEvent::ParticipantMedia { participant, state: MediaState::Connected });
+                self.rooms[rkey].emit(RoomEvent::ParticipantMedia {
+                    participant,
+                    state: MediaState::Connected,
+                });
                 // Offers wait for the first connection (see maybe_offer).
                 self.mark_dirty(key);
             }
             ConnectionState::Disconnected => {
-                self.rooms[rkey].emit(RoomEvent::ParticipantMedia { participant, state: MediaState::Disconnected });
+                self.rooms[rkey].emit(RoomEvent::ParticipantMedia {
+                    participant,
+                    state: MediaState::Disconnected,
+                });
             }
             ConnectionState::Failed | ConnectionState::Closed => {
                 self.close_session(key, LeaveReason::Failed, now);
@@ -117,13 +153,24 @@ impl Shard {
     }
 
     /// A session's first packet on a new track: it becomes a publication of the room.
-    fn publish(&mut self, key: SessionKey, inbound: InboundId, codec: crate::media::Codec, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+    fn publish(
+        &mut self,
+        key: SessionKey,
+        inbound: InboundId,
+        codec: crate::media::Codec,
+        now: Instant,
+    ) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if !s.rights.publish {
             warn!(shard = self.index, room = %s.room_id, participant = %s.participant, "media from a participant without the right to publish");
             return;
         }
-        let track = TrackId(self.track_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let track = TrackId(
+            self.track_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
         s.publications.insert(inbound, track);
         let muted = match codec.kind() {
             MediaKind::Audio => s.audio_muted,
@@ -134,12 +181,28 @@ impl Shard {
         publication.muted = muted;
         let room = &mut self.rooms[rkey];
         room.tracks.insert(track, publication);
-        room.emit(RoomEvent::TrackPublished { track, participant: participant.clone(), kind: codec.kind(), codec });
-        self.metrics.tracks.with_label_values(&[kind_label(codec.kind())]).inc();
+        room.emit(RoomEvent::TrackPublished {
+            track,
+            participant: participant.clone(),
+            kind: codec.kind(),
+            codec,
+        });
+        self.metrics
+            .tracks
+            .with_label_values(&[kind_label(codec.kind())])
+            .inc();
         info!(shard = self.index, room = %room.id, participant = %participant, %track, ?codec, "track published");
-        let others: Vec<SessionKey> = room.sessions.values().copied().filter(|&k| k != key).collect();
+        let others: Vec<SessionKey> = room
+            .sessions
+            .values()
+            .copied()
+            .filter(|&k| k != key)
+            .collect();
         for other in others {
-            let ready = self.sessions.get(other).is_some_and(|o| o.rights.subscribe && o.had_remote_offer);
+            let ready = self
+                .sessions
+                .get(other)
+                .is_some_and(|o| o.rights.subscribe && o.had_remote_offer);
             if ready {
                 self.subscribe(other, track, now);
             }
@@ -148,11 +211,15 @@ impl Shard {
 
     /// Give session `key` its own outbound copy of `track`. The next offer carries it.
     pub(super) fn subscribe(&mut self, key: SessionKey, track: TrackId, _now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.subscriptions.values().any(|&t| t == track) {
             return;
         }
-        let Some(publication) = self.rooms[s.room].tracks.get_mut(&track) else { return };
+        let Some(publication) = self.rooms[s.room].tracks.get_mut(&track) else {
+            return;
+        };
         if publication.publisher == key {
             return;
         }
@@ -160,14 +227,23 @@ impl Shard {
         // Zero is a valid SSRC, but some stacks treat it as "unset".
         let ssrc = rng.random_range(1..=u32::MAX);
         let down = DownTrack::new(publication.codec, ssrc, rng.random(), rng.random());
-        let outbound = match s.peer.add_outbound(publication.codec, ssrc, publication.participant.as_str(), &track.to_string()) {
+        let outbound = match s.peer.add_outbound(
+            publication.codec,
+            ssrc,
+            publication.participant.as_str(),
+            &track.to_string(),
+        ) {
             Ok(o) => o,
             Err(e) => {
                 warn!(shard = self.index, %track, "cannot add an outbound track: {e}");
                 return;
             }
         };
-        publication.subscribers.push(Subscriber { session: key, outbound, down });
+        publication.subscribers.push(Subscriber {
+            session: key,
+            outbound,
+            down,
+        });
         s.subscriptions.insert(outbound, track);
         s.needs_offer = true;
         self.mark_dirty(key);
@@ -175,25 +251,39 @@ impl Shard {
 
     /// The publisher stopped sending a track (renegotiated it away): it ends for everyone.
     fn unpublish(&mut self, key: SessionKey, inbound: InboundId) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
-        let Some(track) = s.publications.remove(&inbound) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(track) = s.publications.remove(&inbound) else {
+            return;
+        };
         let rkey = s.room;
         self.end_publication(rkey, track);
     }
 
     fn end_publication(&mut self, rkey: usize, track: TrackId) {
-        let Some(publication) = self.rooms[rkey].tracks.remove(&track) else { return };
+        let Some(publication) = self.rooms[rkey].tracks.remove(&track) else {
+            return;
+        };
         for sub in &publication.subscribers {
             self.unsubscribe(sub.session, sub.outbound);
         }
-        self.metrics.tracks.with_label_values(&[kind_label(publication.codec.kind())]).dec();
+        self.metrics
+            .tracks
+            .with_label_values(&[kind_label(publication.codec.kind())])
+            .dec();
         let room = &mut self.rooms[rkey];
         info!(shard = self.index, room = %room.id, participant = %publication.participant, %track, "track ended");
-        room.emit(RoomEvent::TrackEnded { track, participant: publication.participant });
+        room.emit(RoomEvent::TrackEnded {
+            track,
+            participant: publication.participant,
+        });
     }
 
     fn unsubscribe(&mut self, key: SessionKey, outbound: OutboundId) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.subscriptions.remove(&outbound).is_none() {
             return;
         }
@@ -206,8 +296,12 @@ impl Shard {
 
     /// Ask a publisher for a keyframe, at most once per coalescing interval.
     pub(super) fn request_keyframe(&mut self, track: TrackId, now: Instant) {
-        let Shard { sessions, rooms, .. } = self;
-        let Some(publication) = rooms.iter_mut().find_map(|(_, r)| r.tracks.get_mut(&track)) else { return };
+        let Shard {
+            sessions, rooms, ..
+        } = self;
+        let Some(publication) = rooms.iter_mut().find_map(|(_, r)| r.tracks.get_mut(&track)) else {
+            return;
+        };
         if !publication.take_keyframe_request(now) {
             return;
         }
@@ -235,7 +329,9 @@ impl Shard {
 
     /// Send the offer a session is owed, once it is connected and no exchange is under way.
     pub(super) fn maybe_offer(&mut self, key: SessionKey, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if !s.needs_offer || !s.had_remote_offer || !s.connected_once || s.peer.is_negotiating() {
             return;
         }
@@ -245,7 +341,9 @@ impl Shard {
                 let participant = s.participant.clone();
                 self.rooms[s.room].emit(RoomEvent::Offer { participant, sdp });
             }
-            Err(e) => warn!(shard = self.index, room = %s.room_id, participant = %s.participant, "cannot create an offer: {e}"),
+            Err(e) => {
+                warn!(shard = self.index, room = %s.room_id, participant = %s.participant, "cannot create an offer: {e}")
+            }
         }
     }
 
@@ -276,10 +374,16 @@ impl Shard {
             self.send.push(t.to, t.data);
         }
         if let Some(room) = self.rooms.get_mut(rkey) {
-            room.emit(RoomEvent::ParticipantLeft { participant: s.participant.clone(), reason });
+            room.emit(RoomEvent::ParticipantLeft {
+                participant: s.participant.clone(),
+                reason,
+            });
         }
         self.metrics.participants.dec();
-        self.metrics.sessions_closed.with_label_values(&[leave_label(reason)]).inc();
+        self.metrics
+            .sessions_closed
+            .with_label_values(&[leave_label(reason)])
+            .inc();
         info!(shard = self.index, room = %s.room_id, participant = %s.participant, ?reason, "session closed");
     }
 }

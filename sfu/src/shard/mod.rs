@@ -77,7 +77,9 @@ pub struct ShardHandle {
 
 impl ShardHandle {
     pub fn send(&self, command: Command) -> Result<(), ControlError> {
-        self.commands.send(command).map_err(|_| ControlError::Unavailable)?;
+        self.commands
+            .send(command)
+            .map_err(|_| ControlError::Unavailable)?;
         self.waker.wake().map_err(|_| ControlError::Unavailable)
     }
 
@@ -137,7 +139,8 @@ pub(crate) fn spawn(
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
     let poll = Poll::new()?;
-    poll.registry().register(&mut socket, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+    poll.registry()
+        .register(&mut socket, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
     let load = Arc::new(ShardLoad::default());
@@ -165,8 +168,17 @@ pub(crate) fn spawn(
         load: load.clone(),
         next_housekeeping: Instant::now() + HOUSEKEEPING_EVERY,
     };
-    let thread = std::thread::Builder::new().name(format!("media-{index}")).spawn(move || shard.run())?;
-    Ok(ShardHandle { index, media_addr: candidate, load, commands: tx, waker, thread: Some(thread) })
+    let thread = std::thread::Builder::new()
+        .name(format!("media-{index}"))
+        .spawn(move || shard.run())?;
+    Ok(ShardHandle {
+        index,
+        media_addr: candidate,
+        load,
+        commands: tx,
+        waker,
+        thread: Some(thread),
+    })
 }
 
 impl Shard {
@@ -178,7 +190,10 @@ impl Shard {
             let timeout = if self.socket_backlog {
                 Some(Duration::ZERO)
             } else {
-                let next = self.timers.next().map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+                let next = self
+                    .timers
+                    .next()
+                    .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
                 Some(next.saturating_duration_since(now))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -219,7 +234,9 @@ impl Shard {
     }
 
     fn read_socket(&mut self, now: Instant) {
-        let Some(mut batch) = self.recv.take() else { return };
+        let Some(mut batch) = self.recv.take() else {
+            return;
+        };
         self.socket_backlog = false;
         for _ in 0..MAX_RECV_BATCHES_PER_TURN {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
@@ -253,7 +270,10 @@ impl Shard {
                 // SRTP leaves the header in the clear: refuse streams the participant never
                 // declared before spending a decryption on them.
                 if let Some(ssrc) = demux::rtp_ssrc(data)
-                    && self.sessions.get(key).is_some_and(|s| !s.peer.expects_inbound_ssrc(ssrc))
+                    && self
+                        .sessions
+                        .get(key)
+                        .is_some_and(|s| !s.peer.expects_inbound_ssrc(ssrc))
                 {
                     self.tally.drop(DropReason::UnknownSsrc);
                     return;
@@ -267,7 +287,8 @@ impl Shard {
                 let mut accepted = false;
                 if let Some(s) = self.sessions.get_mut(key) {
                     while let Some(t) = s.peer.poll_transmit() {
-                        accepted |= t.to == from && crate::webrtc::stun::is_binding_success(&t.data);
+                        accepted |=
+                            t.to == from && crate::webrtc::stun::is_binding_success(&t.data);
                         self.send.push(t.to, t.data);
                     }
                     if accepted && !s.addrs.contains(&from) {
@@ -284,10 +305,14 @@ impl Shard {
 
     /// Hand a datagram to a session's peer and act on what comes out.
     fn feed(&mut self, key: SessionKey, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         s.last_received = now;
         let peer = &mut s.peer;
-        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.handle_datagram(now, from, data)));
+        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            peer.handle_datagram(now, from, data)
+        }));
         if fed.is_err() {
             self.on_peer_panic(key, now);
             return;
@@ -307,14 +332,20 @@ impl Shard {
 
     fn run_timers(&mut self, now: Instant) {
         while let Some((at, uid)) = self.timers.pop_due(now) {
-            let Some(&key) = self.by_uid.get(&uid) else { continue };
-            let Some(s) = self.sessions.get_mut(key) else { continue };
+            let Some(&key) = self.by_uid.get(&uid) else {
+                continue;
+            };
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
             if s.timer != Some(at) {
                 continue; // re-armed since
             }
             s.timer = None;
             let peer = &mut s.peer;
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.handle_timeout(now))).is_err() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.handle_timeout(now)))
+                .is_err()
+            {
                 self.on_peer_panic(key, now);
                 continue;
             }
@@ -325,11 +356,15 @@ impl Shard {
     /// Drive every session touched this turn: outputs, owed offers, datagrams, next deadline.
     fn process_dirty(&mut self, now: Instant) {
         while let Some(key) = self.dirty.pop() {
-            let Some(s) = self.sessions.get_mut(key) else { continue };
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
             s.dirty = false;
             self.drive(key, now);
             self.maybe_offer(key, now);
-            let Some(s) = self.sessions.get_mut(key) else { continue };
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
             while let Some(t) = s.peer.poll_transmit() {
                 self.send.push(t.to, t.data);
             }
@@ -353,7 +388,11 @@ impl Shard {
         self.tally.send_batches += f.syscalls as u64;
         if f.blocked {
             // The kernel buffer is full; mio reports writability and the next turn retries.
-            debug!(shard = self.index, queued = self.send.len(), "send buffer full");
+            debug!(
+                shard = self.index,
+                queued = self.send.len(),
+                "send buffer full"
+            );
         }
     }
 
@@ -382,7 +421,9 @@ impl Shard {
         }
         self.retry_keyframes(now);
         self.load.rooms.store(self.rooms.len(), Ordering::Relaxed);
-        self.load.sessions.store(self.sessions.len(), Ordering::Relaxed);
+        self.load
+            .sessions
+            .store(self.sessions.len(), Ordering::Relaxed);
     }
 
     fn on_peer_panic(&mut self, key: SessionKey, now: Instant) {

@@ -56,7 +56,9 @@ mod tests {
         t.arm(t0 + Duration::from_millis(20), 3);
         assert_eq!(t.next(), Some(t0 + Duration::from_millis(10)));
         assert_eq!(t.pop_due(t0), None);
-        let due: Vec<_> = std::iter::from_fn(|| t.pop_due(t0 + Duration::from_millis(25))).map(|(_, s)| s).collect();
+        let due: Vec<_> = std::iter::from_fn(|| t.pop_due(t0 + Duration::from_millis(25)))
+            .map(|(_, s)| s)
+            .collect();
         assert_eq!(due, vec![2, 3]);
         assert_eq!(t.len(), 1);
     }

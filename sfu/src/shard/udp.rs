@@ -48,7 +48,10 @@ impl RecvBatch {
             headers: Vec::with_capacity(BATCH),
         };
         for i in 0..BATCH {
-            b.iovecs.push(libc::iovec { iov_base: b.bufs[i].as_mut_ptr().cast(), iov_len: MAX_DATAGRAM });
+            b.iovecs.push(libc::iovec {
+                iov_base: b.bufs[i].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            });
         }
         for i in 0..BATCH {
             // SAFETY: zeroed msghdr is valid; the pointers set below outlive it.
@@ -63,7 +66,11 @@ impl RecvBatch {
 
     /// Receive what is waiting (up to [`BATCH`]) and hand each datagram to `f`. Returns how
     /// many arrived; `Ok(0)` when none was waiting.
-    pub fn recv(&mut self, socket: &impl AsRawFd, mut f: impl FnMut(Received<'_>)) -> io::Result<usize> {
+    pub fn recv(
+        &mut self,
+        socket: &impl AsRawFd,
+        mut f: impl FnMut(Received<'_>),
+    ) -> io::Result<usize> {
         for h in &mut self.headers {
             h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
@@ -89,9 +96,15 @@ impl RecvBatch {
         let n = n as usize;
         for i in 0..n {
             let h = &self.headers[i];
-            let Some(from) = sockaddr_to_std(&self.addrs[i], h.msg_hdr.msg_namelen) else { continue };
+            let Some(from) = sockaddr_to_std(&self.addrs[i], h.msg_hdr.msg_namelen) else {
+                continue;
+            };
             let len = (h.msg_len as usize).min(MAX_DATAGRAM);
-            f(Received { from, data: &self.bufs[i][..len], truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 });
+            f(Received {
+                from,
+                data: &self.bufs[i][..len],
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            });
         }
         Ok(n)
     }
@@ -142,14 +155,18 @@ impl SendQueue {
         let mut out = Flushed::default();
         let mut sent_total = 0;
         // SAFETY: zeroed C structs are valid; filled before use below.
-        let mut addrs: [MaybeUninit<libc::sockaddr_storage>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let mut addrs: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
         let mut iovecs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
         while sent_total < self.queued.len() {
             let chunk = &self.queued[sent_total..(sent_total + BATCH).min(self.queued.len())];
             for (i, (to, data)) in chunk.iter().enumerate() {
                 let len = std_to_sockaddr(to, &mut addrs[i]);
-                iovecs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+                iovecs[i] = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
                 let h = &mut headers[i].msg_hdr;
                 h.msg_name = addrs[i].as_mut_ptr().cast();
                 h.msg_namelen = len;
@@ -161,7 +178,12 @@ impl SendQueue {
             }
             // SAFETY: the first chunk.len() headers point at live addresses and buffers.
             let n = unsafe {
-                libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT)
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    chunk.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
             };
             out.syscalls += 1;
             if n < 0 {
@@ -195,7 +217,8 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     match storage.ss_family as libc::c_int {
         libc::AF_INET if len as usize >= mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: family and length say this storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let a: &libc::sockaddr_in =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
@@ -203,7 +226,8 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
         }
         libc::AF_INET6 if len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: family and length say this storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let a: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
@@ -215,7 +239,10 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     }
 }
 
-fn std_to_sockaddr(addr: &SocketAddr, out: &mut MaybeUninit<libc::sockaddr_storage>) -> libc::socklen_t {
+fn std_to_sockaddr(
+    addr: &SocketAddr,
+    out: &mut MaybeUninit<libc::sockaddr_storage>,
+) -> libc::socklen_t {
     // SAFETY: zeroing then writing a sockaddr_in/in6 prefix keeps the storage valid.
     unsafe {
         out.as_mut_ptr().write_bytes(0, 1);
@@ -224,14 +251,18 @@ fn std_to_sockaddr(addr: &SocketAddr, out: &mut MaybeUninit<libc::sockaddr_stora
                 let sin = out.as_mut_ptr() as *mut libc::sockaddr_in;
                 (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
                 (*sin).sin_port = a.port().to_be();
-                (*sin).sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
+                (*sin).sin_addr = libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                };
                 mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
             }
             SocketAddr::V6(a) => {
                 let sin6 = out.as_mut_ptr() as *mut libc::sockaddr_in6;
                 (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 (*sin6).sin6_port = a.port().to_be();
-                (*sin6).sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                (*sin6).sin6_addr = libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                };
                 (*sin6).sin6_flowinfo = a.flowinfo();
                 (*sin6).sin6_scope_id = a.scope_id();
                 mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
@@ -255,7 +286,10 @@ mod tests {
             q.push(to, BytesMut::from(&[i; 100][..]));
         }
         let f = q.flush(&tx);
-        assert_eq!((f.datagrams, f.bytes, f.syscalls, f.blocked), (10, 1000, 1, false));
+        assert_eq!(
+            (f.datagrams, f.bytes, f.syscalls, f.blocked),
+            (10, 1000, 1, false)
+        );
         assert!(q.is_empty());
 
         let mut batch = RecvBatch::new();
@@ -281,11 +315,14 @@ mod tests {
     fn oversized_datagrams_are_reported_truncated() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(&[0x80; MAX_DATAGRAM + 500], rx.local_addr().unwrap()).unwrap();
+        tx.send_to(&[0x80; MAX_DATAGRAM + 500], rx.local_addr().unwrap())
+            .unwrap();
         let mut batch = RecvBatch::new();
         let mut seen = None;
         for _ in 0..100 {
-            batch.recv(&rx, |r| seen = Some((r.data.len(), r.truncated))).unwrap();
+            batch
+                .recv(&rx, |r| seen = Some((r.data.len(), r.truncated)))
+                .unwrap();
             if seen.is_some() {
                 break;
             }
@@ -303,4 +340,43 @@ mod tests {
         let s = unsafe { s.assume_init() };
         assert_eq!(sockaddr_to_std(&s, len), Some(a));
     }
+}
+
+/// Ask the kernel for `bytes` of receive and send buffer on a socket (it may grant less: the
+/// ceiling is the net.core.rmem_max / wmem_max sysctl). Returns what was granted. Bursts
+/// (many handshakes at once, a keyframe fanned out to a room) otherwise overflow the default
+/// buffers and lose datagrams before we read them.
+pub fn enlarge_buffers(socket: &impl AsRawFd, bytes: usize) -> (usize, usize) {
+    let fd = socket.as_raw_fd();
+    let set = |opt| {
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: a valid fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    let get = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as above, with an out-parameter of the right size.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        v.max(0) as usize
+    };
+    set(libc::SO_RCVBUF);
+    set(libc::SO_SNDBUF);
+    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
 }

@@ -10,7 +10,9 @@ use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
 
 use super::PeerError;
 use crate::media::Codec;
@@ -21,14 +23,23 @@ const PT_VP8: u8 = 96;
 const PT_H264: u8 = 102;
 
 /// The H.264 flavour every browser can decode: constrained baseline, non-interleaved.
-pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 fn video_feedback() -> Vec<RTCPFeedback> {
-    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
-        .into_iter()
-        .map(|(typ, parameter)| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() })
-        .collect()
+    [
+        ("goog-remb", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    })
+    .collect()
 }
 
 /// The codec description the WebRTC library uses for one of ours.
@@ -60,13 +71,23 @@ pub(super) fn rtp_codec(codec: Codec) -> RTCRtpCodec {
 
 fn media_engine() -> Result<MediaEngine, PeerError> {
     let mut engine = MediaEngine::default();
-    for (codec, pt) in [(Codec::Opus, PT_OPUS), (Codec::Vp8, PT_VP8), (Codec::H264, PT_H264)] {
+    for (codec, pt) in [
+        (Codec::Opus, PT_OPUS),
+        (Codec::Vp8, PT_VP8),
+        (Codec::H264, PT_H264),
+    ] {
         let kind = match codec.kind() {
             crate::media::MediaKind::Audio => RtpCodecKind::Audio,
             crate::media::MediaKind::Video => RtpCodecKind::Video,
         };
         engine
-            .register_codec(RTCRtpCodecParameters { rtp_codec: rtp_codec(codec), payload_type: pt }, kind)
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: rtp_codec(codec),
+                    payload_type: pt,
+                },
+                kind,
+            )
             .map_err(PeerError::setup)?;
     }
     Ok(engine)
@@ -84,17 +105,24 @@ pub enum Side {
 
 pub(super) fn build(side: &Side, now: Instant) -> Result<RTCPeerConnection, PeerError> {
     let mut engine = media_engine()?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(PeerError::setup)?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut engine).map_err(PeerError::setup)?;
     let settings = match side {
         Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd.clone())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build(),
-        Side::Client => SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Client).build(),
+        Side::Client => SettingEngineBuilder::new()
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .build(),
     };
     RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(vec![]).build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(vec![])
+                .build(),
+        )
         .with_media_engine(engine)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)

@@ -40,8 +40,12 @@ pub fn target(datagram: &[u8]) -> StunTarget {
     if msg.unmarshal_binary(datagram).is_err() {
         return StunTarget::Malformed;
     }
-    let Ok(username) = msg.get(ATTR_USERNAME) else { return StunTarget::NoUsername };
-    let Ok(username) = std::str::from_utf8(&username) else { return StunTarget::Malformed };
+    let Ok(username) = msg.get(ATTR_USERNAME) else {
+        return StunTarget::NoUsername;
+    };
+    let Ok(username) = std::str::from_utf8(&username) else {
+        return StunTarget::Malformed;
+    };
     match username.split_once(':') {
         Some((local, _remote)) if !local.is_empty() => StunTarget::Ufrag(local.to_owned()),
         _ => StunTarget::Malformed,
@@ -85,7 +89,10 @@ mod tests {
 
     #[test]
     fn the_local_ufrag_is_read_from_username() {
-        assert_eq!(target(&binding_request("srv1:cli9")), StunTarget::Ufrag("srv1".into()));
+        assert_eq!(
+            target(&binding_request("srv1:cli9")),
+            StunTarget::Ufrag("srv1".into())
+        );
         assert_eq!(target(&binding_request(":cli9")), StunTarget::Malformed);
         assert_eq!(target(&binding_request("nocolon")), StunTarget::Malformed);
         let mut truncated = binding_request("srv1:cli9");

@@ -1,0 +1,296 @@
+//! `loadtest forward`: the forwarding benchmark. Starts an SFU as a child process (so its CPU
+//! is measured alone, from /proc), fills rooms with publishers and subscribers from the client
+//! library, and after a warm-up measures one window: packets forwarded, SFU CPU per forwarded
+//! packet, loss, and sender-to-receiver latency on one clock. A benchmark, not a test: it
+//! reports, it does not judge.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::driver::ClientDriver;
+use crate::local::{LocalSfu, metric_value, process_cpu_seconds, process_rss_kb, sibling_binary};
+use crate::participant::{ParticipantSpec, VideoSpec};
+use crate::sfu_client::SfuParticipant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForwardArgs {
+    /// Rooms to fill.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Publishers per room (each sends audio and video, and receives the others).
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Subscribers per room (receive only).
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: usize,
+    /// Length of the measured window, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The `metaclinic` binary to start (default: next to this one).
+    #[arg(long)]
+    pub sfu_bin: Option<PathBuf>,
+    /// Media threads of the SFU.
+    #[arg(long, default_value_t = 1)]
+    pub sfu_threads: u16,
+    /// Threads running the client participants.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Video bitrate per publisher, kbit/s (0: audio only).
+    #[arg(long, default_value_t = 300)]
+    pub video_kbps: u32,
+    /// Seconds of media before the window opens.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardReport {
+    pub scenario: &'static str,
+    pub rooms: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub participants: usize,
+    pub seconds: f64,
+    pub sfu_threads: u16,
+    pub fwd_pkts: u64,
+    pub fwd_pkts_per_s: f64,
+    pub sfu_cpu_s: f64,
+    pub sfu_cpu_pct: f64,
+    pub cpu_us_per_fwd_pkt: f64,
+    pub received_pkts: u64,
+    pub lost_pkts: u64,
+    pub loss_pct: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub join_ms_p50: f64,
+    pub sfu_rss_kb: u64,
+    pub client_cpu_s: f64,
+    pub client_cpu_us_per_rx_pkt: f64,
+}
+
+struct Totals {
+    received: u64,
+    lost: u64,
+}
+
+async fn totals(participants: &[SfuParticipant]) -> anyhow::Result<Totals> {
+    let mut t = Totals {
+        received: 0,
+        lost: 0,
+    };
+    for p in participants {
+        for r in p.stats().await?.remote {
+            t.received += r.packets;
+            t.lost += r.lost;
+        }
+    }
+    Ok(t)
+}
+
+pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
+    anyhow::ensure!(
+        args.rooms > 0 && args.publishers > 0,
+        "--rooms and --publishers must be at least 1"
+    );
+    anyhow::ensure!(
+        args.seconds > 0 && args.seconds <= 3600,
+        "--seconds must be 1..=3600"
+    );
+    let per_room = args.publishers + args.subscribers;
+    anyhow::ensure!(
+        args.rooms * per_room <= 2000,
+        "at most 2000 participants per run"
+    );
+    let bin = match &args.sfu_bin {
+        Some(b) => b.clone(),
+        None => sibling_binary("metaclinic")?,
+    };
+    let max = per_room.max(2).to_string();
+    let sfu = LocalSfu::start(
+        &bin,
+        args.sfu_threads,
+        &[("METACLINIC_SFU__ROOMS__MAX_PARTICIPANTS", &max)],
+    )?;
+    let control = sfu.control.clone();
+    let drivers: Vec<ClientDriver> = (0..args.client_threads.max(1))
+        .map(|i| ClientDriver::start(&format!("fwd-{i}")))
+        .collect::<Result<_, _>>()?;
+
+    let video = (args.video_kbps > 0).then(|| VideoSpec {
+        kbps: args.video_kbps,
+        ..VideoSpec::default()
+    });
+    let mut jobs = Vec::new();
+    for r in 0..args.rooms {
+        let room = format!("bench-{r}");
+        control.create_room(&room).await?;
+        for i in 0..per_room {
+            let publisher = i < args.publishers;
+            let name = if publisher {
+                format!("pub-{r}-{i}")
+            } else {
+                format!("sub-{r}-{i}")
+            };
+            let mut spec = ParticipantSpec::new(&name);
+            spec.decode_audio = false; // decoding is the client's cost, not the SFU's
+            if publisher {
+                spec = spec.with_tone(300 + (i as u32 * 110));
+                if let Some(v) = &video {
+                    spec = spec.with_video(v.clone());
+                }
+            }
+            let driver = drivers[jobs.len() % drivers.len()].clone();
+            jobs.push((driver, room.clone(), spec));
+        }
+    }
+    eprintln!(
+        "joining {} participants in {} rooms ...",
+        jobs.len(),
+        args.rooms
+    );
+    let joined: Vec<anyhow::Result<SfuParticipant>> = futures_util::stream::iter(jobs)
+        .map(|(driver, room, spec)| {
+            let control = control.clone();
+            async move { SfuParticipant::join(&driver, &control, &room, None, spec).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let participants: Vec<SfuParticipant> = joined.into_iter().collect::<anyhow::Result<_>>()?;
+    let mut join_ms: Vec<u64> = participants.iter().map(|p| p.signaling_ms).collect();
+    join_ms.sort_unstable();
+
+    // Every receiver has every track it should, or we say how far it got.
+    let tracks_per_publisher = 1 + usize::from(video.is_some());
+    let deadline = Instant::now() + Duration::from_secs(30 + participants.len() as u64 / 10);
+    for p in &participants {
+        let expected =
+            tracks_per_publisher * (args.publishers - usize::from(p.name.starts_with("pub-")));
+        let s = p
+            .wait_for(deadline.saturating_duration_since(Instant::now()), |s| {
+                s.remote.iter().filter(|t| t.packets > 0).count() >= expected
+            })
+            .await?;
+        let got = s.remote.iter().filter(|t| t.packets > 0).count();
+        anyhow::ensure!(
+            got >= expected,
+            "{} receives {got} of {expected} tracks",
+            p.name
+        );
+    }
+    eprintln!(
+        "all media flowing; warming up {} s, then measuring {} s",
+        args.warmup, args.seconds
+    );
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+
+    let fwd =
+        |text: &str| metric_value(text, "metaclinic_sfu_rtp_packets_forwarded_total", "") as u64;
+    let own_pid = std::process::id();
+    for d in &drivers {
+        d.reset_latency().await?;
+    }
+    let t0 = Instant::now();
+    let (cpu0, own0, fwd0, rx0) = (
+        sfu.cpu_seconds()?,
+        process_cpu_seconds(own_pid)?,
+        fwd(&control.metrics().await?),
+        totals(&participants).await?,
+    );
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let (cpu1, own1, fwd1, rx1) = (
+        sfu.cpu_seconds()?,
+        process_cpu_seconds(own_pid)?,
+        fwd(&control.metrics().await?),
+        totals(&participants).await?,
+    );
+    let elapsed = t0.elapsed().as_secs_f64();
+
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for d in &drivers {
+        latency.add(d.latency().await?)?;
+    }
+    let fwd_pkts = fwd1.saturating_sub(fwd0);
+    let received = rx1.received.saturating_sub(rx0.received);
+    let lost = rx1.lost.saturating_sub(rx0.lost);
+    let sfu_cpu_s = cpu1 - cpu0;
+    let client_cpu_s = own1 - own0;
+    let report = ForwardReport {
+        scenario: "forward",
+        rooms: args.rooms,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        participants: participants.len(),
+        seconds: elapsed,
+        sfu_threads: args.sfu_threads,
+        fwd_pkts,
+        fwd_pkts_per_s: fwd_pkts as f64 / elapsed,
+        sfu_cpu_s,
+        sfu_cpu_pct: 100.0 * sfu_cpu_s / elapsed,
+        cpu_us_per_fwd_pkt: if fwd_pkts > 0 {
+            sfu_cpu_s * 1e6 / fwd_pkts as f64
+        } else {
+            0.0
+        },
+        received_pkts: received,
+        lost_pkts: lost,
+        loss_pct: if received + lost > 0 {
+            100.0 * lost as f64 / (received + lost) as f64
+        } else {
+            0.0
+        },
+        latency_ms_p50: latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency_ms_p99: latency.value_at_quantile(0.99) as f64 / 1000.0,
+        join_ms_p50: join_ms.get(join_ms.len() / 2).copied().unwrap_or(0) as f64,
+        sfu_rss_kb: process_rss_kb(sfu.pid()).unwrap_or(0),
+        client_cpu_s,
+        client_cpu_us_per_rx_pkt: if received > 0 {
+            client_cpu_s * 1e6 / received as f64
+        } else {
+            0.0
+        },
+    };
+    for p in participants {
+        let _ = p.leave().await;
+    }
+    Ok(report)
+}
+
+/// The human summary; the caller prints the JSON line after it.
+pub fn summary(r: &ForwardReport) -> String {
+    format!(
+        "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s)\n\
+         \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\
+         \x20 SFU CPU     {cpu:.2} s ({pct:.1}% of one core), {us:.2} us per forwarded packet, RSS {rss} KiB\n\
+         \x20 received    {rx} packets, lost {lost} ({loss:.3}%)\n\
+         \x20 latency     p50 {p50:.2} ms, p99 {p99:.2} ms (sender to receiver, one clock)\n\
+         \x20 join        p50 {join:.0} ms (session request to answer applied)\n\
+         \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)",
+        rooms = r.rooms,
+        p = r.publishers,
+        s = r.subscribers,
+        n = r.participants,
+        secs = r.seconds,
+        t = r.sfu_threads,
+        fwd = r.fwd_pkts,
+        rate = r.fwd_pkts_per_s,
+        cpu = r.sfu_cpu_s,
+        pct = r.sfu_cpu_pct,
+        us = r.cpu_us_per_fwd_pkt,
+        rss = r.sfu_rss_kb,
+        rx = r.received_pkts,
+        lost = r.lost_pkts,
+        loss = r.loss_pct,
+        p50 = r.latency_ms_p50,
+        p99 = r.latency_ms_p99,
+        join = r.join_ms_p50,
+        ccpu = r.client_cpu_s,
+        cus = r.client_cpu_us_per_rx_pkt,
+    )
+}

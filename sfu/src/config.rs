@@ -15,6 +15,7 @@ pub const ENV_PREFIX: &str = "METACLINIC_SFU__";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct SfuConfig {
     pub node: NodeConfig,
     pub rtc: RtcConfig,
@@ -67,17 +68,6 @@ pub struct RoomsConfig {
     pub max_participants: usize,
     /// Most rooms on this node.
     pub max_rooms: usize,
-}
-
-impl Default for SfuConfig {
-    fn default() -> Self {
-        SfuConfig {
-            node: NodeConfig::default(),
-            rtc: RtcConfig::default(),
-            control: ControlConfig::default(),
-            rooms: RoomsConfig::default(),
-        }
-    }
 }
 
 impl Default for NodeConfig {
@@ -267,6 +257,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own error type, in a test
     fn the_environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("sfu.toml", &format!("{CRED}[rtc]\nudp_port = 41000\n"))?;
@@ -275,5 +266,38 @@ mod tests {
             assert_eq!(cfg.rtc.udp_port, 42000);
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// The sample in config/ parses, and documents every key the configuration has.
+    #[test]
+    fn the_sample_config_parses_and_documents_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sfu.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        SfuConfig::from_toml(&text).unwrap();
+        let defaults = toml::Value::try_from(SfuConfig::default()).unwrap();
+        let sample: toml::Table = toml::from_str(&text).unwrap();
+        for (section, keys) in defaults.as_table().unwrap() {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    sample.get(section).and_then(|s| s.get(key)).is_some(),
+                    "config/sfu.toml lacks {section}.{key}"
+                );
+                let documented = text
+                    .lines()
+                    .skip_while(|l| l.trim() != format!("[{section}]"))
+                    .take_while(|l| !l.starts_with(&format!("{key} =")))
+                    .last()
+                    .is_some_and(|l| l.trim_start().starts_with('#'));
+                assert!(
+                    documented,
+                    "config/sfu.toml: {section}.{key} has no comment above it"
+                );
+            }
+        }
     }
 }

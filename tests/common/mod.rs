@@ -25,6 +25,7 @@ pub fn start_sfu_with(media_threads: u16, env: &[(&str, &str)]) -> SfuProcess {
     .expect("the SFU starts")
 }
 
+#[allow(unused_imports)]
 pub use metaclinic_loadtest::local::metric_value as metric;
 
 /// Serve `html` for every GET on a loopback port, for as long as the test runs.

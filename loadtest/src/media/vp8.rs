@@ -308,7 +308,7 @@ mod tests {
         for _ in 0..5000 {
             rng = rng.wrapping_mul(1103515245).wrapping_add(12345);
             let prob = (rng >> 8) as u8 | 1;
-            let bit = (rng >> 20) % 3 == 0;
+            let bit = (rng >> 20).is_multiple_of(3);
             e.put(prob, bit);
             bits.push((prob, bit));
         }

@@ -196,11 +196,11 @@ impl Shard {
                     .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
                 Some(next.saturating_duration_since(now))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    error!(shard = self.index, "poll failed: {e}");
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                error!(shard = self.index, "poll failed: {e}");
+                break;
             }
             let mut readable = self.socket_backlog;
             let mut commands = false;
@@ -405,11 +405,13 @@ impl Shard {
             .filter_map(|(key, s)| {
                 use crate::events::LeaveReason;
                 use crate::webrtc::ConnectionState;
+                let never_connected =
+                    !s.connected_once && now.duration_since(s.created) > connect_timeout;
+                let went_silent =
+                    s.connected_once && now.duration_since(s.last_received) > idle_timeout;
                 if matches!(s.peer.state(), ConnectionState::Failed) {
                     Some((key, LeaveReason::Failed))
-                } else if !s.connected_once && now.duration_since(s.created) > connect_timeout {
-                    Some((key, LeaveReason::Timeout))
-                } else if s.connected_once && now.duration_since(s.last_received) > idle_timeout {
+                } else if never_connected || went_silent {
                     Some((key, LeaveReason::Timeout))
                 } else {
                     None

@@ -271,6 +271,45 @@ fn std_to_sockaddr(
     }
 }
 
+/// Ask the kernel for `bytes` of receive and send buffer on a socket (it may grant less: the
+/// ceiling is the net.core.rmem_max / wmem_max sysctl). Returns what was granted. Bursts
+/// (many handshakes at once, a keyframe fanned out to a room) otherwise overflow the default
+/// buffers and lose datagrams before we read them.
+pub fn enlarge_buffers(socket: &impl AsRawFd, bytes: usize) -> (usize, usize) {
+    let fd = socket.as_raw_fd();
+    let set = |opt| {
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: a valid fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    let get = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as above, with an out-parameter of the right size.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        v.max(0) as usize
+    };
+    set(libc::SO_RCVBUF);
+    set(libc::SO_SNDBUF);
+    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,43 +379,4 @@ mod tests {
         let s = unsafe { s.assume_init() };
         assert_eq!(sockaddr_to_std(&s, len), Some(a));
     }
-}
-
-/// Ask the kernel for `bytes` of receive and send buffer on a socket (it may grant less: the
-/// ceiling is the net.core.rmem_max / wmem_max sysctl). Returns what was granted. Bursts
-/// (many handshakes at once, a keyframe fanned out to a room) otherwise overflow the default
-/// buffers and lose datagrams before we read them.
-pub fn enlarge_buffers(socket: &impl AsRawFd, bytes: usize) -> (usize, usize) {
-    let fd = socket.as_raw_fd();
-    let set = |opt| {
-        let v = bytes.min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: a valid fd and a c_int option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    };
-    let get = |opt| {
-        let mut v: libc::c_int = 0;
-        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as above, with an out-parameter of the right size.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        v.max(0) as usize
-    };
-    set(libc::SO_RCVBUF);
-    set(libc::SO_SNDBUF);
-    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
 }

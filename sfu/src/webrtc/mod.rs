@@ -145,12 +145,7 @@ struct Outbound {
 fn declared_ssrcs(sdp: &str) -> HashSet<u32> {
     sdp.lines()
         .filter_map(|l| l.strip_prefix("a=ssrc:"))
-        .filter_map(|rest| {
-            rest.split(|c: char| c == ' ' || c == '\r')
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|rest| rest.split([' ', '\r']).next()?.parse().ok())
         .collect()
 }
 
@@ -720,12 +715,12 @@ impl Peer {
                     label,
                 });
             }
-            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
-                if self.open_channels.remove(&id) {
-                    self.pending.push_back(PeerOutput::ChannelClosed {
-                        channel: ChannelId(id),
-                    });
-                }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id))
+                if self.open_channels.remove(&id) =>
+            {
+                self.pending.push_back(PeerOutput::ChannelClosed {
+                    channel: ChannelId(id),
+                });
             }
             _ => {}
         }

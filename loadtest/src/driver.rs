@@ -62,6 +62,10 @@ enum Command {
         datagrams: Vec<Vec<u8>>,
         reply: Reply<()>,
     },
+    /// Start or stop publishing video; returns the offer that says so.
+    SetVideo { key: ParticipantKey, video: Option<crate::participant::VideoSpec>, reply: Reply<String> },
+    /// Withdraw the participant's unanswered offer (glare).
+    Rollback { key: ParticipantKey, reply: Reply<()> },
     /// Send RTP on an SSRC the participant never declared (hostile-input tests).
     SendUndeclaredRtp {
         key: ParticipantKey,
@@ -147,6 +151,14 @@ impl ClientDriver {
     pub async fn accept_offer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<String> {
         self.call(|reply| Command::AcceptOffer { key, sdp, reply })
             .await
+    }
+
+    pub async fn set_video(&self, key: ParticipantKey, video: Option<crate::participant::VideoSpec>) -> anyhow::Result<String> {
+        self.call(|reply| Command::SetVideo { key, video, reply }).await
+    }
+
+    pub async fn rollback(&self, key: ParticipantKey) -> anyhow::Result<()> {
+        self.call(|reply| Command::Rollback { key, reply }).await
     }
 
     pub async fn stats(&self, key: ParticipantKey) -> anyhow::Result<ParticipantStats> {
@@ -323,6 +335,18 @@ impl Worker {
                 Command::AcceptOffer { key, sdp, reply } => {
                     let r = self.with(key, |p| p.peer.accept_offer(now, &sdp).map_err(Into::into));
                     self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
+                Command::SetVideo { key, video, reply } => {
+                    let r = self.with(key, |p| {
+                        p.set_video(video, now)?;
+                        Ok(p.peer.create_offer(now)?)
+                    });
+                    self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
+                Command::Rollback { key, reply } => {
+                    let r = self.with(key, |p| p.peer.rollback(now).map_err(Into::into));
                     let _ = reply.send(r);
                 }
                 Command::Stats { key, reply } => {

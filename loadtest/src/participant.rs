@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::media::audio::{FRAME_MS, FRAME_SAMPLES, ToneAnalyzer, ToneLoop};
 use crate::media::marker;
-use crate::media::vp8::{Vp8Writer, packetize};
+use crate::media::h264;
+use crate::media::vp8::{self, Vp8Writer};
 
 /// What a participant publishes.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,8 @@ pub struct AudioSpec {
 
 #[derive(Debug, Clone)]
 pub struct VideoSpec {
+    /// VP8 (decodable) or H.264 (structure only, see `media::h264`).
+    pub codec: Codec,
     pub width: u16,
     pub height: u16,
     pub fps: u32,
@@ -42,6 +45,7 @@ pub struct VideoSpec {
 impl Default for VideoSpec {
     fn default() -> Self {
         VideoSpec {
+            codec: Codec::Vp8,
             width: 640,
             height: 360,
             fps: 30,
@@ -109,6 +113,48 @@ struct VideoOut {
     next: Instant,
     last_keyframe: Option<Instant>,
     keyframe_requested: bool,
+}
+
+impl VideoOut {
+    fn new(peer: &mut Peer, stream: &str, spec: VideoSpec, now: Instant) -> anyhow::Result<VideoOut> {
+        anyhow::ensure!(spec.codec != Codec::Opus, "video must be VP8 or H.264");
+        let outbound = peer.add_outbound(spec.codec, rand::random_range(1..=u32::MAX), stream, &format!("{stream}-video"))?;
+        let frame_bytes = (spec.kbps as usize * 1000 / 8 / spec.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
+        Ok(VideoOut {
+            outbound,
+            writer: Vp8Writer::new(spec.width, spec.height),
+            spec,
+            frame_bytes,
+            frame: 0,
+            picture_id: rand::random::<u16>() & 0x7fff,
+            seq: rand::random(),
+            ts: rand::random(),
+            next: now,
+            last_keyframe: None,
+            keyframe_requested: true,
+        })
+    }
+
+    /// The RTP payloads of the next frame, its tail marked with the send time.
+    fn next_frame(&mut self, keyframe: bool) -> Vec<Vec<u8>> {
+        // Keyframes cost more, as in a real encoder.
+        let target = if keyframe { self.frame_bytes * 3 } else { self.frame_bytes };
+        match self.spec.codec {
+            Codec::H264 => {
+                let mut nalus = h264::frame(keyframe, target);
+                if let Some(slice) = nalus.last_mut() {
+                    marker::write(slice, marker::now_micros());
+                }
+                h264::packetize(&nalus, VIDEO_MTU)
+            }
+            _ => {
+                let mut frame = self.writer.frame(keyframe, &[]);
+                frame.resize(frame.len().max(target), 0);
+                marker::write(&mut frame, marker::now_micros());
+                vp8::packetize(&frame, self.picture_id, VIDEO_MTU)
+            }
+        }
+    }
 }
 
 /// What arrived on one remote track.
@@ -327,25 +373,7 @@ impl Participant {
             _ => None,
         };
         let video = match &spec.publish.video {
-            Some(v) => {
-                let outbound =
-                    peer.add_outbound(Codec::Vp8, rng_ssrc(), &stream, &format!("{stream}-video"))?;
-                let frame_bytes = (v.kbps as usize * 1000 / 8 / v.fps.max(1) as usize)
-                    .max(marker::MARKER_LEN + 16);
-                Some(VideoOut {
-                    outbound,
-                    spec: v.clone(),
-                    writer: Vp8Writer::new(v.width, v.height),
-                    frame_bytes,
-                    frame: 0,
-                    picture_id: rand::random::<u16>() & 0x7fff,
-                    seq: rand::random(),
-                    ts: rand::random(),
-                    next: now,
-                    last_keyframe: None,
-                    keyframe_requested: true,
-                })
-            }
+            Some(v) => Some(VideoOut::new(&mut peer, &stream, v.clone(), now)?),
             None => None,
         };
         // A connection needs one negotiated section to carry ICE and DTLS: a participant that
@@ -420,17 +448,7 @@ impl Participant {
                 let keyframe = v.keyframe_requested
                     || v.last_keyframe
                         .is_none_or(|t| now.duration_since(t) >= v.spec.keyframe_interval);
-                // Keyframes cost more, as in a real encoder.
-                let target = if keyframe {
-                    v.frame_bytes * 3
-                } else {
-                    v.frame_bytes
-                };
-                let mut frame = v.writer.frame(keyframe, &[]);
-                frame.resize(frame.len().max(target), 0);
-                let n = frame.len();
-                marker::write(&mut frame[n - marker::MARKER_LEN..], marker::now_micros());
-                let packets = packetize(&frame, v.picture_id, VIDEO_MTU);
+                let packets = v.next_frame(keyframe);
                 let count = packets.len();
                 for (i, payload) in packets.into_iter().enumerate() {
                     let len = payload.len();
@@ -458,6 +476,19 @@ impl Participant {
                 v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
             }
         }
+    }
+
+    /// Start or stop publishing video; the caller then renegotiates.
+    pub fn set_video(&mut self, video: Option<VideoSpec>, now: Instant) -> anyhow::Result<()> {
+        match (video, self.video.take()) {
+            (Some(spec), None) => {
+                let stream = self.spec.name.clone();
+                self.video = Some(VideoOut::new(&mut self.peer, &stream, spec, now)?);
+            }
+            (None, Some(old)) => self.peer.remove_outbound(old.outbound)?,
+            (_, current) => self.video = current,
+        }
+        Ok(())
     }
 
     /// Act on the peer's outputs.

@@ -5,11 +5,14 @@
 use std::time::{Duration, Instant};
 
 use metaclinic_sfu::events::{Rights, RoomEvent};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::control::{SfuControl, StreamItem};
 use crate::driver::{ClientDriver, ParticipantKey};
-use crate::participant::{ParticipantSpec, ParticipantStats};
+use crate::participant::{ParticipantSpec, ParticipantStats, VideoSpec};
 
 pub struct SfuParticipant {
     pub name: String,
@@ -18,6 +21,8 @@ pub struct SfuParticipant {
     driver: ClientDriver,
     control: SfuControl,
     relay: JoinHandle<()>,
+    /// One offer/answer exchange at a time, whichever side starts it.
+    negotiation: Arc<Mutex<()>>,
     /// From the session request to the answer being applied.
     pub signaling_ms: u64,
 }
@@ -42,12 +47,8 @@ impl SfuParticipant {
         driver.accept_answer(key, answer).await?;
         let signaling_ms = started.elapsed().as_millis() as u64;
 
-        let (d, c, r, n) = (
-            driver.clone(),
-            control.clone(),
-            room.to_owned(),
-            name.clone(),
-        );
+        let negotiation = Arc::new(Mutex::new(()));
+        let (d, c, r, n, lock) = (driver.clone(), control.clone(), room.to_owned(), name.clone(), negotiation.clone());
         let relay = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 let StreamItem::Event(env) = item else {
@@ -55,6 +56,7 @@ impl SfuParticipant {
                 };
                 match env.event {
                     RoomEvent::Offer { participant, sdp } if participant.as_str() == n => {
+                        let _exchange = lock.lock().await;
                         match d.accept_offer(key, sdp).await {
                             Ok(answer) => {
                                 if let Err(e) = c.answer(&r, &n, answer).await {
@@ -78,8 +80,29 @@ impl SfuParticipant {
             driver: driver.clone(),
             control: control.clone(),
             relay,
+            negotiation,
             signaling_ms,
         })
+    }
+
+    /// Turn the camera on (with this video) or off, renegotiating with the SFU. On glare (the
+    /// SFU's own offer is in flight) this side is the polite one: it withdraws its offer,
+    /// lets the SFU's be answered, and tries again.
+    pub async fn set_video(&self, video: Option<VideoSpec>) -> anyhow::Result<()> {
+        for _ in 0..20 {
+            let exchange = self.negotiation.lock().await;
+            let offer = self.driver.set_video(self.key, video.clone()).await?;
+            match self.control.offer(&self.room, &self.name, offer).await {
+                Ok(answer) => return self.driver.accept_answer(self.key, answer).await,
+                Err(e) if e.code == "glare" => {
+                    self.driver.rollback(self.key).await?;
+                    drop(exchange);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("{}: the SFU kept offering; gave up renegotiating", self.name)
     }
 
     pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {

@@ -1,6 +1,7 @@
 //! Media the client library sends and checks: Opus tones, synthetic VP8, send-time markers.
 
 pub mod audio;
+pub mod h264;
 pub mod marker;
 pub mod vp8;
 mod vp8_tables;

@@ -27,7 +27,9 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -328,6 +330,18 @@ impl Peer {
         self.local_sdp()
     }
 
+    /// Withdraw our unanswered offer (the polite side of a glare, RFC 9429 §5.7).
+    pub fn rollback(&mut self, now: Instant) -> Result<(), PeerError> {
+        if !self.awaiting_answer {
+            return Ok(());
+        }
+        let rollback = RTCSessionDescription::rollback(None).map_err(PeerError::setup)?;
+        self.pc.set_local_description(now, rollback).map_err(PeerError::setup)?;
+        self.awaiting_answer = false;
+        self.offered.clear();
+        Ok(())
+    }
+
     /// Apply the remote side's answer to our offer.
     pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
         if !self.awaiting_answer {
@@ -440,11 +454,21 @@ impl Peer {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: engine::rtp_codec(codec),
+                // No codec here on purpose: a codec on the encoding narrows the m-line to
+                // it, and rtc then refuses every other codec of that kind on this connection
+                // for good. The m-line offers all our codecs; packets carry `codec`'s type.
                 ..Default::default()
             }],
         );
-        let sender = self.pc.add_track(track).map_err(PeerError::setup)?;
+        // A send-only transceiver of its own: `add_track` would reuse a transceiver that
+        // receives (say, the remote's camera) and fail when the codecs differ.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![stream_id.to_owned()],
+            send_encodings: vec![],
+        };
+        let transceiver = self.pc.add_transceiver_from_track(track, Some(init)).map_err(PeerError::setup)?;
+        let sender = RTCRtpSenderId::from(transceiver);
         let id = OutboundId(self.next_outbound);
         self.next_outbound += 1;
         self.outbound.insert(

@@ -83,7 +83,9 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
                 height: 240,
                 fps: 15,
                 kbps: 200,
-                keyframe_interval: Duration::from_secs(2), ..VideoSpec::default() }),
+                keyframe_interval: Duration::from_secs(2),
+                ..VideoSpec::default()
+            }),
     )
     .await
     .unwrap();

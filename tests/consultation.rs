@@ -17,7 +17,9 @@ fn spec(name: &str, hz: u32) -> ParticipantSpec {
             height: 240,
             fps: 15,
             kbps: 150,
-            keyframe_interval: Duration::from_secs(2), ..VideoSpec::default() })
+            keyframe_interval: Duration::from_secs(2),
+            ..VideoSpec::default()
+        })
 }
 
 /// Receiving well from `from`: decoded audio, the sender's tone, and video from a keyframe on.

@@ -44,7 +44,9 @@ async fn hostile_input_is_dropped_with_reasons_and_the_call_carries_on() {
         height: 240,
         fps: 15,
         kbps: 100,
-        keyframe_interval: Duration::from_secs(2), ..VideoSpec::default() };
+        keyframe_interval: Duration::from_secs(2),
+        ..VideoSpec::default()
+    };
     let doctor = SfuParticipant::join(
         &driver,
         &c,

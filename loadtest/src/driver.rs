@@ -63,9 +63,16 @@ enum Command {
         reply: Reply<()>,
     },
     /// Start or stop publishing video; returns the offer that says so.
-    SetVideo { key: ParticipantKey, video: Option<crate::participant::VideoSpec>, reply: Reply<String> },
+    SetVideo {
+        key: ParticipantKey,
+        video: Option<crate::participant::VideoSpec>,
+        reply: Reply<String>,
+    },
     /// Withdraw the participant's unanswered offer (glare).
-    Rollback { key: ParticipantKey, reply: Reply<()> },
+    Rollback {
+        key: ParticipantKey,
+        reply: Reply<()>,
+    },
     /// Send RTP on an SSRC the participant never declared (hostile-input tests).
     SendUndeclaredRtp {
         key: ParticipantKey,
@@ -153,8 +160,13 @@ impl ClientDriver {
             .await
     }
 
-    pub async fn set_video(&self, key: ParticipantKey, video: Option<crate::participant::VideoSpec>) -> anyhow::Result<String> {
-        self.call(|reply| Command::SetVideo { key, video, reply }).await
+    pub async fn set_video(
+        &self,
+        key: ParticipantKey,
+        video: Option<crate::participant::VideoSpec>,
+    ) -> anyhow::Result<String> {
+        self.call(|reply| Command::SetVideo { key, video, reply })
+            .await
     }
 
     pub async fn rollback(&self, key: ParticipantKey) -> anyhow::Result<()> {

@@ -72,6 +72,9 @@ pub struct ForwardReport {
     pub sfu_rss_kb: u64,
     pub client_cpu_s: f64,
     pub client_cpu_us_per_rx_pkt: f64,
+    /// Datagrams per recvmmsg / sendmmsg call in the window.
+    pub sfu_recv_batch: f64,
+    pub sfu_send_batch: f64,
 }
 
 struct Totals {
@@ -197,18 +200,30 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         d.reset_latency().await?;
     }
     let t0 = Instant::now();
+    let m0 = control.metrics().await?;
     let (cpu0, own0, fwd0, rx0) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
-        fwd(&control.metrics().await?),
+        fwd(&m0),
         totals(&participants).await?,
     );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let m1 = control.metrics().await?;
     let (cpu1, own1, fwd1, rx1) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
-        fwd(&control.metrics().await?),
+        fwd(&m1),
         totals(&participants).await?,
+    );
+    let delta = |name: &str| metric_value(&m1, name, "") - metric_value(&m0, name, "");
+    let per_call = |datagrams: f64, calls: f64| if calls > 0.0 { datagrams / calls } else { 0.0 };
+    let sfu_recv_batch = per_call(
+        delta("metaclinic_sfu_datagrams_received_total"),
+        delta("metaclinic_sfu_recv_batches_total"),
+    );
+    let sfu_send_batch = per_call(
+        delta("metaclinic_sfu_datagrams_sent_total"),
+        delta("metaclinic_sfu_send_batches_total"),
     );
     let elapsed = t0.elapsed().as_secs_f64();
 
@@ -255,6 +270,8 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         } else {
             0.0
         },
+        sfu_recv_batch,
+        sfu_send_batch,
     };
     for p in participants {
         let _ = p.leave().await;
@@ -268,6 +285,7 @@ pub fn summary(r: &ForwardReport) -> String {
         "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s)\n\
          \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\
          \x20 SFU CPU     {cpu:.2} s ({pct:.1}% of one core), {us:.2} us per forwarded packet, RSS {rss} KiB\n\
+         \x20 SFU I/O     {rb:.1} datagrams per recvmmsg, {sb:.1} per sendmmsg\n\
          \x20 received    {rx} packets, lost {lost} ({loss:.3}%)\n\
          \x20 latency     p50 {p50:.2} ms, p99 {p99:.2} ms (sender to receiver, one clock)\n\
          \x20 join        p50 {join:.0} ms (session request to answer applied)\n\
@@ -284,6 +302,8 @@ pub fn summary(r: &ForwardReport) -> String {
         pct = r.sfu_cpu_pct,
         us = r.cpu_us_per_fwd_pkt,
         rss = r.sfu_rss_kb,
+        rb = r.sfu_recv_batch,
+        sb = r.sfu_send_batch,
         rx = r.received_pkts,
         lost = r.lost_pkts,
         loss = r.loss_pct,

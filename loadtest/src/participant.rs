@@ -13,8 +13,8 @@ use metaclinic_sfu::webrtc::{ConnectionState, InboundId, OutboundId, Peer, PeerO
 use serde::Serialize;
 
 use crate::media::audio::{FRAME_MS, FRAME_SAMPLES, ToneAnalyzer, ToneLoop};
-use crate::media::marker;
 use crate::media::h264;
+use crate::media::marker;
 use crate::media::vp8::{self, Vp8Writer};
 
 /// What a participant publishes.
@@ -116,10 +116,21 @@ struct VideoOut {
 }
 
 impl VideoOut {
-    fn new(peer: &mut Peer, stream: &str, spec: VideoSpec, now: Instant) -> anyhow::Result<VideoOut> {
+    fn new(
+        peer: &mut Peer,
+        stream: &str,
+        spec: VideoSpec,
+        now: Instant,
+    ) -> anyhow::Result<VideoOut> {
         anyhow::ensure!(spec.codec != Codec::Opus, "video must be VP8 or H.264");
-        let outbound = peer.add_outbound(spec.codec, rand::random_range(1..=u32::MAX), stream, &format!("{stream}-video"))?;
-        let frame_bytes = (spec.kbps as usize * 1000 / 8 / spec.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
+        let outbound = peer.add_outbound(
+            spec.codec,
+            rand::random_range(1..=u32::MAX),
+            stream,
+            &format!("{stream}-video"),
+        )?;
+        let frame_bytes =
+            (spec.kbps as usize * 1000 / 8 / spec.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
         Ok(VideoOut {
             outbound,
             writer: Vp8Writer::new(spec.width, spec.height),
@@ -138,7 +149,11 @@ impl VideoOut {
     /// The RTP payloads of the next frame, its tail marked with the send time.
     fn next_frame(&mut self, keyframe: bool) -> Vec<Vec<u8>> {
         // Keyframes cost more, as in a real encoder.
-        let target = if keyframe { self.frame_bytes * 3 } else { self.frame_bytes };
+        let target = if keyframe {
+            self.frame_bytes * 3
+        } else {
+            self.frame_bytes
+        };
         match self.spec.codec {
             Codec::H264 => {
                 let mut nalus = h264::frame(keyframe, target);

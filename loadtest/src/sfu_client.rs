@@ -48,7 +48,13 @@ impl SfuParticipant {
         let signaling_ms = started.elapsed().as_millis() as u64;
 
         let negotiation = Arc::new(Mutex::new(()));
-        let (d, c, r, n, lock) = (driver.clone(), control.clone(), room.to_owned(), name.clone(), negotiation.clone());
+        let (d, c, r, n, lock) = (
+            driver.clone(),
+            control.clone(),
+            room.to_owned(),
+            name.clone(),
+            negotiation.clone(),
+        );
         let relay = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 let StreamItem::Event(env) = item else {
@@ -102,7 +108,10 @@ impl SfuParticipant {
                 Err(e) => return Err(e.into()),
             }
         }
-        anyhow::bail!("{}: the SFU kept offering; gave up renegotiating", self.name)
+        anyhow::bail!(
+            "{}: the SFU kept offering; gave up renegotiating",
+            self.name
+        )
     }
 
     pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {

@@ -108,6 +108,7 @@ pub struct Metrics {
     pub rtp_packets_received: IntCounter,
     pub rtp_packets_forwarded: IntCounter,
     pub send_batches: IntCounter,
+    pub recv_batches: IntCounter,
     pub rooms: IntGauge,
     pub participants: IntGauge,
     pub tracks: IntGaugeVec,
@@ -184,6 +185,10 @@ impl Metrics {
                 "RTP packets forwarded to subscribers (one per subscriber)",
             ),
             send_batches: counter("metaclinic_sfu_send_batches_total", "sendmmsg calls"),
+            recv_batches: counter(
+                "metaclinic_sfu_recv_batches_total",
+                "recvmmsg calls that returned datagrams",
+            ),
             rooms: gauge("metaclinic_sfu_rooms", "Rooms open on this node"),
             participants: gauge(
                 "metaclinic_sfu_participants",
@@ -245,6 +250,7 @@ pub struct ShardTally {
     pub rtp_packets_received: u64,
     pub rtp_packets_forwarded: u64,
     pub send_batches: u64,
+    pub recv_batches: u64,
     last_flush: Option<Instant>,
 }
 
@@ -288,6 +294,7 @@ impl ShardTally {
             &metrics.rtp_packets_forwarded,
         );
         take(&mut self.send_batches, &metrics.send_batches);
+        take(&mut self.recv_batches, &metrics.recv_batches);
     }
 }
 

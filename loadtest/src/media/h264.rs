@@ -13,7 +13,18 @@ const FU_A: u8 = 28;
 const NRI: u8 = 0x60;
 
 /// Constrained baseline 3.1, matching the profile-level-id the SFU negotiates (42e01f).
-const SPS: &[u8] = &[NRI | NAL_SPS, 0x42, 0xe0, 0x1f, 0x8d, 0x68, 0x0a, 0x03, 0xda, 0x10];
+const SPS: &[u8] = &[
+    NRI | NAL_SPS,
+    0x42,
+    0xe0,
+    0x1f,
+    0x8d,
+    0x68,
+    0x0a,
+    0x03,
+    0xda,
+    0x10,
+];
 const PPS: &[u8] = &[NRI | NAL_PPS, 0xce, 0x3c, 0x80];
 
 /// The NAL units of one frame whose slice carries `slice_bytes` of filler (its tail is the
@@ -22,7 +33,11 @@ pub fn frame(keyframe: bool, slice_bytes: usize) -> Vec<Vec<u8>> {
     let mut slice = vec![0u8; slice_bytes.max(2)];
     slice[0] = NRI | if keyframe { NAL_IDR } else { NAL_SLICE };
     slice[1] = 0x88; // first_mb_in_slice = 0, then filler
-    if keyframe { vec![SPS.to_vec(), PPS.to_vec(), slice] } else { vec![slice] }
+    if keyframe {
+        vec![SPS.to_vec(), PPS.to_vec(), slice]
+    } else {
+        vec![slice]
+    }
 }
 
 /// RTP payloads for a frame's NAL units, each at most `mtu` bytes: small units aggregated
@@ -79,7 +94,11 @@ mod tests {
         let key = packetize(&frame(true, 3000), 1100);
         assert_eq!(key[0][0] & 0x1f, STAP_A);
         assert!(Codec::H264.is_keyframe_start(&key[0]));
-        assert!(key[1..].iter().all(|p| p[0] & 0x1f == FU_A && p.len() <= 1100));
+        assert!(
+            key[1..]
+                .iter()
+                .all(|p| p[0] & 0x1f == FU_A && p.len() <= 1100)
+        );
         assert_eq!(key[1][1] & 0x80, 0x80, "first fragment starts the IDR");
         assert_eq!(key.last().unwrap()[1] & 0x40, 0x40, "last fragment ends it");
         let delta = packetize(&frame(false, 3000), 1100);

@@ -241,6 +241,9 @@ impl Shard {
         for _ in 0..MAX_RECV_BATCHES_PER_TURN {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
             let result = batch.recv(&fd, |r| self.on_datagram(now, r.from, r.data, r.truncated));
+            if matches!(result, Ok(n) if n > 0) {
+                self.tally.recv_batches += 1;
+            }
             match result {
                 Ok(n) if n == udp::BATCH => self.socket_backlog = true,
                 Ok(_) => {

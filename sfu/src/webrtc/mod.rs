@@ -28,7 +28,8 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
-    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
+    RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -336,7 +337,9 @@ impl Peer {
             return Ok(());
         }
         let rollback = RTCSessionDescription::rollback(None).map_err(PeerError::setup)?;
-        self.pc.set_local_description(now, rollback).map_err(PeerError::setup)?;
+        self.pc
+            .set_local_description(now, rollback)
+            .map_err(PeerError::setup)?;
         self.awaiting_answer = false;
         self.offered.clear();
         Ok(())
@@ -467,7 +470,10 @@ impl Peer {
             streams: vec![stream_id.to_owned()],
             send_encodings: vec![],
         };
-        let transceiver = self.pc.add_transceiver_from_track(track, Some(init)).map_err(PeerError::setup)?;
+        let transceiver = self
+            .pc
+            .add_transceiver_from_track(track, Some(init))
+            .map_err(PeerError::setup)?;
         let sender = RTCRtpSenderId::from(transceiver);
         let id = OutboundId(self.next_outbound);
         self.next_outbound += 1;
@@ -676,12 +682,22 @@ impl Peer {
             if let Some(out) = self.pending.pop_front() {
                 return Some(out);
             }
-            if let Some(event) = self.pc.poll_event() {
-                self.on_event(event);
+            // Media first: asking for events walks the whole pipeline, and per packet that
+            // cost as much as the packet. Events are taken when a packet needs them (a
+            // track's first packet arrives with its OnOpen) and when no media is waiting.
+            if let Some(msg) = self.pc.poll_read() {
+                if let RTCMessage::RtpPacket(track_id, _) = &msg.message
+                    && !self.inbound.contains_key(track_id)
+                {
+                    while let Some(event) = self.pc.poll_event() {
+                        self.on_event(event);
+                    }
+                }
+                self.on_message(msg.message);
                 continue;
             }
-            let msg = self.pc.poll_read()?;
-            self.on_message(msg.message);
+            let event = self.pc.poll_event()?;
+            self.on_event(event);
         }
     }
 

@@ -5,7 +5,8 @@
 //! ([`media`]), and measures what it receives ([`participant`]). [`control`] speaks the SFU's
 //! control API; [`sfu_client`] joins rooms through it. The `loadtest` binary builds on these.
 
-pub mod control;
+/// The SFU control API client (it lives with the API it speaks).
+pub use metaclinic_sfu::control::client as control;
 pub mod driver;
 pub mod forward;
 pub mod local;

@@ -3,4 +3,5 @@
 //! library drives it directly in tests.
 
 pub mod api;
+pub mod client;
 pub mod http;

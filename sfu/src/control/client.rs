@@ -1,18 +1,18 @@
-//! A client of the SFU node's internal control API, as signaling uses it (and as tests and
-//! the forwarding benchmark use it directly).
+//! A client of the SFU node's internal control API: what signaling uses, and what the client
+//! library, the tests and the forwarding benchmark use directly.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use metaclinic_sfu::control::api::{
+use super::api::{
     CreateRoom, ErrorBody, OpenSession, RoomCreated, RoomInfo, SessionDescription, SessionOpened,
     SetMuted,
 };
-use metaclinic_sfu::events::{Rights, RoomEventEnvelope};
-use metaclinic_sfu::ids::{ParticipantId, RoomId};
-use metaclinic_sfu::media::MediaKind;
-use metaclinic_sfu::room::RoomKind;
+use crate::events::{Rights, RoomEventEnvelope};
+use crate::ids::{ParticipantId, RoomId};
+use crate::media::MediaKind;
+use crate::room::RoomKind;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 

@@ -1,23 +1,16 @@
 //! `metaclinic`: the product's one binary.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "metaclinic",
-    version,
-    about = "MetaClinic: real-time voice and video for telemedicine consultations"
-)]
+#[command(name = "metaclinic", version, about = "MetaClinic: real-time voice and video for telemedicine consultations")]
 struct Cli {
     /// Log format: `text` for people, `json` for log pipelines.
-    #[arg(
-        long,
-        global = true,
-        env = "METACLINIC_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "METACLINIC_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -31,6 +24,16 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Everything in one process for a laptop: signaling with demo appointments and a
+    /// development token issuer, and an SFU node.
+    Dev {
+        /// Signaling configuration to start from (see config/dev.toml); dev settings win.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A folder of FHIR Appointment JSON files to use instead of fresh demo appointments.
+        #[arg(long)]
+        appointments: Option<PathBuf>,
+    },
     /// Run an SFU node: media threads plus its internal control API.
     Sfu {
         /// TOML configuration (see config/sfu.toml); every key can also be set from the
@@ -38,18 +41,33 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the public signaling service.
+    Signaling {
+        /// TOML configuration (see config/signaling.toml); keys also from the environment,
+        /// e.g. METACLINIC_SIGNALING__HTTP__LISTEN=0.0.0.0:8080.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; exits non-zero at the first broken line.
+    Verify {
+        /// The audit log (JSON Lines).
+        path: PathBuf,
+    },
 }
 
 fn init_logs(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("METACLINIC_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn",
-            )
-        });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METACLINIC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -73,15 +91,117 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Audit { command: AuditCommand::Verify { path } } = &cli.command {
+        return audit_verify(path);
+    }
     init_logs(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
         Command::Sfu { config } => {
             let config = metaclinic_sfu::SfuConfig::load(config.as_deref())?;
             runtime.block_on(metaclinic_sfu::run(config, shutdown_signal()))
         }
+        Command::Signaling { config } => {
+            let config = metaclinic_signaling::SignalingConfig::load(config.as_deref())?;
+            runtime.block_on(signaling(config))
+        }
+        Command::Dev { config, appointments } => runtime.block_on(dev(config, appointments)),
+        Command::Audit { .. } => unreachable!("handled above, before logging starts"),
     }
+}
+
+fn audit_verify(path: &std::path::Path) -> anyhow::Result<()> {
+    match metaclinic_signaling::audit::verify(path) {
+        Ok(report) => {
+            println!("ok: {} records, chain intact, last hash {}", report.records, report.last_hash);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn signaling(config: metaclinic_signaling::SignalingConfig) -> anyhow::Result<()> {
+    let listen = config.http.listen;
+    let state = metaclinic_signaling::build(config, Default::default())?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("http.listen: cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "signaling listening");
+    metaclinic_signaling::serve(listener, state, None, shutdown_signal()).await
+}
+
+/// Dev mode: an in-process SFU node, signaling in front of it, demo appointments and the
+/// development token issuer.
+async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::Result<()> {
+    use metaclinic_signaling::config::{BookingBackend, SfuNode};
+
+    let data = std::env::temp_dir().join(format!("metaclinic-dev-{}", std::process::id()));
+    let appointments = match appointments {
+        Some(dir) => dir,
+        None => {
+            let dir = data.join("appointments");
+            metaclinic_signaling::dev::write_demo_appointments(&dir, chrono::Utc::now())?;
+            dir
+        }
+    };
+
+    // The SFU node, its control API on a loopback port with a one-off credential.
+    // Environment overrides (METACLINIC_SFU__RTC__UDP_PORT, ...) apply; the credential is
+    // made up, since only this process talks to the node.
+    let mut sfu = metaclinic_sfu::SfuConfig::extract(None)?;
+    sfu.control.credential = format!("dev-{}", uuid_like());
+    sfu.validate()?;
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_addr = control.local_addr()?;
+    let node = metaclinic_sfu::Node::start(sfu.clone()).context("starting the SFU node")?;
+    tokio::spawn(metaclinic_sfu::control::http::serve(control, node.clone(), std::future::pending()));
+
+    let mut cfg = metaclinic_signaling::SignalingConfig::extract(config.as_deref())?;
+    cfg.dev.enabled = true;
+    cfg.booking.backend = BookingBackend::Files;
+    cfg.booking.files.dir = appointments.clone();
+    if cfg.audit.path == metaclinic_signaling::config::AuditSection::default().path {
+        cfg.audit.path = data.join("audit.jsonl");
+    }
+    cfg.sfu.nodes = vec![SfuNode { id: sfu.node.id.clone(), url: format!("http://{control_addr}"), credential: sfu.control.credential.clone() }];
+    cfg.validate()?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
+    let public = cfg.http.public_url.clone();
+    let issuer = Arc::new(metaclinic_signaling::dev::DevIssuer::new(&public)?);
+    let audit_path = cfg.audit.path.clone();
+    let state = metaclinic_signaling::build(cfg, metaclinic_signaling::Overrides { dev_issuer: Some(issuer.clone()), ..Default::default() })?;
+    print_dev_banner(&public, &appointments, &audit_path, sfu.rtc.udp_port);
+    let result = metaclinic_signaling::serve(listener, state, Some(issuer), shutdown_signal()).await;
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || n.shutdown()).await?;
+    result
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+fn print_dev_banner(public: &str, appointments: &std::path::Path, audit: &std::path::Path, udp_port: u16) {
+    println!(
+        "\nMetaClinic dev mode\n\
+         \x20 signaling    {public}  (WebSocket {public}/v1/ws, protocol: signaling/PROTOCOL.md)\n\
+         \x20 media        UDP {udp_port} on this machine\n\
+         \x20 appointments {}  (FHIR JSON; edit a status to \"cancelled\" to end a call)\n\
+         \x20 audit log    {}  (check it: metaclinic audit verify <path>)\n\n\
+         Demo appointments: demo-consult, demo-interpreter-invite. Demo identities:\n",
+        appointments.display(),
+        audit.display()
+    );
+    for id in metaclinic_signaling::dev::DEMO_IDENTITIES {
+        println!("  {:<28} {}", id.fhir_user, id.label);
+    }
+    println!(
+        "\nA token for one:  curl -s -X POST {public}/dev/token -H 'content-type: application/json' \\\n\
+         \x20                     -d '{{\"fhir_user\":\"Practitioner/dr-demo\"}}'\n\
+         May they join?    curl -s {public}/v1/appointments/demo-consult/access -H \"authorization: Bearer $TOKEN\"\n"
+    );
 }

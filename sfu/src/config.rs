@@ -129,6 +129,13 @@ impl From<figment::Error> for ConfigError {
 impl SfuConfig {
     /// Defaults, then the file (if any), then the environment; validated.
     pub fn load(path: Option<&Path>) -> Result<SfuConfig, ConfigError> {
+        let cfg = Self::extract(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Like `load`, without validating (for callers that fill in more first).
+    pub fn extract(path: Option<&Path>) -> Result<SfuConfig, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(SfuConfig::default()));
         if let Some(p) = path {
             if !p.exists() {
@@ -139,9 +146,7 @@ impl SfuConfig {
             }
             fig = fig.merge(Toml::file_exact(p));
         }
-        let cfg: SfuConfig = fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?;
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?)
     }
 
     /// Parse TOML text alone (no environment), validated. For tests and tools.

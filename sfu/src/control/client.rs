@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use super::api::{
-    CreateRoom, ErrorBody, OpenSession, RoomCreated, RoomInfo, SessionDescription, SessionOpened,
-    SetMuted,
+    CreateRoom, ErrorBody, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo, SessionDescription,
+    SessionOpened, SetMuted,
 };
 use crate::events::{Rights, RoomEventEnvelope};
 use crate::ids::{ParticipantId, RoomId};
@@ -202,6 +202,17 @@ impl SfuControl {
         )
         .await
         .map(|_| ())
+    }
+
+    /// A trickled ICE candidate of the participant.
+    pub async fn candidate(&self, room: &str, participant: &str, candidate: &IceCandidate) -> Result<(), ApiError> {
+        let url = self.url(&format!("{}/candidates", Self::participant_path(room, participant)));
+        self.send(self.http.post(url).json(candidate)).await.map(|_| ())
+    }
+
+    /// The node's identity and load.
+    pub async fn node(&self) -> Result<NodeInfo, ApiError> {
+        self.json(self.http.get(self.url("/v1/node"))).await
     }
 
     pub async fn set_muted(

@@ -1,0 +1,376 @@
+//! Configuration of the signaling service: one serde tree, TOML plus environment
+//! (`METACLINIC_SIGNALING__HTTP__LISTEN=...`), unknown keys refused, validated at start with
+//! errors that name the key. `config/signaling.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "METACLINIC_SIGNALING__";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    pub http: HttpConfig,
+    pub identity: IdentitySection,
+    pub booking: BookingSection,
+    pub policy: PolicySection,
+    pub sfu: SfuSection,
+    pub audit: AuditSection,
+    pub limits: LimitsSection,
+    pub dev: DevSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The public listener (HTTP and WebSocket; TLS is terminated by the ingress or proxy).
+    pub listen: SocketAddr,
+    /// How clients reach this service, for the links dev mode prints.
+    pub public_url: String,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// The identity provider's issuer (`iss`), exactly.
+    pub issuer: String,
+    /// This service's audience (`aud`).
+    pub audience: String,
+    /// Where the issuer's JWKS is; or set `discovery_url` instead.
+    pub jwks_url: Option<String>,
+    /// The issuer's OIDC discovery document (its `jwks_uri` is used).
+    pub discovery_url: Option<String>,
+    /// Accepted signature algorithms: any of RS256, RS384, ES256, ES384.
+    pub algorithms: Vec<String>,
+    /// Clock leeway for exp/nbf, seconds (at most 60).
+    pub leeway_s: u64,
+    /// The FHIR base URL absolute `fhirUser` claims must sit under.
+    pub fhir_base: String,
+    /// Least seconds between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_refresh_min_interval_s: u64,
+    /// Timeout of a JWKS or discovery request, milliseconds.
+    pub http_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BookingBackend {
+    /// The hospital's FHIR R4 server.
+    Fhir,
+    /// FHIR Appointment JSON files in a folder (development and demos).
+    Files,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BookingSection {
+    pub backend: BookingBackend,
+    pub fhir: FhirBookingConfig,
+    pub files: FilesBookingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirBookingConfig {
+    /// FHIR R4 base URL, e.g. https://fhir.hospital.example/R4
+    pub base_url: String,
+    /// OAuth 2.0 token endpoint (SMART Backend Services).
+    pub token_url: String,
+    /// Our client id at the hospital's authorization server.
+    pub client_id: String,
+    /// PEM private key (PKCS#8) signing our client assertion.
+    pub private_key_file: PathBuf,
+    /// The `kid` of that key in the JWKS the hospital registered for us.
+    pub key_id: String,
+    /// RS384 or ES384 (SMART Backend Services).
+    pub algorithm: String,
+    /// Scopes requested.
+    pub scope: String,
+    /// Timeout of one request, milliseconds.
+    pub timeout_ms: u64,
+    /// Retries of a failed read (with backoff) before booking_unavailable.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesBookingConfig {
+    /// Folder of FHIR Appointment (and PractitionerRole) JSON files; watched for changes.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Minutes before the appointment's start that joining opens.
+    pub lead_min: u64,
+    /// Minutes after its end that the call may run on.
+    pub grace_min: u64,
+    /// Interpreters enter without waiting in the lobby.
+    pub interpreters_direct: bool,
+    /// Minutes before the hard stop that participants are warned.
+    pub warn_before_end_min: u64,
+    /// Most minutes a host may extend a consultation by, in total.
+    pub max_extension_min: u64,
+    /// Seconds between re-reads of a running consultation's appointment (a cancellation ends it).
+    pub recheck_interval_s: u64,
+    /// Seconds an admitted participant who lost the connection may rejoin without the lobby.
+    pub reconnect_grace_s: u64,
+    /// Minutes an interpreter invite stays valid (at most 30).
+    pub invite_ttl_min: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SfuNode {
+    pub id: String,
+    /// The node's internal control API, e.g. http://10.0.0.5:7001
+    pub url: String,
+    /// Its service credential.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuSection {
+    /// The SFU nodes rooms are placed on.
+    pub nodes: Vec<SfuNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The append-only audit log (JSON Lines, hash-chained).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Sustained WebSocket messages per second per client.
+    pub messages_per_second: u32,
+    /// Burst of messages allowed above the sustained rate.
+    pub message_burst: u32,
+    /// Seconds a new WebSocket has to send its join.
+    pub join_timeout_s: u64,
+    /// Most WebSocket sessions at once.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSection {
+    /// Development mode: a local token issuer with demo identities. Never in production.
+    pub enabled: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            public_url: "http://127.0.0.1:8080".into(),
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        IdentitySection {
+            issuer: String::new(),
+            audience: "metaclinic".into(),
+            jwks_url: None,
+            discovery_url: None,
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            leeway_s: 30,
+            fhir_base: String::new(),
+            jwks_refresh_min_interval_s: 30,
+            http_timeout_ms: 3000,
+        }
+    }
+}
+
+impl Default for BookingSection {
+    fn default() -> Self {
+        BookingSection { backend: BookingBackend::Fhir, fhir: FhirBookingConfig::default(), files: FilesBookingConfig::default() }
+    }
+}
+
+impl Default for FhirBookingConfig {
+    fn default() -> Self {
+        FhirBookingConfig {
+            base_url: String::new(),
+            token_url: String::new(),
+            client_id: String::new(),
+            private_key_file: PathBuf::new(),
+            key_id: String::new(),
+            algorithm: "ES384".into(),
+            scope: "system/Appointment.read system/PractitionerRole.read".into(),
+            timeout_ms: 3000,
+            retries: 2,
+        }
+    }
+}
+
+impl Default for FilesBookingConfig {
+    fn default() -> Self {
+        FilesBookingConfig { dir: PathBuf::from("config/appointments") }
+    }
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            lead_min: 15,
+            grace_min: 15,
+            interpreters_direct: false,
+            warn_before_end_min: 5,
+            max_extension_min: 30,
+            recheck_interval_s: 60,
+            reconnect_grace_s: 120,
+            invite_ttl_min: 30,
+        }
+    }
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { path: PathBuf::from("audit/audit.jsonl") }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { messages_per_second: 20, message_burst: 40, join_timeout_s: 10, max_sessions: 10_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Parse(e.to_string())
+    }
+}
+
+const ALGORITHMS: [&str; 4] = ["RS256", "RS384", "ES256", "ES384"];
+
+impl SignalingConfig {
+    /// Defaults, then the file, then the environment; validated.
+    pub fn load(path: Option<&Path>) -> Result<SignalingConfig, ConfigError> {
+        let cfg = Self::extract(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Like `load`, without validating (for callers that fill in more first).
+    pub fn extract(path: Option<&Path>) -> Result<SignalingConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(SignalingConfig::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Parse(format!("config file {} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?)
+    }
+
+    pub fn from_toml(text: &str) -> Result<SignalingConfig, ConfigError> {
+        let cfg: SignalingConfig =
+            Figment::from(Serialized::defaults(SignalingConfig::default())).merge(Toml::string(text)).extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.to_owned() });
+        let id = &self.identity;
+        if !self.dev.enabled {
+            if id.issuer.is_empty() {
+                return invalid("identity.issuer", "required (the identity provider's iss)");
+            }
+            if id.jwks_url.is_none() && id.discovery_url.is_none() {
+                return invalid("identity.jwks_url", "set jwks_url or discovery_url");
+            }
+            if id.fhir_base.is_empty() {
+                return invalid("identity.fhir_base", "required (the FHIR base fhirUser claims sit under)");
+            }
+        }
+        if id.algorithms.is_empty() {
+            return invalid("identity.algorithms", "at least one of RS256, RS384, ES256, ES384");
+        }
+        if let Some(a) = id.algorithms.iter().find(|a| !ALGORITHMS.contains(&a.as_str())) {
+            return invalid("identity.algorithms", &format!("{a} is not allowed (RS256, RS384, ES256, ES384)"));
+        }
+        if id.leeway_s > 60 {
+            return invalid("identity.leeway_s", "at most 60 seconds");
+        }
+        if id.audience.is_empty() {
+            return invalid("identity.audience", "required");
+        }
+        if self.booking.backend == BookingBackend::Fhir {
+            let f = &self.booking.fhir;
+            for (key, value) in [
+                ("booking.fhir.base_url", &f.base_url),
+                ("booking.fhir.token_url", &f.token_url),
+                ("booking.fhir.client_id", &f.client_id),
+                ("booking.fhir.key_id", &f.key_id),
+            ] {
+                if value.is_empty() {
+                    return invalid(key, "required with booking.backend = \"fhir\"");
+                }
+            }
+            if f.private_key_file.as_os_str().is_empty() {
+                return invalid("booking.fhir.private_key_file", "required with booking.backend = \"fhir\"");
+            }
+            if f.algorithm != "RS384" && f.algorithm != "ES384" {
+                return invalid("booking.fhir.algorithm", "RS384 or ES384 (SMART Backend Services)");
+            }
+            if f.retries > 5 {
+                return invalid("booking.fhir.retries", "at most 5");
+            }
+        }
+        let p = &self.policy;
+        if p.invite_ttl_min == 0 || p.invite_ttl_min > 30 {
+            return invalid("policy.invite_ttl_min", "1 to 30 minutes");
+        }
+        if p.lead_min > 24 * 60 || p.grace_min > 24 * 60 {
+            return invalid("policy.lead_min", "lead and grace are at most a day");
+        }
+        if p.recheck_interval_s == 0 {
+            return invalid("policy.recheck_interval_s", "at least 1 second");
+        }
+        if self.sfu.nodes.is_empty() && !self.dev.enabled {
+            return invalid("sfu.nodes", "at least one SFU node");
+        }
+        for n in &self.sfu.nodes {
+            if n.credential.len() < 16 {
+                return invalid("sfu.nodes.credential", "at least 16 characters");
+            }
+        }
+        if self.limits.messages_per_second == 0 || self.limits.message_burst == 0 {
+            return invalid("limits.messages_per_second", "must be positive");
+        }
+        if self.http.max_message_bytes < 16 * 1024 {
+            return invalid("http.max_message_bytes", "at least 16384 (an SDP needs room)");
+        }
+        Ok(())
+    }
+
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.identity.leeway_s)
+    }
+}

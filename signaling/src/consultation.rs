@@ -1,0 +1,586 @@
+//! One appointment's consultation on this signaling instance: who is in the call, who waits
+//! in the lobby, which connection speaks for whom, when the call ends, and the host's
+//! controls. State changes happen under a short lock; calls to the SFU happen after it.
+//!
+//! A member is a person (their `fhirUser` reference), not a connection: a host's page
+//! reload ends neither the call nor the host's rights, and an admitted patient who loses the
+//! connection rejoins without the lobby for a while.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metaclinic_sfu::events::Rights;
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::policy::Role;
+use crate::protocol::{EndReason, Member, MemberState, ServerMessage};
+use crate::sfu_link::PlacedNode;
+
+/// A connection's mailbox: what the consultation wants said to that client.
+pub type Mailbox = mpsc::UnboundedSender<Outbound>;
+
+/// What a session task receives from the consultation.
+#[derive(Debug)]
+pub enum Outbound {
+    Message(ServerMessage),
+    /// Send this, then close the connection.
+    Close(ServerMessage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Lobby,
+    InCall,
+    /// Was in the call; the connection dropped at this time.
+    Away(DateTime<Utc>),
+}
+
+struct Connection {
+    id: u64,
+    mailbox: Mailbox,
+}
+
+struct MemberEntry {
+    role: Role,
+    presence: Presence,
+    connection: Option<Connection>,
+    /// When they entered the lobby (for the wait-time metric).
+    waiting_since: Option<DateTime<Utc>>,
+}
+
+/// A host's single-use interpreter invite.
+struct Invite {
+    slot: usize,
+    expires_at: DateTime<Utc>,
+    used: bool,
+}
+
+struct State {
+    members: HashMap<String, MemberEntry>,
+    /// Removed by a host: refused until the consultation ends.
+    removed: Vec<String>,
+    invites: HashMap<String, Invite>,
+    closes_at: DateTime<Utc>,
+    extended_min: u64,
+    warned: bool,
+    ended: Option<EndReason>,
+    next_connection: u64,
+}
+
+pub struct Consultation {
+    pub appointment_id: String,
+    /// The SFU room: one per appointment.
+    pub room: String,
+    pub node: PlacedNode,
+    state: Mutex<State>,
+}
+
+/// Why a host action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("only a host in the call may do this")]
+    NotHost,
+    #[error("no such participant")]
+    NoSuchParticipant,
+    #[error("the participant is not where this action applies")]
+    WrongPresence,
+    #[error("the extension limit is reached")]
+    ExtensionLimit,
+    #[error("this appointment has no unassigned interpreter slot")]
+    NoInterpreterSlot,
+    #[error("the consultation has ended")]
+    Ended,
+}
+
+impl ActionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ActionError::NotHost => "not_host",
+            ActionError::NoSuchParticipant => "no_such_participant",
+            ActionError::WrongPresence => "wrong_presence",
+            ActionError::ExtensionLimit => "extension_limit",
+            ActionError::NoInterpreterSlot => "no_interpreter_slot",
+            ActionError::Ended => "ended",
+        }
+    }
+}
+
+/// Where a joining member lands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Lobby,
+    /// In the call; the SFU session must be opened before telling the client.
+    InCall,
+    Refused(&'static str),
+}
+
+pub fn rights_for(role: Role) -> Rights {
+    // Everyone admitted sees and hears everyone; a companion (family member) too.
+    let _ = role;
+    Rights { publish: true, subscribe: true }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl State {
+    fn members_in_call(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.presence == Presence::InCall)
+            .map(|(p, m)| Member { participant: p.clone(), role: m.role, state: MemberState::InCall })
+            .collect();
+        v.sort_by(|a, b| a.participant.cmp(&b.participant));
+        v
+    }
+
+    fn waiting(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.presence == Presence::Lobby && m.connection.is_some())
+            .map(|(p, m)| Member { participant: p.clone(), role: m.role, state: MemberState::Lobby })
+            .collect();
+        v.sort_by(|a, b| a.participant.cmp(&b.participant));
+        v
+    }
+
+    fn send(&self, participant: &str, msg: ServerMessage) {
+        if let Some(c) = self.members.get(participant).and_then(|m| m.connection.as_ref()) {
+            let _ = c.mailbox.send(Outbound::Message(msg));
+        }
+    }
+
+    fn send_and_close(&mut self, participant: &str, msg: ServerMessage) {
+        if let Some(c) = self.members.get_mut(participant).and_then(|m| m.connection.take()) {
+            let _ = c.mailbox.send(Outbound::Close(msg));
+        }
+    }
+
+    fn broadcast_in_call(&self, msg: &ServerMessage) {
+        for m in self.members.values().filter(|m| m.presence == Presence::InCall) {
+            if let Some(c) = &m.connection {
+                let _ = c.mailbox.send(Outbound::Message(msg.clone()));
+            }
+        }
+    }
+
+    fn notify_hosts_of_lobby(&self) {
+        let msg = ServerMessage::LobbyChanged { waiting: self.waiting() };
+        for m in self.members.values().filter(|m| m.role == Role::Host && m.presence == Presence::InCall) {
+            if let Some(c) = &m.connection {
+                let _ = c.mailbox.send(Outbound::Message(msg.clone()));
+            }
+        }
+    }
+
+    fn notify_members(&self) {
+        self.broadcast_in_call(&ServerMessage::MembersChanged { members: self.members_in_call() });
+    }
+
+    fn is_host_in_call(&self, participant: &str) -> bool {
+        self.members.get(participant).is_some_and(|m| m.role == Role::Host && m.presence == Presence::InCall)
+    }
+}
+
+impl Consultation {
+    pub fn new(appointment_id: &str, node: PlacedNode, closes_at: DateTime<Utc>) -> Consultation {
+        Consultation {
+            appointment_id: appointment_id.to_owned(),
+            room: format!("appt-{appointment_id}"),
+            node,
+            state: Mutex::new(State {
+                members: HashMap::new(),
+                removed: Vec::new(),
+                invites: HashMap::new(),
+                closes_at,
+                extended_min: 0,
+                warned: false,
+                ended: None,
+                next_connection: 1,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // State changes are single assignments and map edits; a panic mid-way leaves
+        // nothing half-done that a later call could trip over.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn closes_at(&self) -> DateTime<Utc> {
+        self.lock().closes_at
+    }
+
+    pub fn ended(&self) -> Option<EndReason> {
+        self.lock().ended
+    }
+
+    /// A member connects (first time, reconnect, or a second tab that takes over). Returns
+    /// where they land and the connection id to use when they disconnect.
+    pub fn enter(
+        &self,
+        participant: &str,
+        role: Role,
+        direct: bool,
+        mailbox: Mailbox,
+        now: DateTime<Utc>,
+        reconnect_grace: Duration,
+    ) -> (Entry, u64) {
+        let mut s = self.lock();
+        if s.ended.is_some() {
+            return (Entry::Refused("consultation_ended"), 0);
+        }
+        if s.removed.iter().any(|r| r == participant) {
+            return (Entry::Refused("removed_by_host"), 0);
+        }
+        let id = s.next_connection;
+        s.next_connection += 1;
+        let grace = chrono::Duration::from_std(reconnect_grace).unwrap_or_default();
+        let entry = match s.members.get_mut(participant) {
+            Some(m) => {
+                if let Some(old) = m.connection.take() {
+                    let _ = old.mailbox.send(Outbound::Close(ServerMessage::Replaced));
+                }
+                m.connection = Some(Connection { id, mailbox });
+                m.role = role;
+                match m.presence {
+                    Presence::InCall => Entry::InCall,
+                    Presence::Away(since) if now - since <= grace || direct => {
+                        m.presence = Presence::InCall;
+                        Entry::InCall
+                    }
+                    _ if direct => {
+                        m.presence = Presence::InCall;
+                        Entry::InCall
+                    }
+                    _ => {
+                        m.presence = Presence::Lobby;
+                        m.waiting_since = Some(now);
+                        Entry::Lobby
+                    }
+                }
+            }
+            None => {
+                let presence = if direct { Presence::InCall } else { Presence::Lobby };
+                s.members.insert(
+                    participant.to_owned(),
+                    MemberEntry {
+                        role,
+                        presence,
+                        connection: Some(Connection { id, mailbox }),
+                        waiting_since: (!direct).then_some(now),
+                    },
+                );
+                if direct { Entry::InCall } else { Entry::Lobby }
+            }
+        };
+        match entry {
+            Entry::Lobby => s.notify_hosts_of_lobby(),
+            Entry::InCall => {
+                s.notify_members();
+                if role == Role::Host {
+                    // A host who arrives (or comes back) sees who waits.
+                    let waiting = s.waiting();
+                    s.send(participant, ServerMessage::LobbyChanged { waiting });
+                }
+            }
+            Entry::Refused(_) => {}
+        }
+        (entry, id)
+    }
+
+    /// The message that tells an admitted member to negotiate media.
+    pub fn joined_message(&self, participant: &str, role: Role) -> ServerMessage {
+        let s = self.lock();
+        ServerMessage::Joined {
+            v: crate::protocol::VERSION,
+            role,
+            participant: participant.to_owned(),
+            closes_at: rfc3339(s.closes_at),
+            members: s.members_in_call(),
+        }
+    }
+
+    pub fn send(&self, participant: &str, msg: ServerMessage) {
+        self.lock().send(participant, msg);
+    }
+
+    pub fn broadcast_in_call(&self, msg: &ServerMessage) {
+        self.lock().broadcast_in_call(msg);
+    }
+
+    pub fn presence(&self, participant: &str) -> Option<Presence> {
+        self.lock().members.get(participant).map(|m| m.presence)
+    }
+
+    pub fn role(&self, participant: &str) -> Option<Role> {
+        self.lock().members.get(participant).map(|m| m.role)
+    }
+
+    /// The connection `connection` of `participant` closed. Returns true if the member was
+    /// in the call (their SFU session should close).
+    pub fn disconnect(&self, participant: &str, connection: u64, now: DateTime<Utc>) -> bool {
+        let mut s = self.lock();
+        let Some(m) = s.members.get_mut(participant) else { return false };
+        if m.connection.as_ref().is_none_or(|c| c.id != connection) {
+            return false; // a newer connection took over
+        }
+        m.connection = None;
+        let was_in_call = m.presence == Presence::InCall;
+        match m.presence {
+            Presence::InCall => m.presence = Presence::Away(now),
+            Presence::Lobby => {
+                s.members.remove(participant);
+            }
+            Presence::Away(_) => {}
+        }
+        s.notify_members();
+        s.notify_hosts_of_lobby();
+        was_in_call
+    }
+
+    /// The member leaves on purpose: no reconnect grace.
+    pub fn leave(&self, participant: &str, connection: u64) -> bool {
+        let mut s = self.lock();
+        let Some(m) = s.members.get(participant) else { return false };
+        if m.connection.as_ref().is_none_or(|c| c.id != connection) {
+            return false;
+        }
+        let was_in_call = m.presence == Presence::InCall;
+        s.members.remove(participant);
+        s.notify_members();
+        s.notify_hosts_of_lobby();
+        was_in_call
+    }
+
+    /// Host: let `participant` in. Returns the lobby wait, for the metric.
+    pub fn admit(&self, host: &str, participant: &str, now: DateTime<Utc>) -> Result<(Role, Option<chrono::Duration>), ActionError> {
+        let mut s = self.lock();
+        if s.ended.is_some() {
+            return Err(ActionError::Ended);
+        }
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        let m = s.members.get_mut(participant).ok_or(ActionError::NoSuchParticipant)?;
+        if m.presence != Presence::Lobby || m.connection.is_none() {
+            return Err(ActionError::WrongPresence);
+        }
+        m.presence = Presence::InCall;
+        let waited = m.waiting_since.take().map(|t| now - t);
+        let role = m.role;
+        s.notify_hosts_of_lobby();
+        s.notify_members();
+        Ok((role, waited))
+    }
+
+    /// Undo an admission whose SFU session could not be opened.
+    pub fn back_to_lobby(&self, participant: &str, now: DateTime<Utc>) {
+        let mut s = self.lock();
+        if let Some(m) = s.members.get_mut(participant) {
+            m.presence = Presence::Lobby;
+            m.waiting_since = Some(now);
+        }
+        s.notify_hosts_of_lobby();
+        s.notify_members();
+    }
+
+    /// Host: turn `participant` away from the lobby.
+    pub fn deny(&self, host: &str, participant: &str) -> Result<Role, ActionError> {
+        let mut s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        if m.presence != Presence::Lobby {
+            return Err(ActionError::WrongPresence);
+        }
+        let role = m.role;
+        s.send_and_close(participant, ServerMessage::Denied { code: "denied_by_host".into() });
+        s.members.remove(participant);
+        s.notify_hosts_of_lobby();
+        Ok(role)
+    }
+
+    /// Host: send `participant` from the call back to the lobby. Their SFU session closes.
+    pub fn return_to_lobby(&self, host: &str, participant: &str, now: DateTime<Utc>) -> Result<Role, ActionError> {
+        let mut s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        if host == participant {
+            return Err(ActionError::WrongPresence);
+        }
+        let m = s.members.get_mut(participant).ok_or(ActionError::NoSuchParticipant)?;
+        if m.presence != Presence::InCall {
+            return Err(ActionError::WrongPresence);
+        }
+        m.presence = Presence::Lobby;
+        m.waiting_since = Some(now);
+        let role = m.role;
+        s.send(participant, ServerMessage::ReturnedToLobby);
+        s.notify_members();
+        s.notify_hosts_of_lobby();
+        Ok(role)
+    }
+
+    /// Host: check that `participant` is in the call and may be muted by `host`.
+    pub fn check_mute(&self, host: &str, participant: &str) -> Result<Role, ActionError> {
+        let s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        if m.presence != Presence::InCall {
+            return Err(ActionError::WrongPresence);
+        }
+        Ok(m.role)
+    }
+
+    /// Host: remove `participant` for the rest of the consultation.
+    pub fn remove(&self, host: &str, participant: &str) -> Result<(Role, bool), ActionError> {
+        let mut s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        if host == participant {
+            return Err(ActionError::WrongPresence);
+        }
+        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let (role, was_in_call) = (m.role, m.presence == Presence::InCall);
+        s.send_and_close(participant, ServerMessage::Removed);
+        s.members.remove(participant);
+        s.removed.push(participant.to_owned());
+        s.notify_members();
+        s.notify_hosts_of_lobby();
+        Ok((role, was_in_call))
+    }
+
+    /// Host: extend by `minutes`, within the configured total.
+    pub fn extend(&self, host: &str, minutes: u32, max_total_min: u64) -> Result<DateTime<Utc>, ActionError> {
+        let mut s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        if minutes == 0 || s.extended_min + minutes as u64 > max_total_min {
+            return Err(ActionError::ExtensionLimit);
+        }
+        s.extended_min += minutes as u64;
+        s.closes_at += chrono::Duration::minutes(minutes as i64);
+        s.warned = false;
+        let closes_at = s.closes_at;
+        s.broadcast_in_call(&ServerMessage::Extended { closes_at: rfc3339(closes_at) });
+        Ok(closes_at)
+    }
+
+    /// Host: a single-use invite for one of `slots` (unassigned translator slots).
+    pub fn invite(&self, host: &str, slots: &[usize], ttl: Duration, now: DateTime<Utc>) -> Result<(String, DateTime<Utc>), ActionError> {
+        let mut s = self.lock();
+        if !s.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        let slot = *slots.first().ok_or(ActionError::NoInterpreterSlot)?;
+        s.invites.retain(|_, i| !i.used && i.expires_at > now);
+        let bytes: [u8; 18] = rand::rng().random();
+        let code = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+        let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
+        s.invites.insert(code.clone(), Invite { slot, expires_at, used: false });
+        Ok((code, expires_at))
+    }
+
+    /// The slot an unused, unexpired invite is for.
+    pub fn invite_slot(&self, code: &str, now: DateTime<Utc>) -> Option<usize> {
+        let s = self.lock();
+        s.invites.get(code).filter(|i| !i.used && i.expires_at > now).map(|i| i.slot)
+    }
+
+    /// Use an invite up. False if it was used or expired in the meantime.
+    pub fn consume_invite(&self, code: &str, now: DateTime<Utc>) -> bool {
+        let mut s = self.lock();
+        match s.invites.get_mut(code) {
+            Some(i) if !i.used && i.expires_at > now => {
+                i.used = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// End the consultation for everyone. Returns false if it had already ended.
+    pub fn end(&self, reason: EndReason) -> bool {
+        let mut s = self.lock();
+        if s.ended.is_some() {
+            return false;
+        }
+        s.ended = Some(reason);
+        let everyone: Vec<String> = s.members.keys().cloned().collect();
+        for p in everyone {
+            s.send_and_close(&p, ServerMessage::Ended { reason });
+        }
+        info!(appointment = %self.appointment_id, ?reason, "consultation ended");
+        true
+    }
+
+    /// What the clock says should happen now: a warning, the end, or nothing. Also forgets
+    /// members away longer than the grace. Returns (warn, end, expired members).
+    pub fn tick(&self, now: DateTime<Utc>, warn_before: chrono::Duration, reconnect_grace: chrono::Duration) -> Tick {
+        let mut s = self.lock();
+        if s.ended.is_some() {
+            return Tick::default();
+        }
+        let expired: Vec<String> = s
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.presence, Presence::Away(since) if now - since > reconnect_grace))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &expired {
+            s.members.remove(p);
+        }
+        let mut tick = Tick { expired, ..Tick::default() };
+        if now >= s.closes_at {
+            tick.time_over = true;
+        } else if !s.warned && now >= s.closes_at - warn_before {
+            s.warned = true;
+            let msg = ServerMessage::Warning { code: "ending_soon".into(), closes_at: rfc3339(s.closes_at) };
+            for m in s.members.values() {
+                if let Some(c) = &m.connection {
+                    let _ = c.mailbox.send(Outbound::Message(msg.clone()));
+                }
+            }
+            tick.warned = true;
+        }
+        tick.empty = s.members.values().all(|m| m.connection.is_none());
+        tick
+    }
+
+    /// Every member's connection, for the relay of SFU events addressed to one participant.
+    pub fn has_member(&self, participant: &str) -> bool {
+        self.lock().members.contains_key(participant)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Tick {
+    pub warned: bool,
+    pub time_over: bool,
+    /// Nobody is connected.
+    pub empty: bool,
+    pub expired: Vec<String>,
+}
+
+impl Drop for Consultation {
+    fn drop(&mut self) {
+        let s = self.lock();
+        if s.ended.is_none() && !s.members.is_empty() {
+            warn!(appointment = %self.appointment_id, "consultation dropped with members");
+        }
+    }
+}

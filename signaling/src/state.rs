@@ -1,0 +1,55 @@
+//! What every request and session of the signaling service shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
+
+use crate::audit::AuditLog;
+use crate::booking::BookingSystem;
+use crate::config::SignalingConfig;
+use crate::hub::Hub;
+use crate::identity::Verifier;
+use crate::metrics::Metrics;
+use crate::policy::PolicyConfig;
+use crate::sfu_link::SfuPool;
+
+/// Wall-clock time, with an offset tests can move (appointment windows and hard stops are
+/// tested without waiting for them).
+#[derive(Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        self.offset_ms.fetch_add(by.num_milliseconds(), Ordering::Relaxed);
+    }
+
+    /// Make `now()` return about `t`.
+    pub fn set(&self, t: DateTime<Utc>) {
+        self.offset_ms.store((t - Utc::now()).num_milliseconds(), Ordering::Relaxed);
+    }
+}
+
+pub struct Deps {
+    pub config: SignalingConfig,
+    pub policy: PolicyConfig,
+    pub verifier: Verifier,
+    pub booking: Arc<dyn BookingSystem>,
+    pub audit: AuditLog,
+    pub sfu: SfuPool,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    pub clock: Clock,
+    /// Open WebSocket sessions.
+    pub sessions: AtomicUsize,
+    /// Shutting down: no new sessions.
+    pub draining: AtomicBool,
+}
+
+pub type AppState = Arc<Deps>;

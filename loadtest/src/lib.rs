@@ -13,8 +13,10 @@ pub mod local;
 pub mod media;
 pub mod participant;
 pub mod sfu_client;
+pub mod signaling_client;
 
 pub use control::SfuControl;
 pub use driver::ClientDriver;
 pub use participant::{ParticipantSpec, ParticipantStats, VideoSpec};
 pub use sfu_client::SfuParticipant;
+pub use signaling_client::{Phase, SignalingParticipant};

@@ -513,19 +513,26 @@ impl Consultation {
         }
     }
 
-    /// End the consultation for everyone. Returns false if it had already ended.
-    pub fn end(&self, reason: EndReason) -> bool {
+    /// Mark the consultation ended (nobody joins from now on). False if it already was.
+    /// Members are told by `announce_end`, once the end is audited.
+    pub fn claim_end(&self, reason: EndReason) -> bool {
         let mut s = self.lock();
         if s.ended.is_some() {
             return false;
         }
         s.ended = Some(reason);
+        true
+    }
+
+    /// Tell everyone the consultation ended, and close their connections.
+    pub fn announce_end(&self) {
+        let mut s = self.lock();
+        let Some(reason) = s.ended else { return };
         let everyone: Vec<String> = s.members.keys().cloned().collect();
         for p in everyone {
             s.send_and_close(&p, ServerMessage::Ended { reason });
         }
         info!(appointment = %self.appointment_id, ?reason, "consultation ended");
-        true
     }
 
     /// What the clock says should happen now: a warning, the end, or nothing. Also forgets

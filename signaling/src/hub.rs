@@ -60,9 +60,10 @@ impl Hub {
         Ok(c)
     }
 
-    /// End a consultation for everyone: close the SFU room, forget it, audit.
+    /// End a consultation for everyone: audit it, tell the members, close the SFU room,
+    /// forget it.
     pub async fn finish(&self, deps: &Deps, c: &Arc<Consultation>, reason: EndReason, by: Option<&str>) {
-        let first = c.end(reason);
+        let first = c.claim_end(reason);
         {
             let mut map = self.consultations.lock().await;
             if map.get(&c.appointment_id).is_some_and(|x| Arc::ptr_eq(x, c)) {
@@ -73,16 +74,13 @@ impl Hub {
         if !first {
             return;
         }
-        if let Err(e) = c.node.control.close_room(&c.room).await {
-            warn!(room = %c.room, "closing the SFU room: {e}");
-        }
         let reason_code = match reason {
             EndReason::HostEnded => "host_ended",
             EndReason::TimeOver => "time_over",
             EndReason::Cancelled => "cancelled",
             EndReason::ServiceRestart => "service_restart",
         };
-        let _ = deps
+        let audited = deps
             .audit
             .record(AuditEvent {
                 fhir_user: by.map(str::to_owned),
@@ -94,6 +92,14 @@ impl Hub {
                 ..AuditEvent::default()
             })
             .await;
+        if let Err(e) = audited {
+            // The end happens regardless: a call past its time or cancelled must stop.
+            warn!(appointment = %c.appointment_id, "auditing the end failed: {e}");
+        }
+        c.announce_end();
+        if let Err(e) = c.node.control.close_room(&c.room).await {
+            warn!(room = %c.room, "closing the SFU room: {e}");
+        }
     }
 
     /// Close every consultation (shutdown): clients are told to reconnect.

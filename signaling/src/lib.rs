@@ -40,7 +40,7 @@ use state::{AppState, Deps};
 
 /// Install the TLS crypto provider the HTTP clients use (ring, as the media stack does).
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    metaclinic_sfu::control::client::ensure_crypto_provider();
 }
 
 /// What `build` may be given instead of what the configuration says (tests, dev mode).

@@ -50,3 +50,4 @@ pub async fn serve_page(html: &'static str) -> SocketAddr {
 }
 
 pub mod browser;
+pub mod signaling;

@@ -35,6 +35,13 @@ impl ApiError {
     }
 }
 
+/// Install rustls's ring provider for the process, if none is installed yet. The workspace's
+/// HTTP client is built with TLS but no default provider (one crypto library for the whole
+/// product, the one the media stack uses), so every client needs this first.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[derive(Clone)]
 pub struct SfuControl {
     base: String,
@@ -49,6 +56,7 @@ fn seg(s: &str) -> String {
 impl SfuControl {
     /// `base` like `http://127.0.0.1:7001`.
     pub fn new(base: &str, credential: &str) -> Self {
+        ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))

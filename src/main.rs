@@ -7,10 +7,19 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "metaclinic", version, about = "MetaClinic: real-time voice and video for telemedicine consultations")]
+#[command(
+    name = "metaclinic",
+    version,
+    about = "MetaClinic: real-time voice and video for telemedicine consultations"
+)]
 struct Cli {
     /// Log format: `text` for people, `json` for log pipelines.
-    #[arg(long, global = true, env = "METACLINIC_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "METACLINIC_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -65,9 +74,15 @@ enum AuditCommand {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METACLINIC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("METACLINIC_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn",
+            )
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -91,11 +106,17 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Audit { command: AuditCommand::Verify { path } } = &cli.command {
+    if let Command::Audit {
+        command: AuditCommand::Verify { path },
+    } = &cli.command
+    {
         return audit_verify(path);
     }
     init_logs(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Sfu { config } => {
             let config = metaclinic_sfu::SfuConfig::load(config.as_deref())?;
@@ -105,7 +126,10 @@ fn main() -> anyhow::Result<()> {
             let config = metaclinic_signaling::SignalingConfig::load(config.as_deref())?;
             runtime.block_on(signaling(config))
         }
-        Command::Dev { config, appointments } => runtime.block_on(dev(config, appointments)),
+        Command::Dev {
+            config,
+            appointments,
+        } => runtime.block_on(dev(config, appointments)),
         Command::Audit { .. } => unreachable!("handled above, before logging starts"),
     }
 }
@@ -113,7 +137,10 @@ fn main() -> anyhow::Result<()> {
 fn audit_verify(path: &std::path::Path) -> anyhow::Result<()> {
     match metaclinic_signaling::audit::verify(path) {
         Ok(report) => {
-            println!("ok: {} records, chain intact, last hash {}", report.records, report.last_hash);
+            println!(
+                "ok: {} records, chain intact, last hash {}",
+                report.records, report.last_hash
+            );
             Ok(())
         }
         Err(e) => {
@@ -126,7 +153,9 @@ fn audit_verify(path: &std::path::Path) -> anyhow::Result<()> {
 async fn signaling(config: metaclinic_signaling::SignalingConfig) -> anyhow::Result<()> {
     let listen = config.http.listen;
     let state = metaclinic_signaling::build(config, Default::default())?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("http.listen: cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
     tracing::info!(addr = %listener.local_addr()?, "signaling listening");
     metaclinic_signaling::serve(listener, state, None, shutdown_signal()).await
 }
@@ -155,7 +184,11 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_addr = control.local_addr()?;
     let node = metaclinic_sfu::Node::start(sfu.clone()).context("starting the SFU node")?;
-    tokio::spawn(metaclinic_sfu::control::http::serve(control, node.clone(), std::future::pending()));
+    tokio::spawn(metaclinic_sfu::control::http::serve(
+        control,
+        node.clone(),
+        std::future::pending(),
+    ));
 
     let mut cfg = metaclinic_signaling::SignalingConfig::extract(config.as_deref())?;
     cfg.dev.enabled = true;
@@ -164,16 +197,28 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     if cfg.audit.path == metaclinic_signaling::config::AuditSection::default().path {
         cfg.audit.path = data.join("audit.jsonl");
     }
-    cfg.sfu.nodes = vec![SfuNode { id: sfu.node.id.clone(), url: format!("http://{control_addr}"), credential: sfu.control.credential.clone() }];
+    cfg.sfu.nodes = vec![SfuNode {
+        id: sfu.node.id.clone(),
+        url: format!("http://{control_addr}"),
+        credential: sfu.control.credential.clone(),
+    }];
     cfg.validate()?;
-    let listener =
-        tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
     let public = cfg.http.public_url.clone();
     let issuer = Arc::new(metaclinic_signaling::dev::DevIssuer::new(&public)?);
     let audit_path = cfg.audit.path.clone();
-    let state = metaclinic_signaling::build(cfg, metaclinic_signaling::Overrides { dev_issuer: Some(issuer.clone()), ..Default::default() })?;
+    let state = metaclinic_signaling::build(
+        cfg,
+        metaclinic_signaling::Overrides {
+            dev_issuer: Some(issuer.clone()),
+            ..Default::default()
+        },
+    )?;
     print_dev_banner(&public, &appointments, &audit_path, sfu.rtc.udp_port);
-    let result = metaclinic_signaling::serve(listener, state, Some(issuer), shutdown_signal()).await;
+    let result =
+        metaclinic_signaling::serve(listener, state, Some(issuer), shutdown_signal()).await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.shutdown()).await?;
     result
@@ -181,11 +226,19 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{:x}{:x}", nanos, std::process::id())
 }
 
-fn print_dev_banner(public: &str, appointments: &std::path::Path, audit: &std::path::Path, udp_port: u16) {
+fn print_dev_banner(
+    public: &str,
+    appointments: &std::path::Path,
+    audit: &std::path::Path,
+    udp_port: u16,
+) {
     println!(
         "\nMetaClinic dev mode\n\
          \x20 signaling    {public}  (WebSocket {public}/v1/ws, protocol: signaling/PROTOCOL.md)\n\

@@ -80,6 +80,19 @@ enum Command {
         count: u16,
         reply: Reply<()>,
     },
+    /// Send the participant's tone at another loudness.
+    SetToneLevel {
+        key: ParticipantKey,
+        level_dbfs: f64,
+        reply: Reply<()>,
+    },
+    /// Change the participant's network, each way (None: a perfect link).
+    SetLinks {
+        key: ParticipantKey,
+        up: Option<crate::netem::LinkSpec>,
+        down: Option<crate::netem::LinkSpec>,
+        reply: Reply<()>,
+    },
     Close {
         key: ParticipantKey,
         reply: Reply<()>,
@@ -216,6 +229,32 @@ impl ClientDriver {
         .await
     }
 
+    /// Talk louder or softer: the tone's level, in dBFS (audio level header included).
+    pub async fn set_tone_level(&self, key: ParticipantKey, level_dbfs: f64) -> anyhow::Result<()> {
+        self.call(|reply| Command::SetToneLevel {
+            key,
+            level_dbfs,
+            reply,
+        })
+        .await
+    }
+
+    /// Put a bad network between the participant and the SFU (or take it away).
+    pub async fn set_links(
+        &self,
+        key: ParticipantKey,
+        up: Option<crate::netem::LinkSpec>,
+        down: Option<crate::netem::LinkSpec>,
+    ) -> anyhow::Result<()> {
+        self.call(|reply| Command::SetLinks {
+            key,
+            up,
+            down,
+            reply,
+        })
+        .await
+    }
+
     pub async fn close(&self, key: ParticipantKey) -> anyhow::Result<()> {
         self.call(|reply| Command::Close { key, reply }).await
     }
@@ -234,8 +273,9 @@ struct Worker {
     timers: BinaryHeap<Reverse<Wake>>,
     /// The one wake-up each participant has in the heap.
     scheduled: HashMap<usize, Instant>,
-    /// Encoded tones, shared by every participant that sends the same one.
-    tones: HashMap<u32, Arc<ToneLoop>>,
+    /// Encoded tones (by frequency and tenths of dBFS), shared by every participant that
+    /// sends the same one.
+    tones: HashMap<(u32, i32), Arc<ToneLoop>>,
     buf: Vec<u8>,
 }
 
@@ -292,7 +332,10 @@ impl Worker {
         };
         loop {
             match p.socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => p.peer.handle_datagram(now, from, &self.buf[..n]),
+                Ok((n, from)) => match &mut p.downlink {
+                    Some(link) => link.push(now, from, self.buf[..n].to_vec()),
+                    None => p.peer.handle_datagram(now, from, &self.buf[..n]),
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             }
@@ -306,6 +349,11 @@ impl Worker {
         let Some(p) = self.participants.get_mut(key) else {
             return;
         };
+        if let Some(link) = &mut p.downlink {
+            while let Some((from, data)) = link.pop_due(now) {
+                p.peer.handle_datagram(now, from, &data);
+            }
+        }
         if p.peer_timer.is_some_and(|t| t <= now) {
             p.peer_timer = None;
             p.peer.handle_timeout(now);
@@ -313,17 +361,32 @@ impl Worker {
         p.drive(now);
         p.send_media(now);
         while let Some(t) = p.peer.poll_transmit() {
-            // A full socket buffer drops the datagram, as a real network would.
-            let _ = p.socket.send_to(&t.data, t.to);
+            match &mut p.uplink {
+                Some(link) => link.push(now, t.to, t.data.to_vec()),
+                // A full socket buffer drops the datagram, as a real network would.
+                None => {
+                    let _ = p.socket.send_to(&t.data, t.to);
+                }
+            }
+        }
+        if let Some(link) = &mut p.uplink {
+            while let Some((to, data)) = link.pop_due(now) {
+                let _ = p.socket.send_to(&data, to);
+            }
         }
         p.peer_timer = p
             .peer
             .next_timeout()
             .map(|t| t.max(now + Duration::from_millis(1)));
-        let next = match (p.peer_timer, p.next_media()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let links = [&p.uplink, &p.downlink]
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.next_release());
+        let next = [p.peer_timer, p.next_media()]
+            .into_iter()
+            .flatten()
+            .chain(links)
+            .min();
         if let Some(at) = next
             && self.scheduled.get(&key).is_none_or(|&s| at < s)
         {
@@ -407,6 +470,45 @@ impl Worker {
                     self.service(key.0, now);
                     let _ = reply.send(r);
                 }
+                Command::SetToneLevel {
+                    key,
+                    level_dbfs,
+                    reply,
+                } => {
+                    let hz = self
+                        .participants
+                        .get(key.0)
+                        .and_then(|p| p.spec.publish.audio.as_ref())
+                        .map(|a| a.hz);
+                    let r = match hz {
+                        Some(hz) => self.tone(hz, level_dbfs).and_then(|t| {
+                            self.with(key, |p| {
+                                p.set_tone(t);
+                                Ok(())
+                            })
+                        }),
+                        None => Err(anyhow::anyhow!("the participant sends no tone")),
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::SetLinks {
+                    key,
+                    up,
+                    down,
+                    reply,
+                } => {
+                    let r = self.with(key, |p| {
+                        // A link that stays keeps what it holds; one that goes drops it.
+                        for (link, spec) in [(&mut p.uplink, up), (&mut p.downlink, down)] {
+                            match (link.as_mut(), spec) {
+                                (Some(l), Some(spec)) => l.set_spec(spec),
+                                (_, spec) => *link = spec.map(crate::netem::Link::new),
+                            }
+                        }
+                        Ok(())
+                    });
+                    let _ = reply.send(r);
+                }
                 Command::Close { key, reply } => {
                     if self.participants.contains(key.0) {
                         let mut p = self.participants.remove(key.0);
@@ -422,6 +524,17 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// The encoded tone of this frequency and level (encoded once per driver).
+    fn tone(&mut self, hz: u32, level_dbfs: f64) -> anyhow::Result<Arc<ToneLoop>> {
+        let key = (hz, (level_dbfs * 10.0).round() as i32);
+        if let Some(t) = self.tones.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(ToneLoop::new(hz, level_dbfs)?);
+        self.tones.insert(key, t.clone());
+        Ok(t)
     }
 
     fn with<T>(
@@ -442,14 +555,7 @@ impl Worker {
         now: Instant,
     ) -> anyhow::Result<(ParticipantKey, String)> {
         let tone = match &spec.publish.audio {
-            Some(a) => Some(match self.tones.get(&a.hz) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = Arc::new(ToneLoop::new(a.hz, a.level_dbfs)?);
-                    self.tones.insert(a.hz, t.clone());
-                    t
-                }
-            }),
+            Some(a) => Some(self.tone(a.hz, a.level_dbfs)?),
             None => None,
         };
         let mut p = Participant::new(spec, tone, now)?;

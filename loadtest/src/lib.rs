@@ -9,14 +9,17 @@
 pub use metaclinic_sfu::control::client as control;
 pub mod driver;
 pub mod forward;
+pub mod join;
 pub mod local;
 pub mod media;
+pub mod netem;
 pub mod participant;
 pub mod sfu_client;
 pub mod signaling_client;
 
 pub use control::SfuControl;
 pub use driver::ClientDriver;
+pub use netem::LinkSpec;
 pub use participant::{ParticipantSpec, ParticipantStats, VideoSpec};
 pub use sfu_client::SfuParticipant;
 pub use signaling_client::{Phase, SignalingParticipant};

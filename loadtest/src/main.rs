@@ -2,7 +2,7 @@
 //! that say where the SFU stands.
 
 use clap::{Parser, Subcommand};
-use metaclinic_loadtest::forward;
+use metaclinic_loadtest::{forward, join};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,9 @@ enum Command {
     /// Forwarding benchmark: an SFU child process, rooms of publishers and subscribers, CPU
     /// per forwarded packet, loss and latency. Ends with one JSON line.
     Forward(forward::ForwardArgs),
+    /// One participant joins a consultation through signaling (a dev token by default),
+    /// sends a tone and prints what it hears: try `metaclinic dev` from a terminal.
+    Join(join::JoinArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,10 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&p, format!("{json}\n"))?;
             }
             println!("{json}");
+        }
+        Command::Join(args) => {
+            let outcome = runtime.block_on(join::run(args, |line| println!("{line}")))?;
+            println!("session ended: {}", outcome.ended);
         }
     }
     Ok(())

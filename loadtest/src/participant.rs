@@ -16,6 +16,7 @@ use crate::media::audio::{FRAME_MS, FRAME_SAMPLES, ToneAnalyzer, ToneLoop};
 use crate::media::h264;
 use crate::media::marker;
 use crate::media::vp8::{self, Vp8Writer};
+use crate::netem::{Link, LinkSpec, LinkStats};
 
 /// What a participant publishes.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +64,9 @@ pub struct ParticipantSpec {
     pub decode_audio: bool,
     /// Open a data channel (avatar poses in shared rooms).
     pub data_channel: bool,
+    /// A bad network between this participant and the SFU, each way (None: loopback as is).
+    pub uplink: Option<LinkSpec>,
+    pub downlink: Option<LinkSpec>,
 }
 
 impl ParticipantSpec {
@@ -72,7 +76,16 @@ impl ParticipantSpec {
             publish: PublishSpec::default(),
             decode_audio: true,
             data_channel: false,
+            uplink: None,
+            downlink: None,
         }
+    }
+
+    /// Send through `up` and receive through `down`.
+    pub fn with_links(mut self, up: Option<LinkSpec>, down: Option<LinkSpec>) -> Self {
+        self.uplink = up;
+        self.downlink = down;
+        self
     }
 
     pub fn with_tone(mut self, hz: u32) -> Self {
@@ -185,6 +198,10 @@ pub struct RemoteTrackStats {
     pub lost: u64,
     /// Video frames completed (marker bit) or audio packets.
     pub frames: u64,
+    /// Video frames of which every packet arrived (late ones included), and frames given up
+    /// on (a packet still missing after newer frames moved on).
+    pub frames_complete: u64,
+    pub frames_incomplete: u64,
     pub keyframes: u64,
     pub audio_frames_decoded: u64,
     pub decode_errors: u64,
@@ -205,6 +222,7 @@ struct RemoteTrack {
     first_seq: Option<u16>,
     highest_seq: u16,
     wraps: u64,
+    frames: FrameAssembly,
 }
 
 impl RemoteTrack {
@@ -224,6 +242,8 @@ impl RemoteTrack {
                 bytes: 0,
                 lost: 0,
                 frames: 0,
+                frames_complete: 0,
+                frames_incomplete: 0,
                 keyframes: 0,
                 audio_frames_decoded: 0,
                 decode_errors: 0,
@@ -241,6 +261,7 @@ impl RemoteTrack {
             first_seq: None,
             highest_seq: 0,
             wraps: 0,
+            frames: FrameAssembly::default(),
         }
     }
 
@@ -272,6 +293,13 @@ impl RemoteTrack {
         }
         if s.codec == Codec::Opus || p.marker {
             s.frames += 1;
+        }
+        if s.codec != Codec::Opus {
+            let start = frame_starts(s.codec, &p.payload);
+            self.frames
+                .on_packet(p.timestamp, p.sequence_number, start, p.marker);
+            s.frames_complete = self.frames.complete;
+            s.frames_incomplete = self.frames.incomplete;
         }
         if let Some(sent) = marker::read(&p.payload) {
             let _ = self
@@ -311,6 +339,9 @@ pub struct ParticipantStats {
     pub sent_bytes: u64,
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
+    pub video_frames_sent: u64,
+    pub uplink: Option<LinkStats>,
+    pub downlink: Option<LinkStats>,
     pub remote: Vec<RemoteTrackStats>,
 }
 
@@ -351,6 +382,9 @@ pub(crate) struct Participant {
     keyframe_requests: u64,
     /// The peer's own deadline, as last asked.
     pub peer_timer: Option<Instant>,
+    pub uplink: Option<Link>,
+    pub downlink: Option<Link>,
+    video_frames_sent: u64,
 }
 
 impl Participant {
@@ -396,6 +430,7 @@ impl Participant {
         if spec.data_channel || (audio.is_none() && video.is_none()) {
             peer.create_channel("poses")?;
         }
+        let spec_links = (spec.uplink.clone(), spec.downlink.clone());
         Ok(Participant {
             spec,
             socket,
@@ -411,6 +446,9 @@ impl Participant {
             keyframes_sent: 0,
             keyframe_requests: 0,
             peer_timer: None,
+            uplink: spec_links.0.map(Link::new),
+            downlink: spec_links.1.map(Link::new),
+            video_frames_sent: 0,
         })
     }
 
@@ -444,6 +482,8 @@ impl Participant {
                     payload_type: 0,
                     marker: false,
                     payload: Bytes::from(payload),
+                    // RFC 6464 level in -dBov, as a browser reports it.
+                    audio_level: Some((-a.tone.level_dbfs).round().clamp(0.0, 127.0) as u8),
                 };
                 if self.peer.send_rtp(now, a.outbound, &pkt, a.seq, a.ts) {
                     self.sent_packets += 1;
@@ -474,6 +514,7 @@ impl Participant {
                         payload_type: 0,
                         marker: i + 1 == count,
                         payload: Bytes::from(payload),
+                        audio_level: None,
                     };
                     if self.peer.send_rtp(now, v.outbound, &pkt, v.seq, v.ts) {
                         self.sent_packets += 1;
@@ -487,9 +528,17 @@ impl Participant {
                     self.keyframes_sent += 1;
                 }
                 v.frame += 1;
+                self.video_frames_sent += 1;
                 v.picture_id = (v.picture_id + 1) & 0x7fff;
                 v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
             }
+        }
+    }
+
+    /// Send another tone (same frequency, another loudness) from the next frame on.
+    pub fn set_tone(&mut self, tone: Arc<ToneLoop>) {
+        if let Some(a) = &mut self.audio {
+            a.tone = tone;
         }
     }
 
@@ -571,6 +620,9 @@ impl Participant {
             sent_bytes: self.sent_bytes,
             keyframes_sent: self.keyframes_sent,
             keyframe_requests: self.keyframe_requests,
+            video_frames_sent: self.video_frames_sent,
+            uplink: self.uplink.as_ref().map(|l| l.stats),
+            downlink: self.downlink.as_ref().map(|l| l.stats),
             remote: self
                 .order
                 .iter()
@@ -590,6 +642,104 @@ impl Participant {
     pub fn merge_latency(&self, into: &mut Histogram<u64>) {
         for t in self.remote.values() {
             let _ = into.add(&t.latency_us);
+        }
+    }
+}
+
+/// Does this packet carry the start of a video frame?
+fn frame_starts(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        // VP8 payload descriptor: S bit with partition index 0.
+        Codec::Vp8 => payload
+            .first()
+            .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0),
+        // H.264: anything but a FU-A continuation starts a frame's first NAL unit or is one;
+        // frames of several NAL units count once their marker packet closes them.
+        Codec::H264 => match payload.first().map(|b| b & 0x1f) {
+            Some(28) => payload.get(1).is_some_and(|b| b & 0x80 != 0),
+            Some(_) => true,
+            None => false,
+        },
+        Codec::Opus => false,
+    }
+}
+
+/// Which video frames arrived whole: packets grouped by RTP timestamp, a frame complete when
+/// its first and last (marker) packets and every sequence number between them are in. A frame
+/// still incomplete when a frame 16 newer has completed is given up on.
+#[derive(Default)]
+struct FrameAssembly {
+    pending: Vec<PendingFrame>,
+    /// Timestamps of frames already counted, so that a late duplicate does not count twice.
+    done: std::collections::VecDeque<u32>,
+    complete: u64,
+    incomplete: u64,
+}
+
+struct PendingFrame {
+    ts: u32,
+    first: Option<u16>,
+    last: Option<u16>,
+    seqs: Vec<u16>,
+    age: u32,
+}
+
+impl FrameAssembly {
+    fn on_packet(&mut self, ts: u32, seq: u16, start: bool, marker: bool) {
+        if self.done.contains(&ts) {
+            return;
+        }
+        let i = match self.pending.iter().position(|f| f.ts == ts) {
+            Some(i) => i,
+            None => {
+                self.pending.push(PendingFrame {
+                    ts,
+                    first: None,
+                    last: None,
+                    seqs: Vec::new(),
+                    age: 0,
+                });
+                self.pending.len() - 1
+            }
+        };
+        let f = &mut self.pending[i];
+        if !f.seqs.contains(&seq) {
+            f.seqs.push(seq);
+        }
+        if start {
+            f.first = Some(seq);
+        }
+        if marker {
+            f.last = Some(seq);
+        }
+        let whole = match (f.first, f.last) {
+            (Some(a), Some(b)) => f.seqs.len() == usize::from(b.wrapping_sub(a)) + 1,
+            _ => false,
+        };
+        if whole {
+            self.pending.remove(i);
+            self.complete += 1;
+            self.done.push_back(ts);
+            if self.done.len() > 64 {
+                self.done.pop_front();
+            }
+            for f in &mut self.pending {
+                f.age += 1;
+            }
+            let done = &mut self.done;
+            let mut given_up = 0;
+            self.pending.retain(|f| {
+                let keep = f.age < 16;
+                if !keep {
+                    given_up += 1;
+                    done.push_back(f.ts);
+                }
+                keep
+            });
+            while self.done.len() > 64 {
+                self.done.pop_front();
+            }
+            self.incomplete += given_up;
         }
     }
 }

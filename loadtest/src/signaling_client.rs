@@ -48,17 +48,32 @@ impl SignalingParticipant {
         spec: ParticipantSpec,
     ) -> anyhow::Result<SignalingParticipant> {
         let started = Instant::now();
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(ws_url)).await??;
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(ws_url),
+        )
+        .await??;
         let (mut sink, mut stream) = ws.split();
-        let join = ClientMessage::Join { v: VERSION, appointment: appointment.to_owned(), token: token.to_owned(), invite: invite.map(str::to_owned) };
-        sink.send(Message::Text(serde_json::to_string(&join)?.into())).await?;
+        let join = ClientMessage::Join {
+            v: VERSION,
+            appointment: appointment.to_owned(),
+            token: token.to_owned(),
+            invite: invite.map(str::to_owned),
+        };
+        sink.send(Message::Text(serde_json::to_string(&join)?.into()))
+            .await?;
 
         let (commands, mut command_rx) = mpsc::unbounded_channel::<ClientMessage>();
         let (event_tx, events) = mpsc::unbounded_channel();
         let (phase_tx, mut phase) = watch::channel(Phase::Connecting);
         let (d, name) = (driver.clone(), spec.name.clone());
         let task = tokio::spawn(async move {
-            let mut session = Session { driver: d, spec, phase: phase_tx, events: event_tx };
+            let mut session = Session {
+                driver: d,
+                spec,
+                phase: phase_tx,
+                events: event_tx,
+            };
             loop {
                 tokio::select! {
                     frame = stream.next() => {
@@ -89,13 +104,26 @@ impl SignalingParticipant {
             let _ = sink.close().await;
         });
         // Wait (bounded) for the server's answer to the join.
-        let answered = tokio::time::timeout(Duration::from_secs(15), phase.wait_for(|p| *p != Phase::Connecting)).await.map(|_| ());
+        let answered = tokio::time::timeout(
+            Duration::from_secs(15),
+            phase.wait_for(|p| *p != Phase::Connecting),
+        )
+        .await
+        .map(|_| ());
         let join_ms = started.elapsed().as_millis() as u64;
         if answered.is_err() {
             task.abort();
             anyhow::bail!("{name}: no answer to the join within 15 s");
         }
-        Ok(SignalingParticipant { name, commands, events, phase, driver: driver.clone(), task, join_ms })
+        Ok(SignalingParticipant {
+            name,
+            commands,
+            events,
+            phase,
+            driver: driver.clone(),
+            task,
+            join_ms,
+        })
     }
 
     pub fn phase(&self) -> Phase {
@@ -109,7 +137,11 @@ impl SignalingParticipant {
 
     /// The next server message for which `pred` holds, within `timeout` (others are
     /// skipped).
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&ServerMessage) -> bool) -> Option<ServerMessage> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> Option<ServerMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -135,7 +167,11 @@ impl SignalingParticipant {
     }
 
     /// Poll media statistics until `done` holds or `timeout` passes; returns the last.
-    pub async fn wait_media(&self, timeout: Duration, done: impl Fn(&ParticipantStats) -> bool) -> anyhow::Result<ParticipantStats> {
+    pub async fn wait_media(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&ParticipantStats) -> bool,
+    ) -> anyhow::Result<ParticipantStats> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.stats().await;
@@ -148,6 +184,18 @@ impl SignalingParticipant {
                 return s;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Put a bad network between this participant and the SFU, each way (None: none).
+    pub async fn set_links(
+        &self,
+        up: Option<crate::netem::LinkSpec>,
+        down: Option<crate::netem::LinkSpec>,
+    ) -> anyhow::Result<()> {
+        match self.phase() {
+            Phase::InCall(key) => self.driver.set_links(key, up, down).await,
+            other => anyhow::bail!("{}: not in the call ({other:?})", self.name),
         }
     }
 
@@ -211,7 +259,12 @@ impl Session {
                 match self.driver.create(self.spec.clone()).await {
                     Ok((key, offer)) => {
                         let _ = self.phase.send(Phase::InCall(key));
-                        vec![ClientMessage::Sdp { description: Description { kind: SdpKind::Offer, sdp: offer } }]
+                        vec![ClientMessage::Sdp {
+                            description: Description {
+                                kind: SdpKind::Offer,
+                                sdp: offer,
+                            },
+                        }]
                     }
                     Err(e) => {
                         tracing::warn!(participant = %self.spec.name, "cannot create the media participant: {e}");
@@ -223,23 +276,40 @@ impl Session {
                 let Some(key) = self.key() else { return vec![] };
                 match description.kind {
                     SdpKind::Answer => {
-                        if let Err(e) = self.driver.accept_answer(key, description.sdp.clone()).await {
+                        if let Err(e) = self
+                            .driver
+                            .accept_answer(key, description.sdp.clone())
+                            .await
+                        {
                             tracing::warn!(participant = %self.spec.name, "applying the answer: {e}");
                         }
                         vec![]
                     }
-                    SdpKind::Offer => match self.driver.accept_offer(key, description.sdp.clone()).await {
-                        Ok(answer) => vec![ClientMessage::Sdp { description: Description { kind: SdpKind::Answer, sdp: answer } }],
-                        Err(e) => {
-                            tracing::warn!(participant = %self.spec.name, "applying the SFU's offer: {e}");
-                            vec![]
+                    SdpKind::Offer => {
+                        match self.driver.accept_offer(key, description.sdp.clone()).await {
+                            Ok(answer) => vec![ClientMessage::Sdp {
+                                description: Description {
+                                    kind: SdpKind::Answer,
+                                    sdp: answer,
+                                },
+                            }],
+                            Err(e) => {
+                                tracing::warn!(participant = %self.spec.name, "applying the SFU's offer: {e}");
+                                vec![]
+                            }
                         }
-                    },
+                    }
                 }
             }
             ServerMessage::Ended { reason } => {
-                self.close(&format!("ended:{}", serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()))
-                    .await;
+                self.close(&format!(
+                    "ended:{}",
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ))
+                .await;
                 vec![]
             }
             ServerMessage::Removed => {

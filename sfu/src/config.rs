@@ -49,6 +49,9 @@ pub struct RtcConfig {
     /// Kernel receive and send buffer asked for each media socket, in bytes. The kernel caps
     /// it at net.core.rmem_max / wmem_max; raise those on SFU hosts.
     pub socket_buffer_bytes: usize,
+    /// Keyframe requests from a publication's subscribers are coalesced into at most one
+    /// upstream per this many milliseconds (a burst of new subscribers costs one keyframe).
+    pub keyframe_request_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +91,7 @@ impl Default for RtcConfig {
             connect_timeout_s: 30,
             idle_timeout_s: 30,
             socket_buffer_bytes: 4 << 20,
+            keyframe_request_interval_ms: 500,
         }
     }
 }
@@ -165,6 +169,12 @@ impl SfuConfig {
                 problem: problem.to_owned(),
             })
         };
+        if !(50..=5000).contains(&self.rtc.keyframe_request_interval_ms) {
+            return invalid(
+                "rtc.keyframe_request_interval_ms",
+                "50 to 5000 milliseconds",
+            );
+        }
         if self.node.id.is_empty() || self.node.id.len() > 64 {
             return invalid("node.id", "must be 1 to 64 characters");
         }

@@ -86,14 +86,49 @@ pub enum RoomEvent {
         participant: ParticipantId,
         sdp: String,
     },
+    /// How the participant's connection is doing (every few seconds), for its connection
+    /// indicator and for metrics.
+    Quality {
+        participant: ParticipantId,
+        #[serde(flatten)]
+        quality: QualityReport,
+    },
+    /// Who is talking now (smoothed over a second or so); `None` when nobody is.
+    DominantSpeaker {
+        participant: Option<ParticipantId>,
+    },
     RoomClosed,
+}
+
+/// One participant's connection, as the SFU measures it over the last reporting interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QualityReport {
+    /// Round trip between the SFU and the participant (from RTCP reports), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Share of the participant's packets lost on the way to the SFU, percent.
+    pub loss_up_pct: f64,
+    /// Share of the SFU's packets the participant reports lost, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_down_pct: Option<f64>,
+    /// Interarrival jitter of what the participant sends, milliseconds (worst stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// What the participant sends and receives, kbit/s.
+    pub kbps_up: f64,
+    pub kbps_down: f64,
+    /// Retransmissions the participant asked for (NACKed packets) and the SFU sent.
+    pub nacks: u64,
+    pub retransmissions: u64,
 }
 
 impl RoomEvent {
     /// The one participant this event is for, or `None` when it is for the whole room.
     pub fn addressee(&self) -> Option<&ParticipantId> {
         match self {
-            RoomEvent::Offer { participant, .. } => Some(participant),
+            RoomEvent::Offer { participant, .. } | RoomEvent::Quality { participant, .. } => {
+                Some(participant)
+            }
             _ => None,
         }
     }

@@ -194,6 +194,7 @@ mod tests {
             payload_type: 96,
             marker: false,
             payload: Bytes::from_static(payload),
+            audio_level: None,
         }
     }
 

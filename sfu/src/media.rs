@@ -71,6 +71,9 @@ pub struct RtpPacket {
     pub payload_type: u8,
     pub marker: bool,
     pub payload: Bytes,
+    /// The sender's audio level (RFC 6464), in -dBov: 0 is the loudest, 127 silence. Read
+    /// from the header extension when the connection negotiated it.
+    pub audio_level: Option<u8>,
 }
 
 impl RtpPacket {

@@ -115,6 +115,9 @@ pub struct Metrics {
     pub control_requests: IntCounterVec,
     pub control_refused: IntCounterVec,
     pub sessions_closed: IntCounterVec,
+    pub nacks_received: IntCounter,
+    pub retransmissions: IntCounter,
+    pub dominant_speaker_changes: IntCounter,
 }
 
 impl Metrics {
@@ -213,6 +216,18 @@ impl Metrics {
                 "metaclinic_sfu_sessions_closed_total",
                 "Participant sessions ended, by cause",
                 &["cause"],
+            ),
+            nacks_received: counter(
+                "metaclinic_sfu_nacks_received_total",
+                "NACK feedback received from subscribers about forwarded streams",
+            ),
+            retransmissions: counter(
+                "metaclinic_sfu_retransmissions_total",
+                "Packets retransmitted to subscribers from the SFU's send buffer",
+            ),
+            dominant_speaker_changes: counter(
+                "metaclinic_sfu_dominant_speaker_changes_total",
+                "Times a room's dominant speaker changed",
             ),
             registry,
         }

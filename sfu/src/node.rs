@@ -48,6 +48,9 @@ impl Node {
             connect_timeout: config.connect_timeout(),
             idle_timeout: config.idle_timeout(),
             max_participants: config.rooms.max_participants,
+            keyframe_request_interval: std::time::Duration::from_millis(
+                config.rtc.keyframe_request_interval_ms,
+            ),
         };
         let mut shards = Vec::new();
         for i in 0..config.media_threads() {

@@ -21,8 +21,6 @@ pub enum RoomKind {
     Consultation,
 }
 
-/// The shortest interval between two keyframe requests sent to one publisher.
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a subscriber may wait for its first keyframe before we ask again.
 pub const KEYFRAME_WAIT_RETRY: Duration = Duration::from_millis(1000);
 
@@ -31,6 +29,9 @@ pub struct Subscriber {
     pub session: SessionKey,
     pub outbound: OutboundId,
     pub down: DownTrack,
+    /// The subscriber's answer covers this track: packets sent now reach it. A keyframe
+    /// asked for before that would be wasted.
+    pub ready: bool,
 }
 
 /// A track published by a participant.
@@ -43,6 +44,9 @@ pub struct Publication {
     pub muted: bool,
     pub subscribers: Vec<Subscriber>,
     last_keyframe_request: Option<Instant>,
+    /// A request arrived within the interval: it goes upstream when the interval ends.
+    keyframe_request_pending: bool,
+    keyframe_request_interval: Duration,
 }
 
 impl Publication {
@@ -52,6 +56,7 @@ impl Publication {
         participant: ParticipantId,
         inbound: InboundId,
         codec: Codec,
+        keyframe_request_interval: Duration,
     ) -> Self {
         Publication {
             id,
@@ -62,30 +67,40 @@ impl Publication {
             muted: false,
             subscribers: Vec::new(),
             last_keyframe_request: None,
+            keyframe_request_pending: false,
+            keyframe_request_interval,
         }
     }
 
     /// Should a keyframe request go to the publisher now? Coalesces requests from many
-    /// subscribers into at most one per [`KEYFRAME_REQUEST_INTERVAL`].
+    /// subscribers into at most one per interval; one that arrives within the interval is
+    /// kept and goes when the interval ends (see [`Self::take_pending_keyframe_request`]).
     pub fn take_keyframe_request(&mut self, now: Instant) -> bool {
         if self.codec.kind() != crate::media::MediaKind::Video {
             return false;
         }
         if self
             .last_keyframe_request
-            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+            .is_some_and(|t| now.duration_since(t) < self.keyframe_request_interval)
         {
+            self.keyframe_request_pending = true;
             return false;
         }
         self.last_keyframe_request = Some(now);
+        self.keyframe_request_pending = false;
         true
+    }
+
+    /// A coalesced request whose interval has ended: send it now.
+    pub fn take_pending_keyframe_request(&mut self, now: Instant) -> bool {
+        self.keyframe_request_pending && self.take_keyframe_request(now)
     }
 
     /// Some subscriber still waits for its first keyframe and we last asked a while ago.
     pub fn keyframe_overdue(&self, now: Instant) -> bool {
         self.subscribers
             .iter()
-            .any(|s| s.down.is_waiting_for_keyframe())
+            .any(|s| s.ready && s.down.is_waiting_for_keyframe())
             && self
                 .last_keyframe_request
                 .is_none_or(|t| now.duration_since(t) >= KEYFRAME_WAIT_RETRY)
@@ -97,6 +112,7 @@ pub struct Room {
     pub kind: RoomKind,
     pub sessions: HashMap<ParticipantId, SessionKey>,
     pub tracks: HashMap<TrackId, Publication>,
+    pub speaker: crate::speaker::SpeakerDetector,
     events: broadcast::Sender<RoomEventEnvelope>,
     next_seq: u64,
 }
@@ -108,6 +124,7 @@ impl Room {
             kind,
             sessions: HashMap::new(),
             tracks: HashMap::new(),
+            speaker: Default::default(),
             events,
             next_seq: 0,
         }

@@ -41,6 +41,9 @@ pub struct Session {
     pub dirty: bool,
     pub created: Instant,
     pub last_received: Instant,
+    /// The connection's counters at the last quality report, and when it is next due.
+    pub quality_counters: crate::webrtc::LinkCounters,
+    pub quality_at: Instant,
 }
 
 impl Session {
@@ -77,6 +80,8 @@ impl Session {
             dirty: false,
             created: now,
             last_received: now,
+            quality_counters: Default::default(),
+            quality_at: now,
         }
     }
 }

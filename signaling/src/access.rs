@@ -52,7 +52,8 @@ impl AccessError {
         match self {
             AccessError::Auth(..) => 401,
             AccessError::BadAppointmentId | AccessError::Booking(BookingError::NotFound) => 404,
-            AccessError::Booking(BookingError::Unavailable(_)) | AccessError::Booking(BookingError::Invalid(_)) => 503,
+            AccessError::Booking(BookingError::Unavailable(_))
+            | AccessError::Booking(BookingError::Invalid(_)) => 503,
             AccessError::Denied(_) => 403,
         }
     }
@@ -69,28 +70,52 @@ pub struct Granted {
 pub async fn read_appointment(deps: &Deps, id: &str) -> Result<Appointment, BookingError> {
     let started = Instant::now();
     let result = deps.booking.appointment(id).await;
-    deps.metrics.booking_lookup.observe(started.elapsed().as_secs_f64());
+    deps.metrics
+        .booking_lookup
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
-        deps.metrics.booking_errors.with_label_values(&[e.code()]).inc();
+        deps.metrics
+            .booking_errors
+            .with_label_values(&[e.code()])
+            .inc();
     }
     result
 }
 
 /// Decide. `invite` is the slot of a valid, unused invite the caller presented (checked by
 /// the caller against the consultation's invites).
-pub async fn authorize(deps: &Deps, token: &str, appointment: &str, invite: Option<usize>) -> Result<Granted, AccessError> {
+pub async fn authorize(
+    deps: &Deps,
+    token: &str,
+    appointment: &str,
+    invite: Option<usize>,
+) -> Result<Granted, AccessError> {
     let now = deps.clock.now();
     let identity = deps.verifier.verify(token, now.timestamp()).await?;
-    let appointment_id = booking::appointment_id(appointment).ok_or(AccessError::BadAppointmentId)?.to_owned();
-    let appt = read_appointment(deps, &appointment_id).await.map_err(AccessError::Booking)?;
-    let resolved = booking::resolve_practitioner_roles(deps.booking.as_ref(), &appt).await.map_err(AccessError::Booking)?;
+    let appointment_id = booking::appointment_id(appointment)
+        .ok_or(AccessError::BadAppointmentId)?
+        .to_owned();
+    let appt = read_appointment(deps, &appointment_id)
+        .await
+        .map_err(AccessError::Booking)?;
+    let resolved = booking::resolve_practitioner_roles(deps.booking.as_ref(), &appt)
+        .await
+        .map_err(AccessError::Booking)?;
     let caller = Caller {
         fhir_user: &identity.fhir_user,
         resolved_roles: &resolved,
-        invite: invite.map(|slot| InviteGrant { appointment_id: appointment_id.clone(), participant_index: slot }),
+        invite: invite.map(|slot| InviteGrant {
+            appointment_id: appointment_id.clone(),
+            participant_index: slot,
+        }),
     };
     let access = policy::decide(&appt, &caller, now, &deps.policy).map_err(AccessError::Denied)?;
-    Ok(Granted { identity, appointment_id, appointment: appt, access })
+    Ok(Granted {
+        identity,
+        appointment_id,
+        appointment: appt,
+        access,
+    })
 }
 
 /// Count and audit a decision.
@@ -106,7 +131,10 @@ pub async fn record_decision(
         Ok(_) => ("allow", None),
         Err(e) => ("deny", Some(e.code())),
     };
-    deps.metrics.joins.with_label_values(&[outcome, reason.unwrap_or("")]).inc();
+    deps.metrics
+        .joins
+        .with_label_values(&[outcome, reason.unwrap_or("")])
+        .inc();
     let granted = result.as_ref().ok();
     let identity = granted.map(|g| &g.identity).or(identity);
     deps.audit
@@ -115,7 +143,10 @@ pub async fn record_decision(
             jti: identity.and_then(|i| i.jti.clone()),
             client_ip: client.ip.clone(),
             user_agent: client.user_agent.clone(),
-            appointment: Some(format!("Appointment/{}", booking::appointment_id(appointment).unwrap_or("invalid"))),
+            appointment: Some(format!(
+                "Appointment/{}",
+                booking::appointment_id(appointment).unwrap_or("invalid")
+            )),
             room: None,
             role: granted.map(|g| role_name(g.access.role).to_owned()),
             action: action.to_owned(),

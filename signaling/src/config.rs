@@ -199,7 +199,11 @@ impl Default for IdentitySection {
 
 impl Default for BookingSection {
     fn default() -> Self {
-        BookingSection { backend: BookingBackend::Fhir, fhir: FhirBookingConfig::default(), files: FilesBookingConfig::default() }
+        BookingSection {
+            backend: BookingBackend::Fhir,
+            fhir: FhirBookingConfig::default(),
+            files: FilesBookingConfig::default(),
+        }
     }
 }
 
@@ -221,7 +225,9 @@ impl Default for FhirBookingConfig {
 
 impl Default for FilesBookingConfig {
     fn default() -> Self {
-        FilesBookingConfig { dir: PathBuf::from("config/appointments") }
+        FilesBookingConfig {
+            dir: PathBuf::from("config/appointments"),
+        }
     }
 }
 
@@ -242,13 +248,20 @@ impl Default for PolicySection {
 
 impl Default for AuditSection {
     fn default() -> Self {
-        AuditSection { path: PathBuf::from("audit/audit.jsonl") }
+        AuditSection {
+            path: PathBuf::from("audit/audit.jsonl"),
+        }
     }
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { messages_per_second: 20, message_burst: 40, join_timeout_s: 10, max_sessions: 10_000 }
+        LimitsSection {
+            messages_per_second: 20,
+            message_burst: 40,
+            join_timeout_s: 10,
+            max_sessions: 10_000,
+        }
     }
 }
 
@@ -281,7 +294,10 @@ impl SignalingConfig {
         let mut fig = Figment::from(Serialized::defaults(SignalingConfig::default()));
         if let Some(p) = path {
             if !p.exists() {
-                return Err(ConfigError::Parse(format!("config file {} does not exist", p.display())));
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
             }
             fig = fig.merge(Toml::file_exact(p));
         }
@@ -289,14 +305,20 @@ impl SignalingConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<SignalingConfig, ConfigError> {
-        let cfg: SignalingConfig =
-            Figment::from(Serialized::defaults(SignalingConfig::default())).merge(Toml::string(text)).extract()?;
+        let cfg: SignalingConfig = Figment::from(Serialized::defaults(SignalingConfig::default()))
+            .merge(Toml::string(text))
+            .extract()?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.to_owned() });
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
         let id = &self.identity;
         if !self.dev.enabled {
             if id.issuer.is_empty() {
@@ -306,14 +328,27 @@ impl SignalingConfig {
                 return invalid("identity.jwks_url", "set jwks_url or discovery_url");
             }
             if id.fhir_base.is_empty() {
-                return invalid("identity.fhir_base", "required (the FHIR base fhirUser claims sit under)");
+                return invalid(
+                    "identity.fhir_base",
+                    "required (the FHIR base fhirUser claims sit under)",
+                );
             }
         }
         if id.algorithms.is_empty() {
-            return invalid("identity.algorithms", "at least one of RS256, RS384, ES256, ES384");
+            return invalid(
+                "identity.algorithms",
+                "at least one of RS256, RS384, ES256, ES384",
+            );
         }
-        if let Some(a) = id.algorithms.iter().find(|a| !ALGORITHMS.contains(&a.as_str())) {
-            return invalid("identity.algorithms", &format!("{a} is not allowed (RS256, RS384, ES256, ES384)"));
+        if let Some(a) = id
+            .algorithms
+            .iter()
+            .find(|a| !ALGORITHMS.contains(&a.as_str()))
+        {
+            return invalid(
+                "identity.algorithms",
+                &format!("{a} is not allowed (RS256, RS384, ES256, ES384)"),
+            );
         }
         if id.leeway_s > 60 {
             return invalid("identity.leeway_s", "at most 60 seconds");
@@ -334,10 +369,16 @@ impl SignalingConfig {
                 }
             }
             if f.private_key_file.as_os_str().is_empty() {
-                return invalid("booking.fhir.private_key_file", "required with booking.backend = \"fhir\"");
+                return invalid(
+                    "booking.fhir.private_key_file",
+                    "required with booking.backend = \"fhir\"",
+                );
             }
             if f.algorithm != "RS384" && f.algorithm != "ES384" {
-                return invalid("booking.fhir.algorithm", "RS384 or ES384 (SMART Backend Services)");
+                return invalid(
+                    "booking.fhir.algorithm",
+                    "RS384 or ES384 (SMART Backend Services)",
+                );
             }
             if f.retries > 5 {
                 return invalid("booking.fhir.retries", "at most 5");
@@ -365,12 +406,101 @@ impl SignalingConfig {
             return invalid("limits.messages_per_second", "must be positive");
         }
         if self.http.max_message_bytes < 16 * 1024 {
-            return invalid("http.max_message_bytes", "at least 16384 (an SDP needs room)");
+            return invalid(
+                "http.max_message_bytes",
+                "at least 16384 (an SDP needs room)",
+            );
         }
         Ok(())
     }
 
     pub fn leeway(&self) -> Duration {
         Duration::from_secs(self.identity.leeway_s)
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../../config/signaling.toml");
+    const DEV: &str = include_str!("../../config/dev.toml");
+
+    /// Every leaf key of `table`, as (section path, key).
+    fn leaves(table: &toml::Table, section: &str, out: &mut Vec<(String, String)>) {
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(t) => {
+                    let path = if section.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{section}.{key}")
+                    };
+                    leaves(t, &path, out);
+                }
+                _ => out.push((section.to_owned(), key.clone())),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_documents_every_key() {
+        SignalingConfig::from_toml(SAMPLE).unwrap();
+        let defaults = toml::Table::try_from(SignalingConfig::default()).unwrap();
+        let sample: toml::Table = toml::from_str(SAMPLE).unwrap();
+        let mut keys = Vec::new();
+        leaves(&defaults, "", &mut keys);
+        assert!(keys.len() > 30, "{keys:?}");
+        for (section, key) in keys {
+            let present = section
+                .split('.')
+                .try_fold(&sample, |t, s| t.get(s)?.as_table())
+                .and_then(|t| t.get(&key));
+            assert!(
+                present.is_some(),
+                "config/signaling.toml lacks {section}.{key}"
+            );
+            let documented = SAMPLE
+                .lines()
+                .skip_while(|l| l.trim() != format!("[{section}]"))
+                .take_while(|l| !l.starts_with(&format!("{key} =")))
+                .last()
+                .is_some_and(|l| l.trim_start().starts_with('#'));
+            assert!(
+                documented,
+                "config/signaling.toml: {section}.{key} has no comment above it"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dev_sample_is_valid_once_dev_mode_fills_in_its_part() {
+        let mut cfg: SignalingConfig =
+            Figment::from(Serialized::defaults(SignalingConfig::default()))
+                .merge(Toml::string(DEV))
+                .extract()
+                .unwrap();
+        // What `metaclinic dev` sets itself.
+        cfg.dev.enabled = true;
+        cfg.booking.backend = BookingBackend::Files;
+        cfg.sfu.nodes = vec![SfuNode {
+            id: "dev".into(),
+            url: "http://127.0.0.1:7001".into(),
+            credential: "x".repeat(16),
+        }];
+        cfg.validate().unwrap();
+        assert!(
+            cfg.http.listen.ip().is_loopback(),
+            "dev mode must not listen beyond this machine"
+        );
+        // Without dev mode the same file is refused: it names no identity provider.
+        cfg.dev.enabled = false;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::Invalid {
+                key: "identity.issuer",
+                ..
+            })
+        ));
     }
 }

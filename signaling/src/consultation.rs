@@ -121,7 +121,10 @@ pub enum Entry {
 pub fn rights_for(role: Role) -> Rights {
     // Everyone admitted sees and hears everyone; a companion (family member) too.
     let _ = role;
-    Rights { publish: true, subscribe: true }
+    Rights {
+        publish: true,
+        subscribe: true,
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -134,7 +137,11 @@ impl State {
             .members
             .iter()
             .filter(|(_, m)| m.presence == Presence::InCall)
-            .map(|(p, m)| Member { participant: p.clone(), role: m.role, state: MemberState::InCall })
+            .map(|(p, m)| Member {
+                participant: p.clone(),
+                role: m.role,
+                state: MemberState::InCall,
+            })
             .collect();
         v.sort_by(|a, b| a.participant.cmp(&b.participant));
         v
@@ -145,26 +152,42 @@ impl State {
             .members
             .iter()
             .filter(|(_, m)| m.presence == Presence::Lobby && m.connection.is_some())
-            .map(|(p, m)| Member { participant: p.clone(), role: m.role, state: MemberState::Lobby })
+            .map(|(p, m)| Member {
+                participant: p.clone(),
+                role: m.role,
+                state: MemberState::Lobby,
+            })
             .collect();
         v.sort_by(|a, b| a.participant.cmp(&b.participant));
         v
     }
 
     fn send(&self, participant: &str, msg: ServerMessage) {
-        if let Some(c) = self.members.get(participant).and_then(|m| m.connection.as_ref()) {
+        if let Some(c) = self
+            .members
+            .get(participant)
+            .and_then(|m| m.connection.as_ref())
+        {
             let _ = c.mailbox.send(Outbound::Message(msg));
         }
     }
 
     fn send_and_close(&mut self, participant: &str, msg: ServerMessage) {
-        if let Some(c) = self.members.get_mut(participant).and_then(|m| m.connection.take()) {
+        if let Some(c) = self
+            .members
+            .get_mut(participant)
+            .and_then(|m| m.connection.take())
+        {
             let _ = c.mailbox.send(Outbound::Close(msg));
         }
     }
 
     fn broadcast_in_call(&self, msg: &ServerMessage) {
-        for m in self.members.values().filter(|m| m.presence == Presence::InCall) {
+        for m in self
+            .members
+            .values()
+            .filter(|m| m.presence == Presence::InCall)
+        {
             if let Some(c) = &m.connection {
                 let _ = c.mailbox.send(Outbound::Message(msg.clone()));
             }
@@ -172,8 +195,14 @@ impl State {
     }
 
     fn notify_hosts_of_lobby(&self) {
-        let msg = ServerMessage::LobbyChanged { waiting: self.waiting() };
-        for m in self.members.values().filter(|m| m.role == Role::Host && m.presence == Presence::InCall) {
+        let msg = ServerMessage::LobbyChanged {
+            waiting: self.waiting(),
+        };
+        for m in self
+            .members
+            .values()
+            .filter(|m| m.role == Role::Host && m.presence == Presence::InCall)
+        {
             if let Some(c) = &m.connection {
                 let _ = c.mailbox.send(Outbound::Message(msg.clone()));
             }
@@ -181,11 +210,15 @@ impl State {
     }
 
     fn notify_members(&self) {
-        self.broadcast_in_call(&ServerMessage::MembersChanged { members: self.members_in_call() });
+        self.broadcast_in_call(&ServerMessage::MembersChanged {
+            members: self.members_in_call(),
+        });
     }
 
     fn is_host_in_call(&self, participant: &str) -> bool {
-        self.members.get(participant).is_some_and(|m| m.role == Role::Host && m.presence == Presence::InCall)
+        self.members
+            .get(participant)
+            .is_some_and(|m| m.role == Role::Host && m.presence == Presence::InCall)
     }
 }
 
@@ -268,7 +301,11 @@ impl Consultation {
                 }
             }
             None => {
-                let presence = if direct { Presence::InCall } else { Presence::Lobby };
+                let presence = if direct {
+                    Presence::InCall
+                } else {
+                    Presence::Lobby
+                };
                 s.members.insert(
                     participant.to_owned(),
                     MemberEntry {
@@ -328,7 +365,9 @@ impl Consultation {
     /// in the call (their SFU session should close).
     pub fn disconnect(&self, participant: &str, connection: u64, now: DateTime<Utc>) -> bool {
         let mut s = self.lock();
-        let Some(m) = s.members.get_mut(participant) else { return false };
+        let Some(m) = s.members.get_mut(participant) else {
+            return false;
+        };
         if m.connection.as_ref().is_none_or(|c| c.id != connection) {
             return false; // a newer connection took over
         }
@@ -349,7 +388,9 @@ impl Consultation {
     /// The member leaves on purpose: no reconnect grace.
     pub fn leave(&self, participant: &str, connection: u64) -> bool {
         let mut s = self.lock();
-        let Some(m) = s.members.get(participant) else { return false };
+        let Some(m) = s.members.get(participant) else {
+            return false;
+        };
         if m.connection.as_ref().is_none_or(|c| c.id != connection) {
             return false;
         }
@@ -361,7 +402,12 @@ impl Consultation {
     }
 
     /// Host: let `participant` in. Returns the lobby wait, for the metric.
-    pub fn admit(&self, host: &str, participant: &str, now: DateTime<Utc>) -> Result<(Role, Option<chrono::Duration>), ActionError> {
+    pub fn admit(
+        &self,
+        host: &str,
+        participant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Role, Option<chrono::Duration>), ActionError> {
         let mut s = self.lock();
         if s.ended.is_some() {
             return Err(ActionError::Ended);
@@ -369,7 +415,10 @@ impl Consultation {
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
         }
-        let m = s.members.get_mut(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let m = s
+            .members
+            .get_mut(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
         if m.presence != Presence::Lobby || m.connection.is_none() {
             return Err(ActionError::WrongPresence);
         }
@@ -398,19 +447,32 @@ impl Consultation {
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
         }
-        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let m = s
+            .members
+            .get(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
         if m.presence != Presence::Lobby {
             return Err(ActionError::WrongPresence);
         }
         let role = m.role;
-        s.send_and_close(participant, ServerMessage::Denied { code: "denied_by_host".into() });
+        s.send_and_close(
+            participant,
+            ServerMessage::Denied {
+                code: "denied_by_host".into(),
+            },
+        );
         s.members.remove(participant);
         s.notify_hosts_of_lobby();
         Ok(role)
     }
 
     /// Host: send `participant` from the call back to the lobby. Their SFU session closes.
-    pub fn return_to_lobby(&self, host: &str, participant: &str, now: DateTime<Utc>) -> Result<Role, ActionError> {
+    pub fn return_to_lobby(
+        &self,
+        host: &str,
+        participant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Role, ActionError> {
         let mut s = self.lock();
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
@@ -418,7 +480,10 @@ impl Consultation {
         if host == participant {
             return Err(ActionError::WrongPresence);
         }
-        let m = s.members.get_mut(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let m = s
+            .members
+            .get_mut(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
         if m.presence != Presence::InCall {
             return Err(ActionError::WrongPresence);
         }
@@ -437,7 +502,10 @@ impl Consultation {
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
         }
-        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let m = s
+            .members
+            .get(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
         if m.presence != Presence::InCall {
             return Err(ActionError::WrongPresence);
         }
@@ -453,7 +521,10 @@ impl Consultation {
         if host == participant {
             return Err(ActionError::WrongPresence);
         }
-        let m = s.members.get(participant).ok_or(ActionError::NoSuchParticipant)?;
+        let m = s
+            .members
+            .get(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
         let (role, was_in_call) = (m.role, m.presence == Presence::InCall);
         s.send_and_close(participant, ServerMessage::Removed);
         s.members.remove(participant);
@@ -464,7 +535,12 @@ impl Consultation {
     }
 
     /// Host: extend by `minutes`, within the configured total.
-    pub fn extend(&self, host: &str, minutes: u32, max_total_min: u64) -> Result<DateTime<Utc>, ActionError> {
+    pub fn extend(
+        &self,
+        host: &str,
+        minutes: u32,
+        max_total_min: u64,
+    ) -> Result<DateTime<Utc>, ActionError> {
         let mut s = self.lock();
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
@@ -476,12 +552,20 @@ impl Consultation {
         s.closes_at += chrono::Duration::minutes(minutes as i64);
         s.warned = false;
         let closes_at = s.closes_at;
-        s.broadcast_in_call(&ServerMessage::Extended { closes_at: rfc3339(closes_at) });
+        s.broadcast_in_call(&ServerMessage::Extended {
+            closes_at: rfc3339(closes_at),
+        });
         Ok(closes_at)
     }
 
     /// Host: a single-use invite for one of `slots` (unassigned translator slots).
-    pub fn invite(&self, host: &str, slots: &[usize], ttl: Duration, now: DateTime<Utc>) -> Result<(String, DateTime<Utc>), ActionError> {
+    pub fn invite(
+        &self,
+        host: &str,
+        slots: &[usize],
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(String, DateTime<Utc>), ActionError> {
         let mut s = self.lock();
         if !s.is_host_in_call(host) {
             return Err(ActionError::NotHost);
@@ -490,15 +574,26 @@ impl Consultation {
         s.invites.retain(|_, i| !i.used && i.expires_at > now);
         let bytes: [u8; 18] = rand::rng().random();
         let code = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
-        let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
-        s.invites.insert(code.clone(), Invite { slot, expires_at, used: false });
+        let expires_at =
+            now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
+        s.invites.insert(
+            code.clone(),
+            Invite {
+                slot,
+                expires_at,
+                used: false,
+            },
+        );
         Ok((code, expires_at))
     }
 
     /// The slot an unused, unexpired invite is for.
     pub fn invite_slot(&self, code: &str, now: DateTime<Utc>) -> Option<usize> {
         let s = self.lock();
-        s.invites.get(code).filter(|i| !i.used && i.expires_at > now).map(|i| i.slot)
+        s.invites
+            .get(code)
+            .filter(|i| !i.used && i.expires_at > now)
+            .map(|i| i.slot)
     }
 
     /// Use an invite up. False if it was used or expired in the meantime.
@@ -537,7 +632,12 @@ impl Consultation {
 
     /// What the clock says should happen now: a warning, the end, or nothing. Also forgets
     /// members away longer than the grace. Returns (warn, end, expired members).
-    pub fn tick(&self, now: DateTime<Utc>, warn_before: chrono::Duration, reconnect_grace: chrono::Duration) -> Tick {
+    pub fn tick(
+        &self,
+        now: DateTime<Utc>,
+        warn_before: chrono::Duration,
+        reconnect_grace: chrono::Duration,
+    ) -> Tick {
         let mut s = self.lock();
         if s.ended.is_some() {
             return Tick::default();
@@ -551,12 +651,18 @@ impl Consultation {
         for p in &expired {
             s.members.remove(p);
         }
-        let mut tick = Tick { expired, ..Tick::default() };
+        let mut tick = Tick {
+            expired,
+            ..Tick::default()
+        };
         if now >= s.closes_at {
             tick.time_over = true;
         } else if !s.warned && now >= s.closes_at - warn_before {
             s.warned = true;
-            let msg = ServerMessage::Warning { code: "ending_soon".into(), closes_at: rfc3339(s.closes_at) };
+            let msg = ServerMessage::Warning {
+                code: "ending_soon".into(),
+                closes_at: rfc3339(s.closes_at),
+            };
             for m in s.members.values() {
                 if let Some(c) = &m.connection {
                     let _ = c.mailbox.send(Outbound::Message(msg.clone()));

@@ -22,11 +22,26 @@ pub struct DemoIdentity {
 }
 
 pub const DEMO_IDENTITIES: [DemoIdentity; 5] = [
-    DemoIdentity { fhir_user: "Practitioner/dr-demo", label: "Doctor (host)" },
-    DemoIdentity { fhir_user: "Patient/pat-demo", label: "Patient" },
-    DemoIdentity { fhir_user: "Practitioner/interp-demo", label: "Interpreter" },
-    DemoIdentity { fhir_user: "RelatedPerson/family-demo", label: "Family member" },
-    DemoIdentity { fhir_user: "Practitioner/interp-oncall", label: "On-call interpreter (joins by invite)" },
+    DemoIdentity {
+        fhir_user: "Practitioner/dr-demo",
+        label: "Doctor (host)",
+    },
+    DemoIdentity {
+        fhir_user: "Patient/pat-demo",
+        label: "Patient",
+    },
+    DemoIdentity {
+        fhir_user: "Practitioner/interp-demo",
+        label: "Interpreter",
+    },
+    DemoIdentity {
+        fhir_user: "RelatedPerson/family-demo",
+        label: "Family member",
+    },
+    DemoIdentity {
+        fhir_user: "Practitioner/interp-oncall",
+        label: "On-call interpreter (joins by invite)",
+    },
 ];
 
 pub struct DevIssuer {
@@ -61,7 +76,12 @@ impl DevIssuer {
         jwk["alg"] = "ES256".into();
         jwk["use"] = "sig".into();
         let issuer = issuer.trim_end_matches('/').to_owned();
-        Ok(DevIssuer { key, jwk, fhir_base: format!("{issuer}/fhir"), issuer })
+        Ok(DevIssuer {
+            key,
+            jwk,
+            fhir_base: format!("{issuer}/fhir"),
+            issuer,
+        })
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -69,7 +89,12 @@ impl DevIssuer {
     }
 
     /// A token for `fhir_user` (a relative reference), valid for `minutes`.
-    pub fn token(&self, fhir_user: &str, now: DateTime<Utc>, minutes: i64) -> anyhow::Result<String> {
+    pub fn token(
+        &self,
+        fhir_user: &str,
+        now: DateTime<Utc>,
+        minutes: i64,
+    ) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(DEV_KEY_ID.into());
         let claims = Claims {
@@ -91,8 +116,10 @@ impl DevIssuer {
 /// (an interpreter slot nobody holds yet: the doctor invites one).
 pub fn write_demo_appointments(dir: &Path, now: DateTime<Utc>) -> std::io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
-    let start = (now - chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = (now + chrono::Duration::minutes(55)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let start =
+        (now - chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end =
+        (now + chrono::Duration::minutes(55)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let translator = serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/participant-type", "code": "translator" }] }]);
     let attending = serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND" }] }]);
     let consult = serde_json::json!({
@@ -125,7 +152,10 @@ pub fn write_demo_appointments(dir: &Path, now: DateTime<Utc>) -> std::io::Resul
     let mut ids = Vec::new();
     for a in [consult, invite] {
         let id = a["id"].as_str().unwrap_or_default().to_owned();
-        std::fs::write(dir.join(format!("{id}.json")), serde_json::to_vec_pretty(&a)?)?;
+        std::fs::write(
+            dir.join(format!("{id}.json")),
+            serde_json::to_vec_pretty(&a)?,
+        )?;
         ids.push(id);
     }
     Ok(ids)

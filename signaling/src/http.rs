@@ -27,7 +27,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, message: message.into() }
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,7 +43,11 @@ impl From<AccessError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response()
     }
 }
 
@@ -59,7 +67,10 @@ pub fn router(state: AppState, dev: Dev) -> Router {
             Router::new()
                 .route("/.well-known/jwks.json", get(dev_jwks))
                 .route("/dev/token", post(dev_token))
-                .route("/dev/identities", get(|| async { Json(json!(DEMO_IDENTITIES)) }))
+                .route(
+                    "/dev/identities",
+                    get(|| async { Json(json!(DEMO_IDENTITIES)) }),
+                )
                 .with_state(issuer),
         );
     }
@@ -69,7 +80,10 @@ pub fn router(state: AppState, dev: Dev) -> Router {
 fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     ClientInfo {
         ip: Some(addr.ip().to_string()),
-        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(200).collect()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(200).collect()),
     }
 }
 
@@ -80,13 +94,22 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        state.metrics.ws_refused.with_label_values(&["draining"]).inc();
-        return ApiError::new(503, "draining", "this instance is shutting down; reconnect").into_response();
+        state
+            .metrics
+            .ws_refused
+            .with_label_values(&["draining"])
+            .inc();
+        return ApiError::new(503, "draining", "this instance is shutting down; reconnect")
+            .into_response();
     }
     let limit = state.config.limits.max_sessions;
     if state.sessions.fetch_add(1, Ordering::SeqCst) >= limit {
         state.sessions.fetch_sub(1, Ordering::SeqCst);
-        state.metrics.ws_refused.with_label_values(&["too_many_sessions"]).inc();
+        state
+            .metrics
+            .ws_refused
+            .with_label_values(&["too_many_sessions"])
+            .inc();
         return ApiError::new(503, "too_many_sessions", "try again later").into_response();
     }
     let client = client_info(addr, &headers);
@@ -107,7 +130,11 @@ async fn websocket(
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// `GET /v1/appointments/{id}/access`: may this caller join, and as whom? Nothing is
@@ -120,16 +147,41 @@ async fn access_check(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = client_info(addr, &headers);
     let Some(token) = bearer(&headers) else {
-        state.metrics.joins.with_label_values(&["deny", "token_missing"]).inc();
-        return Err(ApiError::new(401, "token_missing", "send Authorization: Bearer <token>"));
+        state
+            .metrics
+            .joins
+            .with_label_values(&["deny", "token_missing"])
+            .inc();
+        return Err(ApiError::new(
+            401,
+            "token_missing",
+            "send Authorization: Bearer <token>",
+        ));
     };
     let result = access::authorize(&state, token, &id, None).await;
-    let identity = if result.is_err() { state.verifier.verify(token, state.clock.now().timestamp()).await.ok() } else { None };
-    access::record_decision(&state, "access_check", &client, &id, &result, identity.as_ref())
-        .await
-        .map_err(|_| ApiError::new(503, "audit_unavailable", "the audit log cannot be written"))?;
+    let identity = if result.is_err() {
+        state
+            .verifier
+            .verify(token, state.clock.now().timestamp())
+            .await
+            .ok()
+    } else {
+        None
+    };
+    access::record_decision(
+        &state,
+        "access_check",
+        &client,
+        &id,
+        &result,
+        identity.as_ref(),
+    )
+    .await
+    .map_err(|_| ApiError::new(503, "audit_unavailable", "the audit log cannot be written"))?;
     let granted = result?;
-    Ok(Json(json!({ "role": granted.access.role, "admission": granted.access.admission })))
+    Ok(Json(
+        json!({ "role": granted.access.role, "admission": granted.access.admission }),
+    ))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -142,8 +194,15 @@ async fn ready(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.jwks_fetches.reset();
-    state.metrics.jwks_fetches.inc_by(state.verifier.jwks_fetches());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    state
+        .metrics
+        .jwks_fetches
+        .inc_by(state.verifier.jwks_fetches());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn dev_jwks(State(issuer): State<Arc<DevIssuer>>) -> Json<serde_json::Value> {
@@ -159,12 +218,26 @@ struct TokenRequest {
 }
 
 /// `POST /dev/token {"fhir_user": "Practitioner/dr-demo"}`: a demo identity's token.
-async fn dev_token(State(issuer): State<Arc<DevIssuer>>, Json(req): Json<TokenRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn dev_token(
+    State(issuer): State<Arc<DevIssuer>>,
+    Json(req): Json<TokenRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let valid = req.fhir_user.split_once('/').is_some_and(|(kind, id)| {
-        ["Practitioner", "Patient", "RelatedPerson", "PractitionerRole"].contains(&kind) && crate::booking::is_fhir_id(id)
+        [
+            "Practitioner",
+            "Patient",
+            "RelatedPerson",
+            "PractitionerRole",
+        ]
+        .contains(&kind)
+            && crate::booking::is_fhir_id(id)
     });
     if !valid {
-        return Err(ApiError::new(400, "fhir_user_invalid", "a relative reference like Practitioner/dr-demo"));
+        return Err(ApiError::new(
+            400,
+            "fhir_user_invalid",
+            "a relative reference like Practitioner/dr-demo",
+        ));
     }
     let minutes = req.minutes.unwrap_or(60).clamp(1, 24 * 60);
     let token = issuer

@@ -37,7 +37,12 @@ impl Hub {
     }
 
     /// The appointment's consultation, created (room placed, tasks started) if needed.
-    pub async fn get_or_create(&self, deps: &AppState, appointment_id: &str, closes_at: DateTime<Utc>) -> Result<Arc<Consultation>, HubError> {
+    pub async fn get_or_create(
+        &self,
+        deps: &AppState,
+        appointment_id: &str,
+        closes_at: DateTime<Utc>,
+    ) -> Result<Arc<Consultation>, HubError> {
         let mut map = self.consultations.lock().await;
         if let Some(c) = map.get(appointment_id)
             && c.ended().is_none()
@@ -62,11 +67,20 @@ impl Hub {
 
     /// End a consultation for everyone: audit it, tell the members, close the SFU room,
     /// forget it.
-    pub async fn finish(&self, deps: &Deps, c: &Arc<Consultation>, reason: EndReason, by: Option<&str>) {
+    pub async fn finish(
+        &self,
+        deps: &Deps,
+        c: &Arc<Consultation>,
+        reason: EndReason,
+        by: Option<&str>,
+    ) {
         let first = c.claim_end(reason);
         {
             let mut map = self.consultations.lock().await;
-            if map.get(&c.appointment_id).is_some_and(|x| Arc::ptr_eq(x, c)) {
+            if map
+                .get(&c.appointment_id)
+                .is_some_and(|x| Arc::ptr_eq(x, c))
+            {
                 map.remove(&c.appointment_id);
             }
             deps.metrics.consultations.set(map.len() as i64);
@@ -104,7 +118,8 @@ impl Hub {
 
     /// Close every consultation (shutdown): clients are told to reconnect.
     pub async fn finish_all(&self, deps: &Deps) {
-        let all: Vec<Arc<Consultation>> = self.consultations.lock().await.values().cloned().collect();
+        let all: Vec<Arc<Consultation>> =
+            self.consultations.lock().await.values().cloned().collect();
         for c in all {
             self.finish(deps, &c, EndReason::ServiceRestart, None).await;
         }
@@ -112,14 +127,22 @@ impl Hub {
 }
 
 async fn node_create_room(c: &Consultation) -> Result<(), HubError> {
-    c.node.control.create_room(&c.room).await.map(|_| ()).map_err(|e| {
-        warn!(room = %c.room, node = %c.node.id, "cannot create the room: {e}");
-        HubError::NoSfu
-    })
+    c.node
+        .control
+        .create_room(&c.room)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            warn!(room = %c.room, node = %c.node.id, "cannot create the room: {e}");
+            HubError::NoSfu
+        })
 }
 
 /// SFU room events to the members they concern.
-async fn relay(c: std::sync::Weak<Consultation>, mut events: metaclinic_sfu::control::client::EventStream) {
+async fn relay(
+    c: std::sync::Weak<Consultation>,
+    mut events: metaclinic_sfu::control::client::EventStream,
+) {
     while let Some(item) = events.next().await {
         let Some(c) = c.upgrade() else { return };
         let env = match item {
@@ -131,28 +154,66 @@ async fn relay(c: std::sync::Weak<Consultation>, mut events: metaclinic_sfu::con
         };
         match env.event {
             RoomEvent::Offer { participant, sdp } => {
-                c.send(participant.as_str(), ServerMessage::Sdp { description: Description { kind: SdpKind::Offer, sdp } });
+                c.send(
+                    participant.as_str(),
+                    ServerMessage::Sdp {
+                        description: Description {
+                            kind: SdpKind::Offer,
+                            sdp,
+                        },
+                    },
+                );
             }
-            RoomEvent::TrackPublished { track, participant, kind, .. } => c.broadcast_in_call(&ServerMessage::TrackPublished {
+            RoomEvent::TrackPublished {
+                track,
+                participant,
+                kind,
+                ..
+            } => c.broadcast_in_call(&ServerMessage::TrackPublished {
                 participant: participant.to_string(),
                 track: track.to_string(),
-                kind: serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                kind: serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
             }),
             RoomEvent::TrackEnded { track, participant } => {
-                c.broadcast_in_call(&ServerMessage::TrackEnded { participant: participant.to_string(), track: track.to_string() })
+                c.broadcast_in_call(&ServerMessage::TrackEnded {
+                    participant: participant.to_string(),
+                    track: track.to_string(),
+                })
             }
-            RoomEvent::TrackMuted { track, participant, muted } => c.broadcast_in_call(&ServerMessage::TrackMuted {
+            RoomEvent::TrackMuted {
+                track,
+                participant,
+                muted,
+            } => c.broadcast_in_call(&ServerMessage::TrackMuted {
                 participant: participant.to_string(),
                 track: track.to_string(),
                 muted,
             }),
-            RoomEvent::ParticipantLeft { participant, reason: LeaveReason::Timeout | LeaveReason::Failed | LeaveReason::InternalError } => {
+            RoomEvent::ParticipantLeft {
+                participant,
+                reason: LeaveReason::Timeout | LeaveReason::Failed | LeaveReason::InternalError,
+            } => {
                 // The media connection died under a member who is still here.
                 c.send(
                     participant.as_str(),
-                    ServerMessage::Error { code: "media_lost".into(), message: "the media connection was lost; rejoin".into() },
+                    ServerMessage::Error {
+                        code: "media_lost".into(),
+                        message: "the media connection was lost; rejoin".into(),
+                    },
                 );
             }
+            RoomEvent::DominantSpeaker { participant } => {
+                c.broadcast_in_call(&ServerMessage::ActiveSpeaker {
+                    participant: participant.map(|p| p.to_string()),
+                })
+            }
+            RoomEvent::Quality {
+                participant,
+                quality,
+            } => c.send(participant.as_str(), ServerMessage::Quality(quality)),
             RoomEvent::RoomClosed => return,
             _ => {}
         }

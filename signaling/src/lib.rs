@@ -50,7 +50,10 @@ pub struct Overrides {
     pub dev_issuer: Option<Arc<dev::DevIssuer>>,
 }
 
-fn identity_config(cfg: &SignalingConfig, dev: Option<&dev::DevIssuer>) -> identity::IdentityConfig {
+fn identity_config(
+    cfg: &SignalingConfig,
+    dev: Option<&dev::DevIssuer>,
+) -> identity::IdentityConfig {
     let id = &cfg.identity;
     let algorithms = id
         .algorithms
@@ -92,32 +95,54 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
     install_crypto_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_millis(config.booking.fhir.timeout_ms.max(500)))
+        .timeout(Duration::from_millis(
+            config.booking.fhir.timeout_ms.max(500),
+        ))
         .build()
         .context("building the HTTP client")?;
-    let verifier = identity::Verifier::new(identity_config(&config, overrides.dev_issuer.as_deref()))
-        .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+    let verifier =
+        identity::Verifier::new(identity_config(&config, overrides.dev_issuer.as_deref()))
+            .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
     let booking: Arc<dyn booking::BookingSystem> = match overrides.booking {
         Some(b) => b,
         None => match config.booking.backend {
-            config::BookingBackend::Files => Arc::new(booking::FileBooking::open(&config.booking.files.dir)?),
+            config::BookingBackend::Files => {
+                Arc::new(booking::FileBooking::open(&config.booking.files.dir)?)
+            }
             config::BookingBackend::Fhir => {
                 let f = &config.booking.fhir;
-                let pem = std::fs::read(&f.private_key_file)
-                    .with_context(|| format!("booking.fhir.private_key_file: cannot read {}", f.private_key_file.display()))?;
+                let pem = std::fs::read(&f.private_key_file).with_context(|| {
+                    format!(
+                        "booking.fhir.private_key_file: cannot read {}",
+                        f.private_key_file.display()
+                    )
+                })?;
                 let key = booking::ClientAssertionKey::from_pem(&pem, &f.algorithm, &f.key_id)
                     .map_err(|e| anyhow::anyhow!("booking.fhir.private_key_file: {e}"))?;
-                let auth = Arc::new(booking::SmartAuth::new(http.clone(), &f.token_url, &f.client_id, &f.scope, key));
-                Arc::new(booking::FhirBooking::new(http.clone(), &f.base_url, auth, f.retries))
+                let auth = Arc::new(booking::SmartAuth::new(
+                    http.clone(),
+                    &f.token_url,
+                    &f.client_id,
+                    &f.scope,
+                    key,
+                ));
+                Arc::new(booking::FhirBooking::new(
+                    http.clone(),
+                    &f.base_url,
+                    auth,
+                    f.retries,
+                ))
             }
         },
     };
     if let Some(dir) = config.audit.path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("audit.path: cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("audit.path: cannot create {}", dir.display()))?;
     }
-    let audit = audit::AuditLog::open(&config.audit.path).map_err(|e| anyhow::anyhow!("audit.path: {e}"))?;
+    let audit = audit::AuditLog::open(&config.audit.path)
+        .map_err(|e| anyhow::anyhow!("audit.path: {e}"))?;
     let p = &config.policy;
     let policy = policy::PolicyConfig {
         lead: chrono::Duration::minutes(p.lead_min as i64),
@@ -154,9 +179,12 @@ pub async fn serve(
         drain_state.draining.store(true, Ordering::SeqCst);
         drain_state.hub.finish_all(&drain_state).await;
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(graceful)
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await
+    .context("serving HTTP")?;
     Ok(())
 }

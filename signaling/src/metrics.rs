@@ -21,17 +21,29 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-            r.register(Box::new(c.clone())).expect("each metric is registered once");
+            r.register(Box::new(c.clone()))
+                .expect("each metric is registered once");
             c
         }
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"))
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            reg(&registry, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("static metric"))
+            reg(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("static metric"),
+            )
         };
         Metrics {
-            joins: counter_vec("metaclinic_signaling_joins_total", "Join and access decisions, by outcome and reason", &["outcome", "reason"]),
+            joins: counter_vec(
+                "metaclinic_signaling_joins_total",
+                "Join and access decisions, by outcome and reason",
+                &["outcome", "reason"],
+            ),
             lobby_wait: histogram(
                 "metaclinic_signaling_lobby_wait_seconds",
                 "Time from entering the lobby to being admitted",
@@ -42,15 +54,42 @@ impl Metrics {
                 "Latency of appointment reads from the booking system",
                 vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             ),
-            booking_errors: counter_vec("metaclinic_signaling_booking_errors_total", "Failed booking-system reads, by code", &["code"]),
-            ws_sessions: reg(&registry, IntGauge::new("metaclinic_signaling_ws_sessions", "Open WebSocket sessions").expect("static metric")),
-            ws_refused: counter_vec("metaclinic_signaling_ws_refused_total", "WebSocket messages or sessions refused, by code", &["code"]),
+            booking_errors: counter_vec(
+                "metaclinic_signaling_booking_errors_total",
+                "Failed booking-system reads, by code",
+                &["code"],
+            ),
+            ws_sessions: reg(
+                &registry,
+                IntGauge::new(
+                    "metaclinic_signaling_ws_sessions",
+                    "Open WebSocket sessions",
+                )
+                .expect("static metric"),
+            ),
+            ws_refused: counter_vec(
+                "metaclinic_signaling_ws_refused_total",
+                "WebSocket messages or sessions refused, by code",
+                &["code"],
+            ),
             consultations: reg(
                 &registry,
-                IntGauge::new("metaclinic_signaling_consultations", "Consultations open on this instance").expect("static metric"),
+                IntGauge::new(
+                    "metaclinic_signaling_consultations",
+                    "Consultations open on this instance",
+                )
+                .expect("static metric"),
             ),
-            host_actions: counter_vec("metaclinic_signaling_host_actions_total", "Host actions, by action and outcome", &["action", "outcome"]),
-            jwks_fetches: reg(&registry, IntCounter::new("metaclinic_signaling_jwks_fetches_total", "JWKS fetches").expect("static metric")),
+            host_actions: counter_vec(
+                "metaclinic_signaling_host_actions_total",
+                "Host actions, by action and outcome",
+                &["action", "outcome"],
+            ),
+            jwks_fetches: reg(
+                &registry,
+                IntCounter::new("metaclinic_signaling_jwks_fetches_total", "JWKS fetches")
+                    .expect("static metric"),
+            ),
             registry,
         }
     }

@@ -49,23 +49,41 @@ pub enum ClientMessage {
         invite: Option<String>,
     },
     /// The client's offer or its answer to the SFU's offer.
-    Sdp { description: Description },
+    Sdp {
+        description: Description,
+    },
     /// A trickled ICE candidate (browser `RTCIceCandidateInit`).
-    Ice { candidate: serde_json::Value },
+    Ice {
+        candidate: serde_json::Value,
+    },
     /// Host: let someone in from the lobby.
-    Admit { participant: String },
+    Admit {
+        participant: String,
+    },
     /// Host: turn someone away from the lobby.
-    Deny { participant: String },
+    Deny {
+        participant: String,
+    },
     /// Host: send someone in the call back to the lobby.
-    ReturnToLobby { participant: String },
+    ReturnToLobby {
+        participant: String,
+    },
     /// Host: mute or unmute someone's audio or video (enforced by the SFU).
-    Mute { participant: String, kind: MediaKind, muted: bool },
+    Mute {
+        participant: String,
+        kind: MediaKind,
+        muted: bool,
+    },
     /// Host: remove someone from the consultation.
-    Remove { participant: String },
+    Remove {
+        participant: String,
+    },
     /// Host: end the consultation for everyone.
     End,
     /// Host: extend past the scheduled end.
-    Extend { minutes: u32 },
+    Extend {
+        minutes: u32,
+    },
     /// Host: create a single-use invite for the appointment's unassigned interpreter slot.
     InviteInterpreter,
     Leave,
@@ -105,7 +123,11 @@ pub enum EndReason {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Waiting for a host to admit.
-    Lobby { v: u32, role: Role, participant: String },
+    Lobby {
+        v: u32,
+        role: Role,
+        participant: String,
+    },
     /// In the consultation: negotiate media now (send an offer).
     Joined {
         v: u32,
@@ -116,32 +138,75 @@ pub enum ServerMessage {
         members: Vec<Member>,
     },
     /// Hosts: who is waiting.
-    LobbyChanged { waiting: Vec<Member> },
+    LobbyChanged {
+        waiting: Vec<Member>,
+    },
     /// Everyone in the call: who is here now.
-    MembersChanged { members: Vec<Member> },
+    MembersChanged {
+        members: Vec<Member>,
+    },
     /// An SDP from the SFU: an answer to the client's offer, or an offer of new tracks.
-    Sdp { description: Description },
-    TrackPublished { participant: String, track: String, kind: String },
-    TrackEnded { participant: String, track: String },
-    TrackMuted { participant: String, track: String, muted: bool },
+    Sdp {
+        description: Description,
+    },
+    TrackPublished {
+        participant: String,
+        track: String,
+        kind: String,
+    },
+    TrackEnded {
+        participant: String,
+        track: String,
+    },
+    TrackMuted {
+        participant: String,
+        track: String,
+        muted: bool,
+    },
     /// A host muted or unmuted this client.
-    MutedByHost { kind: MediaKind, muted: bool },
+    MutedByHost {
+        kind: MediaKind,
+        muted: bool,
+    },
     /// The consultation ends soon.
-    Warning { code: String, closes_at: String },
-    Extended { closes_at: String },
+    Warning {
+        code: String,
+        closes_at: String,
+    },
+    Extended {
+        closes_at: String,
+    },
     /// A host's invite: pass `code` to the interpreter, who joins with it before `expires_at`.
-    Invite { code: String, expires_at: String },
+    Invite {
+        code: String,
+        expires_at: String,
+    },
     /// A host turned this client away, or removed it; the session ends.
-    Denied { code: String },
+    Denied {
+        code: String,
+    },
     Removed,
     /// Back to the lobby by a host.
     ReturnedToLobby,
-    Ended { reason: EndReason },
+    Ended {
+        reason: EndReason,
+    },
     /// Another connection of the same person took over this session.
     Replaced,
     /// Reconnect after this long (the service is draining).
-    Reconnect { after_ms: u64 },
-    Error { code: String, message: String },
+    Reconnect {
+        after_ms: u64,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    /// Who is talking now (`null`: nobody), from the SFU's audio levels.
+    ActiveSpeaker {
+        participant: Option<String>,
+    },
+    /// Your own connection as the SFU measures it, every few seconds.
+    Quality(metaclinic_sfu::events::QualityReport),
     Pong,
 }
 
@@ -152,10 +217,12 @@ mod tests {
     #[test]
     fn client_messages_parse_strictly() {
         let join: ClientMessage =
-            serde_json::from_str(r#"{"type":"join","v":1,"appointment":"tele-1","token":"x.y.z"}"#).unwrap();
+            serde_json::from_str(r#"{"type":"join","v":1,"appointment":"tele-1","token":"x.y.z"}"#)
+                .unwrap();
         assert!(matches!(join, ClientMessage::Join { invite: None, .. }));
         let sdp: ClientMessage =
-            serde_json::from_str(r#"{"type":"sdp","description":{"type":"offer","sdp":"v=0"}}"#).unwrap();
+            serde_json::from_str(r#"{"type":"sdp","description":{"type":"offer","sdp":"v=0"}}"#)
+                .unwrap();
         assert!(matches!(sdp, ClientMessage::Sdp { .. }));
         // A target for SDP is not part of the protocol: refused, not ignored.
         assert!(
@@ -168,9 +235,21 @@ mod tests {
 
     #[test]
     fn server_messages_have_a_stable_wire_form() {
-        let m = ServerMessage::Ended { reason: EndReason::HostEnded };
-        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"ended","reason":"host_ended"}"#);
-        let m = ServerMessage::Lobby { v: 1, role: Role::Patient, participant: "Patient/p".into() };
-        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"lobby","v":1,"role":"patient","participant":"Patient/p"}"#);
+        let m = ServerMessage::Ended {
+            reason: EndReason::HostEnded,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"ended","reason":"host_ended"}"#
+        );
+        let m = ServerMessage::Lobby {
+            v: 1,
+            role: Role::Patient,
+            participant: "Patient/p".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"lobby","v":1,"role":"patient","participant":"Patient/p"}"#
+        );
     }
 }

@@ -16,7 +16,9 @@ use crate::access::{self, ClientInfo, Granted, role_name};
 use crate::audit::AuditEvent;
 use crate::consultation::{ActionError, Consultation, Entry, Outbound, rights_for};
 use crate::policy::{Admission, Role};
-use crate::protocol::{ClientMessage, Description, EndReason, MediaKind, SdpKind, ServerMessage, VERSION};
+use crate::protocol::{
+    ClientMessage, Description, EndReason, MediaKind, SdpKind, ServerMessage, VERSION,
+};
 use crate::state::AppState;
 
 /// A token bucket per connection: floods are answered, then cut off.
@@ -33,12 +35,19 @@ const MAX_REFUSED: u32 = 100;
 
 impl RateLimit {
     fn new(rate: u32, burst: u32) -> Self {
-        RateLimit { tokens: burst as f64, rate: rate as f64, burst: burst as f64, last: Instant::now(), refused: 0 }
+        RateLimit {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+            refused: 0,
+        }
     }
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -67,7 +76,12 @@ fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
             return Incoming::Bad("message_too_large_or_broken", e.to_string());
         }
         Some(Ok(Message::Text(t))) => t,
-        Some(Ok(Message::Binary(_))) => return Incoming::Bad("bad_message", "binary messages are not part of the protocol".into()),
+        Some(Ok(Message::Binary(_))) => {
+            return Incoming::Bad(
+                "bad_message",
+                "binary messages are not part of the protocol".into(),
+            );
+        }
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::Bad("", String::new()),
     };
     let value: serde_json::Value = match serde_json::from_str(&text) {
@@ -76,7 +90,9 @@ fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
     };
     match serde_json::from_value::<ClientMessage>(value) {
         Ok(m) => Incoming::Message(m),
-        Err(e) if e.to_string().contains("unknown variant") => Incoming::Bad("unknown_type", e.to_string()),
+        Err(e) if e.to_string().contains("unknown variant") => {
+            Incoming::Bad("unknown_type", e.to_string())
+        }
         Err(e) => Incoming::Bad("bad_message", e.to_string()),
     }
 }
@@ -91,7 +107,14 @@ async fn send(sink: &mut Sink, msg: &ServerMessage) -> bool {
 }
 
 async fn send_error(sink: &mut Sink, code: &str, message: impl Into<String>) -> bool {
-    send(sink, &ServerMessage::Error { code: code.to_owned(), message: message.into() }).await
+    send(
+        sink,
+        &ServerMessage::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        },
+    )
+    .await
 }
 
 /// What this session knows about its member, for actions and the audit log.
@@ -105,7 +128,13 @@ struct Joined {
 }
 
 impl Joined {
-    fn event(&self, action: &str, outcome: &str, reason: Option<&str>, target: Option<&str>) -> AuditEvent {
+    fn event(
+        &self,
+        action: &str,
+        outcome: &str,
+        reason: Option<&str>,
+        target: Option<&str>,
+    ) -> AuditEvent {
         AuditEvent {
             fhir_user: Some(self.participant.clone()),
             jti: self.granted.identity.jti.clone(),
@@ -158,12 +187,23 @@ async fn join(
             },
         }
     };
-    let ClientMessage::Join { v, appointment, token, invite } = first else {
+    let ClientMessage::Join {
+        v,
+        appointment,
+        token,
+        invite,
+    } = first
+    else {
         send_error(sink, "join_first", "the first message must be a join").await;
         return None;
     };
     if v != VERSION {
-        send_error(sink, "unsupported_version", format!("this server speaks version {VERSION}")).await;
+        send_error(
+            sink,
+            "unsupported_version",
+            format!("this server speaks version {VERSION}"),
+        )
+        .await;
         return None;
     }
     // An invite is honoured only while valid and unused in this appointment's consultation.
@@ -177,17 +217,40 @@ async fn join(
     let result = access::authorize(deps, &token, &appointment, invite_slot).await;
     // If the identity was fine but the invite was not, say so precisely.
     let result = match result {
-        Err(access::AccessError::Denied(crate::policy::Denial::NotAParticipant)) if invite.is_some() => {
-            Err(access::AccessError::Denied(crate::policy::Denial::InviteInvalid))
+        Err(access::AccessError::Denied(crate::policy::Denial::NotAParticipant))
+            if invite.is_some() =>
+        {
+            Err(access::AccessError::Denied(
+                crate::policy::Denial::InviteInvalid,
+            ))
         }
         other => other,
     };
     let identity = match &result {
         Ok(g) => Some(g.identity.clone()),
-        Err(_) => deps.verifier.verify(&token, deps.clock.now().timestamp()).await.ok(),
+        Err(_) => deps
+            .verifier
+            .verify(&token, deps.clock.now().timestamp())
+            .await
+            .ok(),
     };
-    if access::record_decision(deps, "join", &client, &appointment, &result, identity.as_ref()).await.is_err() {
-        send_error(sink, "audit_unavailable", "the audit log cannot be written; try again later").await;
+    if access::record_decision(
+        deps,
+        "join",
+        &client,
+        &appointment,
+        &result,
+        identity.as_ref(),
+    )
+    .await
+    .is_err()
+    {
+        send_error(
+            sink,
+            "audit_unavailable",
+            "the audit log cannot be written; try again later",
+        )
+        .await;
         return None;
     }
     let granted = match result {
@@ -206,11 +269,20 @@ async fn join(
             None => false,
         };
         if !consumed {
-            send_error(sink, "invite_invalid", "the invite was already used or expired").await;
+            send_error(
+                sink,
+                "invite_invalid",
+                "the invite was already used or expired",
+            )
+            .await;
             return None;
         }
     }
-    let consultation = match deps.hub.get_or_create(deps, &granted.appointment_id, granted.access.closes_at).await {
+    let consultation = match deps
+        .hub
+        .get_or_create(deps, &granted.appointment_id, granted.access.closes_at)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             send_error(sink, "sfu_unavailable", e.to_string()).await;
@@ -222,26 +294,59 @@ async fn join(
     let role = granted.access.role;
     let direct = granted.access.admission == Admission::Direct;
     let grace = Duration::from_secs(deps.config.policy.reconnect_grace_s);
-    let (entry, connection) = consultation.enter(&participant, role, direct, mailbox, deps.clock.now(), grace);
-    let joined = Joined { granted, consultation, participant, role, connection, client };
+    let (entry, connection) =
+        consultation.enter(&participant, role, direct, mailbox, deps.clock.now(), grace);
+    let joined = Joined {
+        granted,
+        consultation,
+        participant,
+        role,
+        connection,
+        client,
+    };
     match entry {
         Entry::Refused(code) => {
-            let _ = deps.audit.record(joined.event("join", "deny", Some(code), None)).await;
+            let _ = deps
+                .audit
+                .record(joined.event("join", "deny", Some(code), None))
+                .await;
             send_error(sink, code, "you cannot join this consultation now").await;
             return None;
         }
         Entry::Lobby => {
-            let _ = deps.audit.record(joined.event("lobby", "ok", None, None)).await;
-            send(sink, &ServerMessage::Lobby { v: VERSION, role, participant: joined.participant.clone() }).await;
+            let _ = deps
+                .audit
+                .record(joined.event("lobby", "ok", None, None))
+                .await;
+            send(
+                sink,
+                &ServerMessage::Lobby {
+                    v: VERSION,
+                    role,
+                    participant: joined.participant.clone(),
+                },
+            )
+            .await;
         }
         Entry::InCall => {
             if !open_media(deps, &joined.consultation, &joined.participant, role).await {
                 send_error(sink, "sfu_unavailable", "the media server is not reachable").await;
-                joined.consultation.leave(&joined.participant, joined.connection);
+                joined
+                    .consultation
+                    .leave(&joined.participant, joined.connection);
                 return None;
             }
-            let _ = deps.audit.record(joined.event("enter_call", "ok", None, None)).await;
-            send(sink, &joined.consultation.joined_message(&joined.participant, role)).await;
+            let _ = deps
+                .audit
+                .record(joined.event("enter_call", "ok", None, None))
+                .await;
+            send(
+                sink,
+                &joined
+                    .consultation
+                    .joined_message(&joined.participant, role),
+            )
+            .await;
         }
     }
     info!(appointment = %joined.granted.appointment_id, participant = %joined.participant, role = role_name(role), "joined");
@@ -251,7 +356,17 @@ async fn join(
 /// Open (or replace) the member's SFU session.
 async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: Role) -> bool {
     let _ = deps;
-    match c.node.control.open_session(&c.room, participant, Some(role_name(role)), rights_for(role)).await {
+    match c
+        .node
+        .control
+        .open_session(
+            &c.room,
+            participant,
+            Some(role_name(role)),
+            rights_for(role),
+        )
+        .await
+    {
         Ok(_) => true,
         Err(e) => {
             warn!(room = %c.room, "opening an SFU session failed: {e}");
@@ -267,7 +382,10 @@ async fn serve(
     joined: Joined,
     mut inbox: mpsc::UnboundedReceiver<Outbound>,
 ) {
-    let mut limit = RateLimit::new(deps.config.limits.messages_per_second, deps.config.limits.message_burst);
+    let mut limit = RateLimit::new(
+        deps.config.limits.messages_per_second,
+        deps.config.limits.message_burst,
+    );
     let mut left = false;
     loop {
         tokio::select! {
@@ -315,11 +433,27 @@ async fn serve(
     }
     let now = deps.clock.now();
     let c = &joined.consultation;
-    let was_in_call = if left { c.leave(&joined.participant, joined.connection) } else { c.disconnect(&joined.participant, joined.connection, now) };
+    let was_in_call = if left {
+        c.leave(&joined.participant, joined.connection)
+    } else {
+        c.disconnect(&joined.participant, joined.connection, now)
+    };
     if was_in_call && c.ended().is_none() {
-        let _ = c.node.control.close_session(&c.room, &joined.participant).await;
+        let _ = c
+            .node
+            .control
+            .close_session(&c.room, &joined.participant)
+            .await;
     }
-    let _ = deps.audit.record(joined.event("leave", "ok", Some(if left { "left" } else { "disconnected" }), None)).await;
+    let _ = deps
+        .audit
+        .record(joined.event(
+            "leave",
+            "ok",
+            Some(if left { "left" } else { "disconnected" }),
+            None,
+        ))
+        .await;
     debug!(participant = %joined.participant, "session ended");
 }
 
@@ -353,7 +487,12 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             }
             match serde_json::from_value::<IceCandidate>(candidate) {
                 Ok(cand) => {
-                    if let Err(e) = c.node.control.candidate(&c.room, &j.participant, &cand).await {
+                    if let Err(e) = c
+                        .node
+                        .control
+                        .candidate(&c.room, &j.participant, &cand)
+                        .await
+                    {
                         send_error(sink, &e.code, e.message).await;
                     }
                 }
@@ -369,13 +508,16 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                 Ok((role, waited)) => {
                     if open_media(deps, c, &participant, role).await {
                         if let Some(w) = waited {
-                            deps.metrics.lobby_wait.observe(w.num_milliseconds() as f64 / 1000.0);
+                            deps.metrics
+                                .lobby_wait
+                                .observe(w.num_milliseconds() as f64 / 1000.0);
                         }
                         host_done(deps, sink, j, "admit", Ok(()), &participant).await;
                         c.send(&participant, c.joined_message(&participant, role));
                     } else {
                         c.back_to_lobby(&participant, now);
-                        send_error(sink, "sfu_unavailable", "the media server is not reachable").await;
+                        send_error(sink, "sfu_unavailable", "the media server is not reachable")
+                            .await;
                     }
                 }
                 Err(e) => host_done(deps, sink, j, "admit", Err(e), &participant).await,
@@ -390,9 +532,21 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             if r.is_ok() {
                 let _ = c.node.control.close_session(&c.room, &participant).await;
             }
-            host_done(deps, sink, j, "return_to_lobby", r.map(|_| ()), &participant).await;
+            host_done(
+                deps,
+                sink,
+                j,
+                "return_to_lobby",
+                r.map(|_| ()),
+                &participant,
+            )
+            .await;
         }
-        ClientMessage::Mute { participant, kind, muted } => {
+        ClientMessage::Mute {
+            participant,
+            kind,
+            muted,
+        } => {
             let r = c.check_mute(&j.participant, &participant);
             let r = match r {
                 Ok(_) => {
@@ -400,21 +554,39 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                         MediaKind::Audio => SfuMediaKind::Audio,
                         MediaKind::Video => SfuMediaKind::Video,
                     };
-                    match c.node.control.set_muted(&c.room, &participant, sfu_kind, muted).await {
+                    match c
+                        .node
+                        .control
+                        .set_muted(&c.room, &participant, sfu_kind, muted)
+                        .await
+                    {
                         Ok(()) => {
                             c.send(&participant, ServerMessage::MutedByHost { kind, muted });
                             Ok(())
                         }
                         Err(e) => {
                             warn!(room = %c.room, "muting at the SFU failed: {e}");
-                            send_error(sink, "sfu_unavailable", "the media server did not apply the mute").await;
+                            send_error(
+                                sink,
+                                "sfu_unavailable",
+                                "the media server did not apply the mute",
+                            )
+                            .await;
                             return Flow::Continue;
                         }
                     }
                 }
                 Err(e) => Err(e),
             };
-            host_done(deps, sink, j, if muted { "mute" } else { "unmute" }, r, &participant).await;
+            host_done(
+                deps,
+                sink,
+                j,
+                if muted { "mute" } else { "unmute" },
+                r,
+                &participant,
+            )
+            .await;
         }
         ClientMessage::Remove { participant } => {
             let r = c.remove(&j.participant, &participant);
@@ -428,11 +600,20 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                 host_done(deps, sink, j, "end", Err(ActionError::NotHost), "").await;
                 return Flow::Continue;
             }
-            deps.metrics.host_actions.with_label_values(&["end", "ok"]).inc();
-            deps.hub.finish(deps, c, EndReason::HostEnded, Some(&j.participant)).await;
+            deps.metrics
+                .host_actions
+                .with_label_values(&["end", "ok"])
+                .inc();
+            deps.hub
+                .finish(deps, c, EndReason::HostEnded, Some(&j.participant))
+                .await;
         }
         ClientMessage::Extend { minutes } => {
-            let r = c.extend(&j.participant, minutes, deps.config.policy.max_extension_min);
+            let r = c.extend(
+                &j.participant,
+                minutes,
+                deps.config.policy.max_extension_min,
+            );
             host_done(deps, sink, j, "extend", r.map(|_| ()), "").await;
         }
         ClientMessage::InviteInterpreter => {
@@ -441,8 +622,15 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             match c.invite(&j.participant, &slots, ttl, deps.clock.now()) {
                 Ok((code, expires_at)) => {
                     host_done(deps, sink, j, "invite_interpreter", Ok(()), "").await;
-                    send(sink, &ServerMessage::Invite { code, expires_at: expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) })
-                        .await;
+                    send(
+                        sink,
+                        &ServerMessage::Invite {
+                            code,
+                            expires_at: expires_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        },
+                    )
+                    .await;
                 }
                 Err(e) => host_done(deps, sink, j, "invite_interpreter", Err(e), "").await,
             }
@@ -452,14 +640,27 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
 }
 
 /// Audit and count a host action, and tell the host if it was refused.
-async fn host_done(deps: &AppState, sink: &mut Sink, j: &Joined, action: &str, r: Result<(), ActionError>, target: &str) {
+async fn host_done(
+    deps: &AppState,
+    sink: &mut Sink,
+    j: &Joined,
+    action: &str,
+    r: Result<(), ActionError>,
+    target: &str,
+) {
     let target = (!target.is_empty()).then_some(target);
     let (outcome, reason) = match &r {
         Ok(()) => ("ok", None),
         Err(e) => ("deny", Some(e.code())),
     };
-    deps.metrics.host_actions.with_label_values(&[action, outcome]).inc();
-    let _ = deps.audit.record(j.event(action, outcome, reason, target)).await;
+    deps.metrics
+        .host_actions
+        .with_label_values(&[action, outcome])
+        .inc();
+    let _ = deps
+        .audit
+        .record(j.event(action, outcome, reason, target))
+        .await;
     if let Err(e) = r {
         send_error(sink, e.code(), e.to_string()).await;
     }
@@ -469,17 +670,40 @@ async fn host_done(deps: &AppState, sink: &mut Sink, j: &Joined, action: &str, r
 /// SFU's offer goes to the SFU.
 async fn relay_sdp(sink: &mut Sink, c: &Consultation, participant: &str, d: Description) {
     let result = match d.kind {
-        SdpKind::Offer => c.node.control.offer(&c.room, participant, d.sdp).await.map(Some),
-        SdpKind::Answer => c.node.control.answer(&c.room, participant, d.sdp).await.map(|_| None),
+        SdpKind::Offer => c
+            .node
+            .control
+            .offer(&c.room, participant, d.sdp)
+            .await
+            .map(Some),
+        SdpKind::Answer => c
+            .node
+            .control
+            .answer(&c.room, participant, d.sdp)
+            .await
+            .map(|_| None),
     };
     match result {
         Ok(Some(answer)) => {
-            send(sink, &ServerMessage::Sdp { description: Description { kind: SdpKind::Answer, sdp: answer } }).await;
+            send(
+                sink,
+                &ServerMessage::Sdp {
+                    description: Description {
+                        kind: SdpKind::Answer,
+                        sdp: answer,
+                    },
+                },
+            )
+            .await;
         }
         Ok(None) => {}
         Err(e) => {
             // glare, invalid_sdp, no_pending_offer: the client can act on these codes.
-            let code = if e.status == 0 { "sfu_unavailable".to_owned() } else { e.code.clone() };
+            let code = if e.status == 0 {
+                "sfu_unavailable".to_owned()
+            } else {
+                e.code.clone()
+            };
             send_error(sink, &code, e.message).await;
         }
     }

@@ -24,7 +24,13 @@ pub struct NoNodeAvailable;
 impl SfuPool {
     pub fn new(nodes: &[SfuNode]) -> SfuPool {
         SfuPool {
-            nodes: nodes.iter().map(|n| PlacedNode { id: n.id.clone(), control: SfuControl::new(&n.url, &n.credential) }).collect(),
+            nodes: nodes
+                .iter()
+                .map(|n| PlacedNode {
+                    id: n.id.clone(),
+                    control: SfuControl::new(&n.url, &n.credential),
+                })
+                .collect(),
         }
     }
 

@@ -27,12 +27,14 @@ impl Clock {
     }
 
     pub fn advance(&self, by: chrono::Duration) {
-        self.offset_ms.fetch_add(by.num_milliseconds(), Ordering::Relaxed);
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::Relaxed);
     }
 
     /// Make `now()` return about `t`.
     pub fn set(&self, t: DateTime<Utc>) {
-        self.offset_ms.store((t - Utc::now()).num_milliseconds(), Ordering::Relaxed);
+        self.offset_ms
+            .store((t - Utc::now()).num_milliseconds(), Ordering::Relaxed);
     }
 }
 

@@ -44,15 +44,23 @@ pub struct Idp {
 impl Idp {
     pub async fn start() -> Idp {
         let signing = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let key = EncodingKey::from_ec_pem(signing.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+        let key =
+            EncodingKey::from_ec_pem(signing.to_pkcs8_pem(Default::default()).unwrap().as_bytes())
+                .unwrap();
         let public = p256::PublicKey::from(signing.verifying_key());
         let mut jwk: Value = serde_json::from_str(&public.to_jwk_string()).unwrap();
         jwk["kid"] = "idp-1".into();
         jwk["alg"] = "ES256".into();
         jwk["use"] = "sig".into();
         let jwks = json!({ "keys": [jwk] });
-        let addr = serve(Router::new().route("/jwks", get(move || async move { Json(jwks) }))).await;
-        Idp { key, issuer: format!("http://{addr}/idp"), jwks_url: format!("http://{addr}/jwks"), audience: "metaclinic".into() }
+        let addr =
+            serve(Router::new().route("/jwks", get(move || async move { Json(jwks) }))).await;
+        Idp {
+            key,
+            issuer: format!("http://{addr}/idp"),
+            jwks_url: format!("http://{addr}/jwks"),
+            audience: "metaclinic".into(),
+        }
     }
 
     /// A token for `fhir_user` (an absolute or relative reference), valid for an hour.
@@ -111,24 +119,33 @@ async fn token(State(s): State<Arc<FhirState>>, Form(form): Form<TokenForm>) -> 
         s.refused_assertions.fetch_add(1, Ordering::Relaxed);
         oauth_error(code)
     };
-    if form.grant_type != "client_credentials" || form.client_assertion_type != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+    if form.grant_type != "client_credentials"
+        || form.client_assertion_type != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
         return refuse("invalid_request");
     }
     // SMART Backend Services: ES384/RS384, iss = sub = client_id, aud = token URL,
     // exp at most five minutes ahead, a jti never seen before, the registered kid.
-    let Ok(header) = jsonwebtoken::decode_header(&form.client_assertion) else { return refuse("invalid_client") };
+    let Ok(header) = jsonwebtoken::decode_header(&form.client_assertion) else {
+        return refuse("invalid_client");
+    };
     if header.alg != Algorithm::ES384 || header.kid.as_deref() != Some(s.key_id.as_str()) {
         return refuse("invalid_client");
     }
     let mut v = Validation::new(Algorithm::ES384);
     v.set_audience(&[s.token_url.lock().unwrap().clone()]);
-    v.set_issuer(&[s.client_id.clone()]);
+    v.set_issuer(std::slice::from_ref(&s.client_id));
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    let Ok(data) = jsonwebtoken::decode::<Value>(&form.client_assertion, &s.client_key, &v) else { return refuse("invalid_client") };
+    let Ok(data) = jsonwebtoken::decode::<Value>(&form.client_assertion, &s.client_key, &v) else {
+        return refuse("invalid_client");
+    };
     let c = data.claims;
     let now = chrono::Utc::now().timestamp();
     let jti = c["jti"].as_str().unwrap_or_default().to_owned();
-    if c["sub"] != json!(s.client_id) || c["exp"].as_i64().is_none_or(|e| e > now + 300) || jti.is_empty() {
+    if c["sub"] != json!(s.client_id)
+        || c["exp"].as_i64().is_none_or(|e| e > now + 300)
+        || jti.is_empty()
+    {
         return refuse("invalid_client");
     }
     if !s.seen_jti.lock().unwrap().insert(jti) {
@@ -139,18 +156,29 @@ async fn token(State(s): State<Arc<FhirState>>, Form(form): Form<TokenForm>) -> 
     Json(json!({ "access_token": access, "token_type": "bearer", "expires_in": 300, "scope": form.scope })).into_response()
 }
 
-async fn read(State(s): State<Arc<FhirState>>, Path((kind, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn read(
+    State(s): State<Arc<FhirState>>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     if s.down.load(Ordering::Relaxed) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if !bearer.is_some_and(|t| s.issued.lock().unwrap().contains(t)) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     s.reads.fetch_add(1, Ordering::Relaxed);
     match s.resources.lock().unwrap().get(&format!("{kind}/{id}")) {
         Some(r) => ([("content-type", "application/fhir+json")], Json(r.clone())).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "resourceType": "OperationOutcome" }))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "resourceType": "OperationOutcome" })),
+        )
+            .into_response(),
     }
 }
 
@@ -164,8 +192,15 @@ impl FhirDouble {
     pub async fn start(dir: &std::path::Path) -> (FhirDouble, ClientKey) {
         let secret = p384::SecretKey::random(&mut OsRng);
         let pem_path = dir.join("smart-client.pem");
-        std::fs::write(&pem_path, secret.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
-        let public_pem = secret.public_key().to_public_key_pem(Default::default()).unwrap();
+        std::fs::write(
+            &pem_path,
+            secret.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let public_pem = secret
+            .public_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
         let state = Arc::new(FhirState {
             resources: Mutex::default(),
             client_key: DecodingKey::from_ec_pem(public_pem.as_bytes()).unwrap(),
@@ -187,16 +222,36 @@ impl FhirDouble {
         let base = format!("http://{addr}/fhir");
         let token_url = format!("{base}/token");
         *state.token_url.lock().unwrap() = token_url.clone();
-        (FhirDouble { base, token_url, state }, ClientKey { pem_path, public_pem })
+        (
+            FhirDouble {
+                base,
+                token_url,
+                state,
+            },
+            ClientKey {
+                pem_path,
+                public_pem,
+            },
+        )
     }
 
     pub fn put(&self, resource: Value) {
-        let key = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        let key = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
         self.state.resources.lock().unwrap().insert(key, resource);
     }
 
     pub fn set_status(&self, appointment: &str, status: &str) {
-        if let Some(r) = self.state.resources.lock().unwrap().get_mut(&format!("Appointment/{appointment}")) {
+        if let Some(r) = self
+            .state
+            .resources
+            .lock()
+            .unwrap()
+            .get_mut(&format!("Appointment/{appointment}"))
+        {
             r["status"] = status.into();
         }
     }
@@ -221,16 +276,26 @@ impl FhirDouble {
 /// A telehealth appointment from the fixtures, rescheduled to run from five minutes ago
 /// for `minutes`.
 pub fn fixture_now(name: &str, minutes: i64) -> Value {
-    let path = format!("{}/tests/fixtures/fhir/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/fhir/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let start = chrono::Utc::now() - chrono::Duration::minutes(5);
-    v["start"] = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
-    v["end"] = (start + chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    v["start"] = start
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .into();
+    v["end"] = (start + chrono::Duration::minutes(minutes))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .into();
     v
 }
 
 pub fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/fhir/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/fhir/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -285,7 +350,12 @@ impl Harness {
         let state = metaclinic_signaling::build(cfg, Default::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(metaclinic_signaling::serve(listener, state.clone(), None, std::future::pending()));
+        tokio::spawn(metaclinic_signaling::serve(
+            listener,
+            state.clone(),
+            None,
+            std::future::pending(),
+        ));
         Harness {
             sfu,
             idp,
@@ -306,6 +376,10 @@ impl Harness {
 
     /// The audit log's records.
     pub fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }

@@ -14,6 +14,7 @@ pub const FRAME_MS: u64 = 20;
 #[derive(Debug, Clone)]
 pub struct ToneLoop {
     pub hz: u32,
+    pub level_dbfs: f64,
     pub packets: Vec<Vec<u8>>,
 }
 
@@ -47,7 +48,11 @@ impl ToneLoop {
                 }
             }
         }
-        Ok(ToneLoop { hz, packets })
+        Ok(ToneLoop {
+            hz,
+            level_dbfs,
+            packets,
+        })
     }
 }
 

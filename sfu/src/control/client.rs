@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::StreamExt;
 use super::api::{
-    CreateRoom, ErrorBody, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo, SessionDescription,
-    SessionOpened, SetMuted,
+    CreateRoom, ErrorBody, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo,
+    SessionDescription, SessionOpened, SetMuted,
 };
 use crate::events::{Rights, RoomEventEnvelope};
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::MediaKind;
 use crate::room::RoomKind;
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
@@ -213,9 +213,19 @@ impl SfuControl {
     }
 
     /// A trickled ICE candidate of the participant.
-    pub async fn candidate(&self, room: &str, participant: &str, candidate: &IceCandidate) -> Result<(), ApiError> {
-        let url = self.url(&format!("{}/candidates", Self::participant_path(room, participant)));
-        self.send(self.http.post(url).json(candidate)).await.map(|_| ())
+    pub async fn candidate(
+        &self,
+        room: &str,
+        participant: &str,
+        candidate: &IceCandidate,
+    ) -> Result<(), ApiError> {
+        let url = self.url(&format!(
+            "{}/candidates",
+            Self::participant_path(room, participant)
+        ));
+        self.send(self.http.post(url).json(candidate))
+            .await
+            .map(|_| ())
     }
 
     /// The node's identity and load.

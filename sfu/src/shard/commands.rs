@@ -339,9 +339,21 @@ impl Shard {
             PeerError::Setup(_) => ControlError::Internal,
         })?;
         // Subscriptions this answer made ready start with a keyframe.
+        let rkey = s.room;
         let tracks: Vec<_> = s.subscriptions.values().copied().collect();
         for track in tracks {
-            self.request_keyframe(track, now);
+            let newly_ready = self.rooms[rkey].tracks.get_mut(&track).is_some_and(|p| {
+                p.subscribers
+                    .iter_mut()
+                    .filter(|sub| sub.session == key && !sub.ready)
+                    .fold(false, |_, sub| {
+                        sub.ready = true;
+                        true
+                    })
+            });
+            if newly_ready {
+                self.request_keyframe(track, now);
+            }
         }
         self.mark_dirty(key);
         Ok(())

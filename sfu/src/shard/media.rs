@@ -80,13 +80,30 @@ impl Shard {
             tally.drop(DropReason::NotPermitted);
             return;
         };
-        let Some(publication) = rooms.get_mut(s.room).and_then(|r| r.tracks.get_mut(&track)) else {
+        let Some(room) = rooms.get_mut(s.room) else {
+            tally.drop(DropReason::UnknownSsrc);
+            return;
+        };
+        let Some(publication) = room.tracks.get_mut(&track) else {
             tally.drop(DropReason::UnknownSsrc);
             return;
         };
         if publication.muted {
             tally.drop(DropReason::Muted);
             return;
+        }
+        if let Some(level) = packet.audio_level {
+            room.speaker.on_level(&publication.participant, level, now);
+        }
+        // A keyframe request held back by coalescing goes with the next packet after its
+        // interval ends (video arrives every few tens of milliseconds).
+        if publication.take_pending_keyframe_request(now)
+            && let Some(p) = sessions.get_mut(key)
+            && p.peer.request_keyframe(now, inbound)
+            && !p.dirty
+        {
+            p.dirty = true;
+            dirty.push(key);
         }
         for sub in &mut publication.subscribers {
             let Some(ss) = sessions.get_mut(sub.session) else {
@@ -177,7 +194,14 @@ impl Shard {
             MediaKind::Video => s.video_muted,
         };
         let (rkey, participant) = (s.room, s.participant.clone());
-        let mut publication = Publication::new(track, key, participant.clone(), inbound, codec);
+        let mut publication = Publication::new(
+            track,
+            key,
+            participant.clone(),
+            inbound,
+            codec,
+            self.settings.keyframe_request_interval,
+        );
         publication.muted = muted;
         let room = &mut self.rooms[rkey];
         room.tracks.insert(track, publication);
@@ -243,6 +267,7 @@ impl Shard {
             session: key,
             outbound,
             down,
+            ready: false,
         });
         s.subscriptions.insert(outbound, track);
         s.needs_offer = true;
@@ -361,6 +386,7 @@ impl Shard {
         if let Some(room) = self.rooms.get_mut(rkey) {
             if room.sessions.get(&s.participant) == Some(&key) {
                 room.sessions.remove(&s.participant);
+                room.speaker.remove(&s.participant);
             }
             for p in room.tracks.values_mut() {
                 p.subscribers.retain(|sub| sub.session != key);

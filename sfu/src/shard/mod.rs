@@ -13,6 +13,7 @@
 mod commands;
 pub mod demux;
 mod media;
+mod quality;
 pub mod timers;
 pub mod udp;
 
@@ -62,6 +63,7 @@ pub struct ShardSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_participants: usize,
+    pub keyframe_request_interval: Duration,
 }
 
 /// The control plane's end of a shard.
@@ -425,6 +427,8 @@ impl Shard {
             self.close_session(key, reason, now);
         }
         self.retry_keyframes(now);
+        self.report_quality(now);
+        self.decide_speakers(now);
         self.load.rooms.store(self.rooms.len(), Ordering::Relaxed);
         self.load
             .sessions

@@ -90,6 +90,17 @@ fn media_engine() -> Result<MediaEngine, PeerError> {
             )
             .map_err(PeerError::setup)?;
     }
+    // The audio level in every audio packet: the SFU finds the dominant speaker without
+    // decoding anyone.
+    engine
+        .register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: super::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(PeerError::setup)?;
     Ok(engine)
 }
 
@@ -105,8 +116,12 @@ pub enum Side {
 
 pub(super) fn build(side: &Side, now: Instant) -> Result<RTCPeerConnection, PeerError> {
     let mut engine = media_engine()?;
-    let registry =
-        register_default_interceptors(Registry::new(), &mut engine).map_err(PeerError::setup)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(PeerError::setup)?
+        .with(
+            rtc::interceptor::Slot::Custom(super::feedback::SLOT),
+            super::feedback::DeliverFeedback::default(),
+        );
     let settings = match side {
         Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
             .with_lite(true)

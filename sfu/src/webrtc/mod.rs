@@ -6,6 +6,7 @@
 //! (full ICE, controlling), so tests and load runs exercise exactly this stack.
 
 mod engine;
+mod feedback;
 pub mod stun;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -139,8 +140,43 @@ struct Outbound {
     sender: RTCRtpSenderId,
     ssrc: u32,
     codec: Codec,
+    stream_id: String,
+    track_id: String,
+    /// The sender's track names its codec (see `name_outbound_codecs`).
+    codec_named: bool,
     /// The payload type the remote accepted for `codec`; known once an answer covers it.
     payload_type: Option<u8>,
+}
+
+/// A connection's cumulative counters (see [`Peer::link_counters`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkCounters {
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// NACK feedback the remote side sent about our streams, and our retransmissions.
+    pub nacks: u64,
+    pub retransmissions: u64,
+    /// Worst interarrival jitter of what we receive, milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// From the remote side's latest receiver reports: round trip and loss it saw.
+    pub rtt_ms: Option<f64>,
+    pub loss_down_pct: Option<f64>,
+}
+
+/// RFC 6464: the sender's audio level in every audio packet.
+pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// The id an SDP gives a header extension (`a=extmap:<id>[/<direction>] <uri>`). With
+/// BUNDLE both sides use the offer's ids for the whole connection.
+fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.trim_end().strip_prefix("a=extmap:")?;
+        let (id, rest) = rest.split_once(' ')?;
+        let id = id.split('/').next()?.parse::<u8>().ok()?;
+        (rest.split_whitespace().next()? == uri && (1..=14).contains(&id)).then_some(id)
+    })
 }
 
 /// The SSRCs an SDP declares with `a=ssrc:<ssrc> ...` (RFC 5576), retransmission and FEC
@@ -234,6 +270,10 @@ pub struct Peer {
     open_channels: HashSet<usize>,
     /// SSRCs the remote side declared (`a=ssrc`) in its last description.
     remote_ssrcs: HashSet<u32>,
+    /// The negotiated id of the audio-level header extension, if any.
+    audio_level_ext: Option<u8>,
+    /// Round trip measured from the remote side's receiver reports, smoothed.
+    rtt_ms: Option<f64>,
     /// Until the connection is up; then dropped.
     replay: Option<Box<FlightReplay>>,
     state: ConnectionState,
@@ -259,6 +299,8 @@ impl Peer {
             pending: VecDeque::new(),
             open_channels: HashSet::new(),
             remote_ssrcs: HashSet::new(),
+            audio_level_ext: None,
+            rtt_ms: None,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
         })
@@ -312,6 +354,7 @@ impl Peer {
             .map_err(PeerError::rejected)?;
         self.ensure_candidate()?;
         let answer = self.pc.create_answer(None).map_err(PeerError::rejected)?;
+        self.name_outbound_codecs();
         self.pc
             .set_local_description(now, answer)
             .map_err(PeerError::rejected)?;
@@ -323,6 +366,7 @@ impl Peer {
     pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
         self.ensure_candidate()?;
         let offer = self.pc.create_offer(None).map_err(PeerError::setup)?;
+        self.name_outbound_codecs();
         self.pc
             .set_local_description(now, offer)
             .map_err(PeerError::setup)?;
@@ -375,11 +419,11 @@ impl Peer {
             self.resolve_payload_type(id);
         }
         self.end_unreceived_tracks();
-        self.remote_ssrcs = self
-            .pc
-            .remote_description()
-            .map(|d| declared_ssrcs(&d.sdp))
-            .unwrap_or_default();
+        let remote = self.pc.remote_description().map(|d| d.sdp.clone());
+        self.remote_ssrcs = remote.as_deref().map(declared_ssrcs).unwrap_or_default();
+        self.audio_level_ext = remote
+            .as_deref()
+            .and_then(|sdp| extmap_id(sdp, AUDIO_LEVEL_URI));
     }
 
     /// Did the remote side declare this SSRC? RTP on any other is dropped before decryption.
@@ -483,11 +527,49 @@ impl Peer {
                 sender,
                 ssrc,
                 codec,
+                stream_id: stream_id.to_owned(),
+                track_id: track_id.to_owned(),
+                codec_named: false,
                 payload_type: None,
             },
         );
         self.outbound_by_track.insert(track_id.to_owned(), id);
         Ok(id)
+    }
+
+    /// Name each new outbound track's codec on its encoding, now that the SDP is written.
+    ///
+    /// rtc binds a sender's streams to its interceptors (the NACK responder's packet
+    /// buffer, sender reports, TWCC) when negotiation completes, and only for encodings that
+    /// name a codec. Naming it when the track is added would narrow the m-line to that codec
+    /// for good (see `add_outbound`); the transceiver's codec preferences are fixed at
+    /// creation, so naming it afterwards changes no SDP and lets the binding happen.
+    fn name_outbound_codecs(&mut self) {
+        for out in self.outbound.values_mut().filter(|o| !o.codec_named) {
+            let kind = match out.codec.kind() {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let track = MediaStreamTrack::new(
+                out.stream_id.clone(),
+                out.track_id.clone(),
+                out.track_id.clone(),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(out.ssrc),
+                        ..Default::default()
+                    },
+                    codec: engine::rtp_codec(out.codec),
+                    ..Default::default()
+                }],
+            );
+            if let Some(mut sender) = self.pc.rtp_sender(out.sender)
+                && sender.replace_track(track).is_ok()
+            {
+                out.codec_named = true;
+            }
+        }
     }
 
     /// Stop sending a track; the remote side learns with the next offer/answer.
@@ -547,7 +629,7 @@ impl Peer {
         let Some(payload_type) = out.payload_type else {
             return false;
         };
-        let header = rtc::rtp::header::Header {
+        let mut header = rtc::rtp::header::Header {
             version: 2,
             marker: packet.marker,
             payload_type,
@@ -556,6 +638,12 @@ impl Peer {
             ssrc: out.ssrc,
             ..Default::default()
         };
+        if let (Some(id), Some(level)) = (self.audio_level_ext, packet.audio_level)
+            && out.codec == Codec::Opus
+        {
+            // Voice activity is not known here: the V bit stays clear.
+            let _ = header.set_extension(id, Bytes::copy_from_slice(&[level.min(127)]));
+        }
         let pkt = rtc::rtp::packet::Packet {
             header,
             payload: packet.payload.clone(),
@@ -587,6 +675,74 @@ impl Peer {
             })],
         )
         .is_ok()
+    }
+
+    /// RFC 3550 §6.4.1: a receiver report echoes our last sender report's time (LSR) and
+    /// how long it held it (DLSR); what is left of the time since is the round trip. The
+    /// reports' clock is the wall clock, as rtc stamps its sender reports.
+    fn measure_rtt(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        use rtc::rtcp::sender_report::SenderReport;
+        let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+        else {
+            return;
+        };
+        // The middle 32 bits of the NTP time: 16.16 fixed-point seconds.
+        let secs = since_epoch.as_secs() + 2_208_988_800;
+        let frac = (u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000;
+        let now = (((secs & 0xffff) << 16) | (frac >> 16)) as u32;
+        for p in packets {
+            let any = p.as_any();
+            let reports = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                &rr.reports
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                &sr.reports
+            } else {
+                continue;
+            };
+            for r in reports.iter().filter(|r| r.last_sender_report != 0) {
+                let rtt = now.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
+                // A negative or absurd value (clock step, forged report) is no measurement.
+                if rtt < 65_536 * 10 {
+                    let ms = f64::from(rtt) * 1000.0 / 65_536.0;
+                    self.rtt_ms = Some(self.rtt_ms.map_or(ms, |old| old * 0.8 + ms * 0.2));
+                }
+            }
+        }
+    }
+
+    /// The connection's counters so far, from the stack's statistics (RTCP reports and its
+    /// own bookkeeping). Cumulative; the caller takes differences over its interval.
+    pub fn link_counters(&mut self, now: Instant) -> LinkCounters {
+        let report = self.pc.get_stats(now, rtc::statistics::StatsSelector::None);
+        let mut c = LinkCounters::default();
+        for s in report.inbound_rtp_streams() {
+            let r = &s.received_rtp_stream_stats;
+            c.packets_received += r.packets_received;
+            c.packets_lost += r.packets_lost.max(0) as u64;
+            c.bytes_received += s.bytes_received;
+            // rtc 0.21 reports jitter in RTP timestamp units (as RTCP carries it).
+            let clock = match r.rtp_stream_stats.kind {
+                RtpCodecKind::Audio => 48_000.0,
+                _ => 90_000.0,
+            };
+            let jitter_ms = r.jitter / clock * 1000.0;
+            c.jitter_ms = Some(c.jitter_ms.unwrap_or(0.0).max(jitter_ms));
+        }
+        for s in report.outbound_rtp_streams() {
+            c.bytes_sent += s.sent_rtp_stream_stats.bytes_sent;
+            c.nacks += u64::from(s.nack_count);
+            c.retransmissions += s.retransmitted_packets_sent;
+        }
+        for e in report.iter() {
+            if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {
+                let lost = r.fraction_lost * 100.0;
+                c.loss_down_pct = Some(c.loss_down_pct.map_or(lost, |x: f64| x.max(lost)));
+            }
+        }
+        // rtc 0.21 leaves the RTT at zero; we measure it from the reports ourselves.
+        c.rtt_ms = self.rtt_ms;
+        c
     }
 
     /// Open a data channel (reliable, ordered unless told otherwise).
@@ -770,6 +926,7 @@ impl Peer {
         match message {
             RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(&track_id, pkt),
             RTCMessage::RtcpPacket(track_id, packets) => {
+                self.measure_rtt(&packets);
                 let Some(&outbound) = self.outbound_by_track.get(&track_id) else {
                     return;
                 };
@@ -836,6 +993,13 @@ impl Peer {
                 track_id: track_id.to_owned(),
             });
         }
+        let audio_level = match self.audio_level_ext {
+            Some(id) if codec == Codec::Opus => pkt
+                .header
+                .get_extension(id)
+                .and_then(|v| v.first().map(|b| b & 0x7f)),
+            _ => None,
+        };
         let h = pkt.header;
         self.pending.push_back(PeerOutput::Rtp {
             inbound: track.id,
@@ -846,6 +1010,7 @@ impl Peer {
                 payload_type: h.payload_type,
                 marker: h.marker,
                 payload: pkt.payload,
+                audio_level,
             },
         });
     }
@@ -1038,6 +1203,99 @@ mod handshake_tests {
         assert!(
             stalled.is_empty(),
             "losing these stalls the handshake: {stalled:#?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod feedback_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Move datagrams both ways and collect outputs, for `steps` of 5 ms.
+    fn pump(
+        client: &mut Peer,
+        server: &mut Peer,
+        now: &mut Instant,
+        steps: usize,
+        outs: &mut Vec<(bool, PeerOutput)>,
+    ) {
+        for _ in 0..steps {
+            while let Some(t) = client.poll_transmit() {
+                server.handle_datagram(*now, addr(50000), &t.data);
+            }
+            while let Some(t) = server.poll_transmit() {
+                client.handle_datagram(*now, addr(40000), &t.data);
+            }
+            while let Some(o) = client.poll_output() {
+                outs.push((true, o));
+            }
+            while let Some(o) = server.poll_output() {
+                outs.push((false, o));
+            }
+            *now += Duration::from_millis(5);
+            for p in [&mut *client, &mut *server] {
+                if p.next_timeout().is_some_and(|t| t <= *now) {
+                    p.handle_timeout(*now);
+                }
+            }
+        }
+    }
+
+    fn vp8_packet(seq: u16) -> RtpPacket {
+        RtpPacket {
+            ssrc: 0,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 3000,
+            payload_type: 0,
+            marker: true,
+            payload: Bytes::from_static(&[0x10, 0x00, 0x9d, 0x01, 0x2a]),
+            audio_level: None,
+        }
+    }
+
+    #[test]
+    fn a_keyframe_request_reaches_the_publisher() {
+        let mut now = Instant::now();
+        let mut server = Peer::new(
+            Side::Server {
+                ufrag: "srvufrag".into(),
+                pwd: "serverpasswordserverpass".into(),
+            },
+            addr(40000),
+            now,
+        )
+        .unwrap();
+        let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+        let video = client
+            .add_outbound(Codec::Vp8, 4321, "c", "c-video")
+            .unwrap();
+        let offer = client.create_offer(now).unwrap();
+        let answer = server.accept_offer(now, &offer).unwrap();
+        client.accept_answer(now, &answer).unwrap();
+        let mut outs = Vec::new();
+        pump(&mut client, &mut server, &mut now, 100, &mut outs);
+        assert_eq!(client.state(), ConnectionState::Connected);
+        for seq in 0..5 {
+            assert!(client.send_rtp(now, video, &vp8_packet(seq), seq, u32::from(seq) * 3000));
+            pump(&mut client, &mut server, &mut now, 2, &mut outs);
+        }
+        let inbound = outs
+            .iter()
+            .find_map(|(c, o)| match o {
+                PeerOutput::TrackOpened { inbound, .. } if !c => Some(*inbound),
+                _ => None,
+            })
+            .expect("the server sees the track");
+        assert!(server.request_keyframe(now, inbound));
+        pump(&mut client, &mut server, &mut now, 10, &mut outs);
+        assert!(
+            outs.iter().any(|(c, o)| *c && matches!(o, PeerOutput::Feedback { outbound, feedback: Feedback::KeyframeRequest } if *outbound == video)),
+            "the client never heard the keyframe request"
         );
     }
 }

@@ -25,7 +25,12 @@ pub struct FhirBooking {
 
 impl FhirBooking {
     pub fn new(http: reqwest::Client, base_url: &str, auth: Arc<SmartAuth>, retries: u32) -> Self {
-        FhirBooking { http, base_url: base_url.trim_end_matches('/').to_owned(), auth, retries }
+        FhirBooking {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            auth,
+            retries,
+        }
     }
 
     /// Access tokens fetched so far (a metric).
@@ -47,7 +52,14 @@ impl FhirBooking {
             }
             attempt += 1;
             let token = self.auth.token().await?;
-            let resp = match self.http.get(&url).bearer_auth(token).header("accept", "application/fhir+json").send().await {
+            let resp = match self
+                .http
+                .get(&url)
+                .bearer_auth(token)
+                .header("accept", "application/fhir+json")
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();
@@ -56,9 +68,14 @@ impl FhirBooking {
             };
             match resp.status() {
                 StatusCode::OK => {
-                    let body = resp.bytes().await.map_err(|e| BookingError::Unavailable(e.to_string()))?;
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| BookingError::Unavailable(e.to_string()))?;
                     if body.len() > MAX_RESOURCE_BYTES {
-                        return Err(BookingError::Invalid(format!("{kind} larger than {MAX_RESOURCE_BYTES} bytes")));
+                        return Err(BookingError::Invalid(format!(
+                            "{kind} larger than {MAX_RESOURCE_BYTES} bytes"
+                        )));
                     }
                     return Ok(body.to_vec());
                 }
@@ -69,8 +86,14 @@ impl FhirBooking {
                     attempt -= 1;
                     self.auth.invalidate().await;
                 }
-                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => last = format!("{kind} read answered {s}"),
-                s => return Err(BookingError::Unavailable(format!("{kind} read answered {s}"))),
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    last = format!("{kind} read answered {s}")
+                }
+                s => {
+                    return Err(BookingError::Unavailable(format!(
+                        "{kind} read answered {s}"
+                    )));
+                }
             }
         }
         Err(BookingError::Unavailable(last))
@@ -85,7 +108,10 @@ impl BookingSystem for FhirBooking {
         })
     }
 
-    fn practitioner_role<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<PractitionerRole, BookingError>> {
+    fn practitioner_role<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<PractitionerRole, BookingError>> {
         Box::pin(async move {
             let body = self.read("PractitionerRole", id).await?;
             parse_practitioner_role(&body).map_err(|e| BookingError::Invalid(e.to_string()))

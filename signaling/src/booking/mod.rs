@@ -40,13 +40,20 @@ impl BookingError {
 
 pub trait BookingSystem: Send + Sync {
     fn appointment<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Appointment, BookingError>>;
-    fn practitioner_role<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<PractitionerRole, BookingError>>;
+    fn practitioner_role<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<PractitionerRole, BookingError>>;
 }
 
 /// A FHIR logical id: `[A-Za-z0-9\-\.]{1,64}`. Checked before it goes into a URL or a
 /// file lookup.
 pub fn is_fhir_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Accept `id` or `Appointment/id`.
@@ -63,8 +70,14 @@ pub async fn resolve_practitioner_roles(
 ) -> Result<HashMap<String, String>, BookingError> {
     let mut resolved = HashMap::new();
     for p in &appointment.participant {
-        let Some(reference) = p.actor.as_ref().and_then(|a| a.reference.as_deref()) else { continue };
-        let Some(id) = relative_reference(reference).and_then(|r| r.strip_prefix("PractitionerRole/")) else { continue };
+        let Some(reference) = p.actor.as_ref().and_then(|a| a.reference.as_deref()) else {
+            continue;
+        };
+        let Some(id) =
+            relative_reference(reference).and_then(|r| r.strip_prefix("PractitionerRole/"))
+        else {
+            continue;
+        };
         if !is_fhir_id(id) || resolved.contains_key(&format!("PractitionerRole/{id}")) {
             continue;
         }
@@ -72,7 +85,12 @@ pub async fn resolve_practitioner_roles(
             // An inactive role is a job the person no longer holds: it resolves to nobody.
             Ok(role) if role.active == Some(false) => {}
             Ok(role) => {
-                if let Some(practitioner) = role.practitioner.as_ref().and_then(|r| r.reference.as_deref()).and_then(relative_reference) {
+                if let Some(practitioner) = role
+                    .practitioner
+                    .as_ref()
+                    .and_then(|r| r.reference.as_deref())
+                    .and_then(relative_reference)
+                {
                     resolved.insert(format!("PractitionerRole/{id}"), practitioner.to_owned());
                 }
             }

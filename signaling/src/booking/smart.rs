@@ -21,11 +21,25 @@ impl ClientAssertionKey {
     /// From a PKCS#8 PEM file; `algorithm` is "ES384" or "RS384".
     pub fn from_pem(pem: &[u8], algorithm: &str, key_id: &str) -> Result<Self, String> {
         let (key, algorithm) = match algorithm {
-            "ES384" => (EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string())?, Algorithm::ES384),
-            "RS384" => (EncodingKey::from_rsa_pem(pem).map_err(|e| e.to_string())?, Algorithm::RS384),
-            other => return Err(format!("{other} is not a SMART Backend Services algorithm (ES384, RS384)")),
+            "ES384" => (
+                EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string())?,
+                Algorithm::ES384,
+            ),
+            "RS384" => (
+                EncodingKey::from_rsa_pem(pem).map_err(|e| e.to_string())?,
+                Algorithm::RS384,
+            ),
+            other => {
+                return Err(format!(
+                    "{other} is not a SMART Backend Services algorithm (ES384, RS384)"
+                ));
+            }
         };
-        Ok(ClientAssertionKey { key, algorithm, key_id: key_id.to_owned() })
+        Ok(ClientAssertionKey {
+            key,
+            algorithm,
+            key_id: key_id.to_owned(),
+        })
     }
 }
 
@@ -69,7 +83,13 @@ pub struct SmartAuth {
 }
 
 impl SmartAuth {
-    pub fn new(http: reqwest::Client, token_url: &str, client_id: &str, scope: &str, key: ClientAssertionKey) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        token_url: &str,
+        client_id: &str,
+        scope: &str,
+        key: ClientAssertionKey,
+    ) -> Self {
         SmartAuth {
             http,
             token_url: token_url.to_owned(),
@@ -93,8 +113,9 @@ impl SmartAuth {
         };
         let mut header = Header::new(self.key.algorithm);
         header.kid = Some(self.key.key_id.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key.key)
-            .map_err(|e| BookingError::Unavailable(format!("cannot sign the client assertion: {e}")))
+        jsonwebtoken::encode(&header, &claims, &self.key.key).map_err(|e| {
+            BookingError::Unavailable(format!("cannot sign the client assertion: {e}"))
+        })
     }
 
     /// A valid access token: the cached one, or a new one (one request at a time).
@@ -105,11 +126,15 @@ impl SmartAuth {
         {
             return Ok(t.value.clone());
         }
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let form = [
             ("grant_type", "client_credentials"),
             ("scope", self.scope.as_str()),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
             ("client_assertion", &self.assertion()?),
         ];
         let resp = self
@@ -120,12 +145,23 @@ impl SmartAuth {
             .await
             .map_err(|e| BookingError::Unavailable(format!("token endpoint: {e}")))?;
         if !resp.status().is_success() {
-            return Err(BookingError::Unavailable(format!("token endpoint answered {}", resp.status())));
+            return Err(BookingError::Unavailable(format!(
+                "token endpoint answered {}",
+                resp.status()
+            )));
         }
-        let body: TokenResponse =
-            resp.json().await.map_err(|e| BookingError::Unavailable(format!("token endpoint: {e}")))?;
-        if body.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
-            return Err(BookingError::Unavailable("token endpoint issued a non-bearer token".into()));
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| BookingError::Unavailable(format!("token endpoint: {e}")))?;
+        if body
+            .token_type
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(BookingError::Unavailable(
+                "token endpoint issued a non-bearer token".into(),
+            ));
         }
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300));
         *cached = Some(CachedToken {

@@ -1,0 +1,74 @@
+//! Quality figures: every few seconds each connected session's round trip, loss, jitter and
+//! bitrates become a room event addressed to it (its connection indicator), and the node's
+//! NACK and retransmission counters move on.
+
+use std::time::{Duration, Instant};
+
+use super::Shard;
+use crate::events::{QualityReport, RoomEvent};
+
+/// How often a session's figures are reported.
+pub(super) const QUALITY_EVERY: Duration = Duration::from_secs(2);
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+impl Shard {
+    /// Each room's dominant speaker, decided from the audio levels seen since last time.
+    pub(super) fn decide_speakers(&mut self, now: Instant) {
+        for (_, room) in self.rooms.iter_mut() {
+            if let Some(change) = room.speaker.decide(now) {
+                self.metrics.dominant_speaker_changes.inc();
+                room.emit(RoomEvent::DominantSpeaker {
+                    participant: change,
+                });
+            }
+        }
+    }
+
+    pub(super) fn report_quality(&mut self, now: Instant) {
+        let Shard {
+            sessions,
+            rooms,
+            metrics,
+            ..
+        } = self;
+        for (_, s) in sessions.iter_mut() {
+            if !s.connected_once || now < s.quality_at + QUALITY_EVERY {
+                continue;
+            }
+            let elapsed = now.duration_since(s.quality_at).as_secs_f64().max(0.001);
+            s.quality_at = now;
+            let c = s.peer.link_counters(now);
+            let before = std::mem::replace(&mut s.quality_counters, c.clone());
+            let received = c.packets_received.saturating_sub(before.packets_received);
+            let lost = c.packets_lost.saturating_sub(before.packets_lost);
+            let nacks = c.nacks.saturating_sub(before.nacks);
+            let retransmissions = c.retransmissions.saturating_sub(before.retransmissions);
+            metrics.nacks_received.inc_by(nacks);
+            metrics.retransmissions.inc_by(retransmissions);
+            let kbps = |bytes: u64| round1(bytes as f64 * 8.0 / elapsed / 1000.0);
+            let quality = QualityReport {
+                rtt_ms: c.rtt_ms.map(round1),
+                loss_up_pct: if received + lost > 0 {
+                    round1(lost as f64 * 100.0 / (received + lost) as f64)
+                } else {
+                    0.0
+                },
+                loss_down_pct: c.loss_down_pct.map(round1),
+                jitter_ms: c.jitter_ms.map(round1),
+                kbps_up: kbps(c.bytes_received.saturating_sub(before.bytes_received)),
+                kbps_down: kbps(c.bytes_sent.saturating_sub(before.bytes_sent)),
+                nacks,
+                retransmissions,
+            };
+            if let Some(room) = rooms.get_mut(s.room) {
+                room.emit(RoomEvent::Quality {
+                    participant: s.participant.clone(),
+                    quality,
+                });
+            }
+        }
+    }
+}

@@ -26,6 +26,7 @@ pub mod node;
 pub mod room;
 pub mod session;
 pub mod shard;
+pub mod spatial;
 pub mod speaker;
 pub mod webrtc;
 

@@ -267,3 +267,74 @@ async fn the_dominant_speaker_follows_whoever_talks_and_everyone_gets_quality_fi
         "{quality:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_from_a_new_port_resumes_media_without_a_rejoin() {
+    let sfu = common::start_sfu(1);
+    let driver = ClientDriver::start("restart").unwrap();
+    let c = &sfu.control;
+    c.create_room("restart").await.unwrap();
+    let doctor = SfuParticipant::join(
+        &driver,
+        c,
+        "restart",
+        None,
+        ParticipantSpec::new("doctor").with_tone(440),
+    )
+    .await
+    .unwrap();
+    let patient = SfuParticipant::join(
+        &driver,
+        c,
+        "restart",
+        None,
+        ParticipantSpec::new("patient")
+            .with_tone(660)
+            .with_video(video(300, Duration::from_secs(2))),
+    )
+    .await
+    .unwrap();
+    let heard = |s: &ParticipantStats, from: &str| {
+        s.audio_from(from)
+            .map(|a| a.audio_frames_decoded)
+            .unwrap_or(0)
+    };
+    doctor
+        .wait_for(Duration::from_secs(10), |s| heard(s, "patient") > 50)
+        .await
+        .unwrap();
+    let before = doctor.stats().await.unwrap();
+
+    // The patient's phone moves networks: a new local port, the old one gone.
+    patient.restart_ice().await.unwrap();
+    let after = doctor
+        .wait_for(Duration::from_secs(10), |s| {
+            heard(s, "patient") > heard(&before, "patient") + 100
+        })
+        .await
+        .unwrap();
+    assert!(
+        heard(&after, "patient") > heard(&before, "patient") + 100,
+        "the patient's audio did not come back"
+    );
+    let p = patient
+        .wait_for(Duration::from_secs(5), |s| heard(s, "doctor") > 200)
+        .await
+        .unwrap();
+    assert!(
+        heard(&p, "doctor") > 200,
+        "the patient no longer hears the doctor"
+    );
+    // Still the same session: nobody left, the tracks are the originals.
+    let room = c.room("restart").await.unwrap();
+    assert_eq!(room.participants.len(), 2);
+    assert_eq!(
+        after
+            .remote
+            .iter()
+            .filter(|t| t.from == "patient" && !t.ended)
+            .count(),
+        2,
+        "{after:#?}"
+    );
+}

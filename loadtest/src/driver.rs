@@ -80,6 +80,11 @@ enum Command {
         count: u16,
         reply: Reply<()>,
     },
+    /// Move to a new local port and make an ICE-restart offer.
+    RestartIce {
+        key: ParticipantKey,
+        reply: Reply<String>,
+    },
     /// Send the participant's tone at another loudness.
     SetToneLevel {
         key: ParticipantKey,
@@ -227,6 +232,12 @@ impl ClientDriver {
             reply,
         })
         .await
+    }
+
+    /// The participant's network changes: a new local port, then an ICE-restart offer to
+    /// send to the SFU.
+    pub async fn restart_ice(&self, key: ParticipantKey) -> anyhow::Result<String> {
+        self.call(|reply| Command::RestartIce { key, reply }).await
     }
 
     /// Talk louder or softer: the tone's level, in dBFS (audio level header included).
@@ -470,6 +481,11 @@ impl Worker {
                     self.service(key.0, now);
                     let _ = reply.send(r);
                 }
+                Command::RestartIce { key, reply } => {
+                    let r = self.restart_ice(key, now);
+                    self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
                 Command::SetToneLevel {
                     key,
                     level_dbfs,
@@ -524,6 +540,26 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Swap the participant's socket for one on a new port (the old one closes, as when a
+    /// phone leaves Wi-Fi) and restart ICE from there.
+    fn restart_ice(&mut self, key: ParticipantKey, now: Instant) -> anyhow::Result<String> {
+        let p = self
+            .participants
+            .get_mut(key.0)
+            .ok_or_else(|| anyhow::anyhow!("no such participant"))?;
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        std_socket.set_nonblocking(true)?;
+        metaclinic_sfu::shard::udp::enlarge_buffers(&std_socket, 1 << 20);
+        let local = std_socket.local_addr()?;
+        let mut socket = mio::net::UdpSocket::from_std(std_socket);
+        self.poll
+            .registry()
+            .register(&mut socket, Token(key.0), Interest::READABLE)?;
+        let mut old = std::mem::replace(&mut p.socket, socket);
+        let _ = self.poll.registry().deregister(&mut old);
+        Ok(p.peer.restart_ice(now, local)?)
     }
 
     /// The encoded tone of this frequency and level (encoded once per driver).

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::driver::ClientDriver;
 use crate::local::{LocalSfu, metric_value, process_cpu_seconds, process_rss_kb, sibling_binary};
+use crate::netem::LinkSpec;
 use crate::participant::{ParticipantSpec, VideoSpec};
 use crate::sfu_client::SfuParticipant;
 
@@ -47,6 +48,10 @@ pub struct ForwardArgs {
     /// Seconds of media before the window opens.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Random loss on every participant's link, each way, in percent (0: none). Losses are
+    /// recovered by NACK and retransmission; the report says how many.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +80,12 @@ pub struct ForwardReport {
     /// Datagrams per recvmmsg / sendmmsg call in the window.
     pub sfu_recv_batch: f64,
     pub sfu_send_batch: f64,
+    /// Loss put on each link each way, percent.
+    pub link_loss_pct: f64,
+    /// Packets subscribers NACKed, and the SFU's retransmissions from its send buffer.
+    pub nacked_pkts: u64,
+    pub retransmitted_pkts: u64,
+    pub nacks_answered_pct: f64,
 }
 
 struct Totals {
@@ -104,6 +115,10 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     anyhow::ensure!(
         args.seconds > 0 && args.seconds <= 3600,
         "--seconds must be 1..=3600"
+    );
+    anyhow::ensure!(
+        (0.0..=50.0).contains(&args.loss),
+        "--loss must be 0..=50 (percent)"
     );
     let per_room = args.publishers + args.subscribers;
     anyhow::ensure!(
@@ -142,6 +157,17 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
             };
             let mut spec = ParticipantSpec::new(&name);
             spec.decode_audio = false; // decoding is the client's cost, not the SFU's
+            if args.loss > 0.0 {
+                let link = |seed: u64| {
+                    Some(LinkSpec {
+                        loss: args.loss / 100.0,
+                        seed,
+                        ..LinkSpec::default()
+                    })
+                };
+                let seed = (r * per_room + i) as u64 * 2;
+                spec = spec.with_links(link(seed + 1), link(seed + 2));
+            }
             if publisher {
                 spec = spec.with_tone(300 + (i as u32 * 110));
                 if let Some(v) = &video {
@@ -226,6 +252,8 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         delta("metaclinic_sfu_send_batches_total"),
     );
     let elapsed = t0.elapsed().as_secs_f64();
+    let nacked_pkts = delta("metaclinic_sfu_nacked_packets_total").max(0.0) as u64;
+    let retransmitted_pkts = delta("metaclinic_sfu_retransmissions_total").max(0.0) as u64;
 
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for d in &drivers {
@@ -272,6 +300,14 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         },
         sfu_recv_batch,
         sfu_send_batch,
+        link_loss_pct: args.loss,
+        nacked_pkts,
+        retransmitted_pkts,
+        nacks_answered_pct: if nacked_pkts > 0 {
+            100.0 * retransmitted_pkts as f64 / nacked_pkts as f64
+        } else {
+            0.0
+        },
     };
     for p in participants {
         let _ = p.leave().await;
@@ -289,7 +325,12 @@ pub fn summary(r: &ForwardReport) -> String {
          \x20 received    {rx} packets, lost {lost} ({loss:.3}%)\n\
          \x20 latency     p50 {p50:.2} ms, p99 {p99:.2} ms (sender to receiver, one clock)\n\
          \x20 join        p50 {join:.0} ms (session request to answer applied)\n\
-         \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)",
+         \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)\n\
+         \x20 recovery    {ll}% link loss each way: {nacked} packets NACKed, {rtx} retransmitted ({ans:.1}%)",
+        ll = r.link_loss_pct,
+        nacked = r.nacked_pkts,
+        rtx = r.retransmitted_pkts,
+        ans = r.nacks_answered_pct,
         rooms = r.rooms,
         p = r.publishers,
         s = r.subscribers,

@@ -114,6 +114,28 @@ impl SfuParticipant {
         )
     }
 
+    /// The network changed under the client: move to a new local port and restart ICE
+    /// (same session, same tracks), renegotiating as `set_video` does.
+    pub async fn restart_ice(&self) -> anyhow::Result<()> {
+        for _ in 0..20 {
+            let exchange = self.negotiation.lock().await;
+            let offer = self.driver.restart_ice(self.key).await?;
+            match self.control.offer(&self.room, &self.name, offer).await {
+                Ok(answer) => return self.driver.accept_answer(self.key, answer).await,
+                Err(e) if e.code == "glare" => {
+                    self.driver.rollback(self.key).await?;
+                    drop(exchange);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!(
+            "{}: the SFU kept offering; gave up the ICE restart",
+            self.name
+        )
+    }
+
     pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {
         self.driver.stats(self.key).await
     }

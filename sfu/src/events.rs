@@ -117,7 +117,7 @@ pub struct QualityReport {
     /// What the participant sends and receives, kbit/s.
     pub kbps_up: f64,
     pub kbps_down: f64,
-    /// Retransmissions the participant asked for (NACKed packets) and the SFU sent.
+    /// Packets the participant asked to be sent again (NACK), and the SFU's retransmissions.
     pub nacks: u64,
     pub retransmissions: u64,
 }

@@ -115,7 +115,7 @@ pub struct Metrics {
     pub control_requests: IntCounterVec,
     pub control_refused: IntCounterVec,
     pub sessions_closed: IntCounterVec,
-    pub nacks_received: IntCounter,
+    pub nacked_packets: IntCounter,
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
 }
@@ -217,9 +217,9 @@ impl Metrics {
                 "Participant sessions ended, by cause",
                 &["cause"],
             ),
-            nacks_received: counter(
-                "metaclinic_sfu_nacks_received_total",
-                "NACK feedback received from subscribers about forwarded streams",
+            nacked_packets: counter(
+                "metaclinic_sfu_nacked_packets_total",
+                "Packets subscribers asked to be sent again (NACK)",
             ),
             retransmissions: counter(
                 "metaclinic_sfu_retransmissions_total",

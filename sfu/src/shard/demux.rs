@@ -40,6 +40,11 @@ impl Demux {
         self.by_addr.insert(from, key);
     }
 
+    /// `from` no longer routes to its session (it moved on).
+    pub fn unbind(&mut self, from: &SocketAddr) {
+        self.by_addr.remove(from);
+    }
+
     pub fn remove_session(&mut self, ufrag: &str, addrs: &[SocketAddr]) {
         self.by_ufrag.remove(ufrag);
         for a in addrs {

@@ -45,6 +45,8 @@ const WAKER: Token = Token(1);
 /// Receive batches per loop turn before timers and commands get their turn.
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// Addresses one session may be reached from at once (see `Route::Check`).
+const MAX_ADDRS_PER_SESSION: usize = 4;
 /// rtc sometimes names a deadline that is already due again right after handling it; never
 /// spin on it.
 const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
@@ -297,6 +299,12 @@ impl Shard {
                         self.send.push(t.to, t.data);
                     }
                     if accepted && !s.addrs.contains(&from) {
+                        // A client that moves (ICE restart, a new network) adds addresses;
+                        // only the latest few keep routing.
+                        if s.addrs.len() >= MAX_ADDRS_PER_SESSION {
+                            let oldest = s.addrs.remove(0);
+                            self.demux.unbind(&oldest);
+                        }
                         s.addrs.push(from);
                         self.demux.bind(from, key);
                     }

@@ -44,9 +44,9 @@ impl Shard {
             let before = std::mem::replace(&mut s.quality_counters, c.clone());
             let received = c.packets_received.saturating_sub(before.packets_received);
             let lost = c.packets_lost.saturating_sub(before.packets_lost);
-            let nacks = c.nacks.saturating_sub(before.nacks);
+            let nacks = c.nacked_packets.saturating_sub(before.nacked_packets);
             let retransmissions = c.retransmissions.saturating_sub(before.retransmissions);
-            metrics.nacks_received.inc_by(nacks);
+            metrics.nacked_packets.inc_by(nacks);
             metrics.retransmissions.inc_by(retransmissions);
             let kbps = |bytes: u64| round1(bytes as f64 * 8.0 / elapsed / 1000.0);
             let quality = QualityReport {

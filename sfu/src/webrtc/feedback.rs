@@ -1,5 +1,5 @@
-//! The RTCP the application acts on: keyframe requests (PLI, FIR) and the reports quality
-//! figures are read from.
+//! The RTCP the application acts on: keyframe requests (PLI, FIR), the reports quality
+//! figures are read from, and NACKs (answered by rtc's responder; we count them).
 //!
 //! rtc 0.21 ends its interceptor chain with a terminus that drops every inbound RTCP packet
 //! unless an interceptor marked it `DeliverToApplication`, and none of its own interceptors
@@ -15,6 +15,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
 /// Its place in the chain: after every built-in slot (the highest is 13 000).
@@ -33,6 +34,7 @@ fn wanted(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || p.downcast_ref::<FullIntraRequest>().is_some()
             || p.downcast_ref::<ReceiverReport>().is_some()
             || p.downcast_ref::<SenderReport>().is_some()
+            || p.downcast_ref::<TransportLayerNack>().is_some()
     })
 }
 

@@ -155,8 +155,8 @@ pub struct LinkCounters {
     pub packets_lost: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
-    /// NACK feedback the remote side sent about our streams, and our retransmissions.
-    pub nacks: u64,
+    /// Packets the remote side NACKed (asked for again), and our retransmissions.
+    pub nacked_packets: u64,
     pub retransmissions: u64,
     /// Worst interarrival jitter of what we receive, milliseconds.
     pub jitter_ms: Option<f64>,
@@ -274,6 +274,8 @@ pub struct Peer {
     audio_level_ext: Option<u8>,
     /// Round trip measured from the remote side's receiver reports, smoothed.
     rtt_ms: Option<f64>,
+    /// Packets the remote side NACKed so far.
+    nacked_packets: u64,
     /// Until the connection is up; then dropped.
     replay: Option<Box<FlightReplay>>,
     state: ConnectionState,
@@ -301,6 +303,7 @@ impl Peer {
             remote_ssrcs: HashSet::new(),
             audio_level_ext: None,
             rtt_ms: None,
+            nacked_packets: 0,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
         })
@@ -366,6 +369,33 @@ impl Peer {
     pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
         self.ensure_candidate()?;
         let offer = self.pc.create_offer(None).map_err(PeerError::setup)?;
+        self.name_outbound_codecs();
+        self.pc
+            .set_local_description(now, offer)
+            .map_err(PeerError::setup)?;
+        self.offered = self.outbound.keys().copied().collect();
+        self.awaiting_answer = true;
+        self.local_sdp()
+    }
+
+    /// The client moved (a new network, a new local port): gather the new address and make
+    /// an ICE-restart offer (new credentials); the session, its tracks and subscriptions stay.
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        new_local: SocketAddr,
+    ) -> Result<String, PeerError> {
+        self.local_candidate = new_local;
+        self.candidate_added = false;
+        self.ensure_candidate()?;
+        let options = rtc::peer_connection::configuration::RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        };
+        let offer = self
+            .pc
+            .create_offer(Some(options))
+            .map_err(PeerError::setup)?;
         self.name_outbound_codecs();
         self.pc
             .set_local_description(now, offer)
@@ -711,6 +741,21 @@ impl Peer {
         }
     }
 
+    /// Packets the remote side asked us to send again (each NACK names a packet and a
+    /// bitmask of the 16 after it).
+    fn count_nacks(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        for p in packets {
+            if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                self.nacked_packets += nack
+                    .nacks
+                    .iter()
+                    .map(|pair| 1 + u64::from(pair.lost_packets.count_ones()))
+                    .sum::<u64>();
+            }
+        }
+    }
+
     /// The connection's counters so far, from the stack's statistics (RTCP reports and its
     /// own bookkeeping). Cumulative; the caller takes differences over its interval.
     pub fn link_counters(&mut self, now: Instant) -> LinkCounters {
@@ -731,9 +776,9 @@ impl Peer {
         }
         for s in report.outbound_rtp_streams() {
             c.bytes_sent += s.sent_rtp_stream_stats.bytes_sent;
-            c.nacks += u64::from(s.nack_count);
             c.retransmissions += s.retransmitted_packets_sent;
         }
+        c.nacked_packets = self.nacked_packets;
         for e in report.iter() {
             if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {
                 let lost = r.fraction_lost * 100.0;
@@ -927,6 +972,7 @@ impl Peer {
             RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(&track_id, pkt),
             RTCMessage::RtcpPacket(track_id, packets) => {
                 self.measure_rtt(&packets);
+                self.count_nacks(&packets);
                 let Some(&outbound) = self.outbound_by_track.get(&track_id) else {
                     return;
                 };
@@ -1296,6 +1342,110 @@ mod feedback_tests {
         assert!(
             outs.iter().any(|(c, o)| *c && matches!(o, PeerOutput::Feedback { outbound, feedback: Feedback::KeyframeRequest } if *outbound == video)),
             "the client never heard the keyframe request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod ice_restart_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Pump datagrams between the client (at `client_at`) and the server for `steps` x 5 ms,
+    /// returning the RTP packets the server received.
+    fn pump(
+        client: &mut Peer,
+        server: &mut Peer,
+        client_at: SocketAddr,
+        now: &mut Instant,
+        steps: usize,
+    ) -> usize {
+        let mut rtp = 0;
+        for _ in 0..steps {
+            while let Some(t) = client.poll_transmit() {
+                server.handle_datagram(*now, client_at, &t.data);
+            }
+            while let Some(t) = server.poll_transmit() {
+                if t.to == client_at {
+                    client.handle_datagram(*now, addr(40000), &t.data);
+                }
+            }
+            while client.poll_output().is_some() {}
+            while let Some(o) = server.poll_output() {
+                if matches!(o, PeerOutput::Rtp { .. }) {
+                    rtp += 1;
+                }
+            }
+            *now += Duration::from_millis(5);
+            for p in [&mut *client, &mut *server] {
+                if p.next_timeout().is_some_and(|t| t <= *now) {
+                    p.handle_timeout(*now);
+                }
+            }
+        }
+        rtp
+    }
+
+    fn opus(seq: u16) -> RtpPacket {
+        RtpPacket {
+            ssrc: 0,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 960,
+            payload_type: 0,
+            marker: false,
+            payload: Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            audio_level: None,
+        }
+    }
+
+    #[test]
+    fn an_ice_restart_from_a_new_port_keeps_the_session() {
+        let mut now = Instant::now();
+        let mut server = Peer::new(
+            Side::Server {
+                ufrag: "srvufrag".into(),
+                pwd: "serverpasswordserverpass".into(),
+            },
+            addr(40000),
+            now,
+        )
+        .unwrap();
+        let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+        let audio = client
+            .add_outbound(Codec::Opus, 777, "c", "c-audio")
+            .unwrap();
+        let offer = client.create_offer(now).unwrap();
+        let answer = server.accept_offer(now, &offer).unwrap();
+        client.accept_answer(now, &answer).unwrap();
+        pump(&mut client, &mut server, addr(50000), &mut now, 100);
+        assert_eq!(client.state(), ConnectionState::Connected);
+        let mut got = 0;
+        for seq in 0..10 {
+            client.send_rtp(now, audio, &opus(seq), seq, u32::from(seq) * 960);
+            got += pump(&mut client, &mut server, addr(50000), &mut now, 4);
+        }
+        assert!(got >= 9, "before the move: {got}");
+
+        // The client moves to another port and restarts ICE; the old address goes dark.
+        let offer = client.restart_ice(now, addr(50001)).unwrap();
+        assert!(offer.contains("50001"), "{offer}");
+        let answer = server.accept_offer(now, &offer).unwrap();
+        client.accept_answer(now, &answer).unwrap();
+        pump(&mut client, &mut server, addr(50001), &mut now, 200);
+        let mut got = 0;
+        for seq in 10..30 {
+            client.send_rtp(now, audio, &opus(seq), seq, u32::from(seq) * 960);
+            got += pump(&mut client, &mut server, addr(50001), &mut now, 4);
+        }
+        assert!(
+            got >= 18,
+            "after the move only {got} of 20 packets arrived; states {:?} {:?}",
+            client.state(),
+            server.state()
         );
     }
 }

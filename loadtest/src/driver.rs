@@ -80,6 +80,12 @@ enum Command {
         count: u16,
         reply: Reply<()>,
     },
+    /// Send a binary message on the participant's data channel (an avatar pose).
+    SendOnChannel {
+        key: ParticipantKey,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
     /// Move to a new local port and make an ICE-restart offer.
     RestartIce {
         key: ParticipantKey,
@@ -232,6 +238,13 @@ impl ClientDriver {
             reply,
         })
         .await
+    }
+
+    /// Send a binary message on the data channel (in a shared room: the avatar's pose, see
+    /// `metaclinic_sfu::spatial::Pose::encode`). Fails while the channel is not open.
+    pub async fn send_on_channel(&self, key: ParticipantKey, data: Vec<u8>) -> anyhow::Result<()> {
+        self.call(|reply| Command::SendOnChannel { key, data, reply })
+            .await
     }
 
     /// The participant's network changes: a new local port, then an ICE-restart offer to
@@ -476,6 +489,17 @@ impl Worker {
                         for seq in 0..count {
                             p.peer.send_undeclared_rtp(now, ssrc, 111, seq);
                         }
+                        Ok(())
+                    });
+                    self.service(key.0, now);
+                    let _ = reply.send(r);
+                }
+                Command::SendOnChannel { key, data, reply } => {
+                    let r = self.with(key, |p| {
+                        anyhow::ensure!(
+                            p.send_on_channel(now, &data),
+                            "the data channel is not open"
+                        );
                         Ok(())
                     });
                     self.service(key.0, now);

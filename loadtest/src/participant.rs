@@ -207,6 +207,8 @@ pub struct RemoteTrackStats {
     pub decode_errors: u64,
     pub tone_hz: Option<f64>,
     pub level_dbfs: Option<f64>,
+    /// Left over right ear, dB, over the last half second (a binaural mix's direction).
+    pub balance_db: Option<f64>,
     pub latency_samples: u64,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p99: Option<f64>,
@@ -249,6 +251,7 @@ impl RemoteTrack {
                 decode_errors: 0,
                 tone_hz: None,
                 level_dbfs: None,
+                balance_db: None,
                 latency_samples: 0,
                 latency_ms_p50: None,
                 latency_ms_p99: None,
@@ -318,6 +321,7 @@ impl RemoteTrack {
             s.decode_errors = a.decode_errors;
             s.tone_hz = a.frequency_hz();
             s.level_dbfs = a.level_dbfs();
+            s.balance_db = a.balance_db();
         }
         s.latency_samples = self.latency_us.len();
         if !self.latency_us.is_empty() {
@@ -385,6 +389,8 @@ pub(crate) struct Participant {
     pub uplink: Option<Link>,
     pub downlink: Option<Link>,
     video_frames_sent: u64,
+    /// The data channel (avatar poses in shared rooms), if opened.
+    channel: Option<metaclinic_sfu::webrtc::ChannelId>,
 }
 
 impl Participant {
@@ -427,9 +433,11 @@ impl Participant {
         };
         // A connection needs one negotiated section to carry ICE and DTLS: a participant that
         // publishes nothing opens a data channel (the SFU's offers then add what it receives).
-        if spec.data_channel || (audio.is_none() && video.is_none()) {
-            peer.create_channel("poses")?;
-        }
+        let channel = if spec.data_channel || (audio.is_none() && video.is_none()) {
+            Some(peer.create_channel("poses")?)
+        } else {
+            None
+        };
         let spec_links = (spec.uplink.clone(), spec.downlink.clone());
         Ok(Participant {
             spec,
@@ -449,6 +457,7 @@ impl Participant {
             uplink: spec_links.0.map(Link::new),
             downlink: spec_links.1.map(Link::new),
             video_frames_sent: 0,
+            channel,
         })
     }
 
@@ -532,6 +541,14 @@ impl Participant {
                 v.picture_id = (v.picture_id + 1) & 0x7fff;
                 v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
             }
+        }
+    }
+
+    /// Send a message on the data channel (an avatar pose); false when it is not open yet.
+    pub fn send_on_channel(&mut self, now: Instant, data: &[u8]) -> bool {
+        match self.channel {
+            Some(c) if self.peer.channel_is_open(c) => self.peer.send_channel(now, c, data, false),
+            _ => false,
         }
     }
 

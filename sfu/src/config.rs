@@ -21,6 +21,8 @@ pub struct SfuConfig {
     pub rtc: RtcConfig,
     pub control: ControlConfig,
     pub rooms: RoomsConfig,
+    /// The spatial audio mixer of shared rooms.
+    pub spatial: crate::spatial::SpatialConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +215,12 @@ impl SfuConfig {
         }
         if self.rooms.max_participants < 2 {
             return invalid("rooms.max_participants", "must be at least 2");
+        }
+        if let Err(e) = self.spatial.validate() {
+            return Err(ConfigError::Invalid {
+                key: "spatial",
+                problem: e.to_string(),
+            });
         }
         if self.rooms.max_rooms == 0 {
             return invalid("rooms.max_rooms", "must be at least 1");

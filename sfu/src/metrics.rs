@@ -45,10 +45,14 @@ pub enum DropReason {
     SendFailed,
     /// The publisher is muted by a host.
     Muted,
+    /// Audio the spatial mixer refused (too late, duplicate, a wild sequence jump).
+    MixerRejected,
+    /// A pose message on the data channel that does not parse (see `spatial::pose`).
+    BadPose,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Oversized,
         DropReason::Unclassifiable,
         DropReason::MalformedStun,
@@ -66,6 +70,8 @@ impl DropReason {
         DropReason::SubscriberNotReady,
         DropReason::SendFailed,
         DropReason::Muted,
+        DropReason::MixerRejected,
+        DropReason::BadPose,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +93,8 @@ impl DropReason {
             DropReason::SubscriberNotReady => "subscriber_not_ready",
             DropReason::SendFailed => "send_failed",
             DropReason::Muted => "muted",
+            DropReason::MixerRejected => "mixer_rejected",
+            DropReason::BadPose => "bad_pose",
         }
     }
 

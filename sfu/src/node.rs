@@ -36,6 +36,8 @@ pub struct Node {
     shards: Vec<Mutex<ShardHandle>>,
     rooms: Mutex<HashMap<RoomId, RoomEntry>>,
     metrics: Metrics,
+    /// The HRTF set, loaded with the first shared room (consultation-only nodes never do).
+    hrtf: std::sync::OnceLock<Arc<crate::spatial::HrtfSet>>,
 }
 
 impl Node {
@@ -90,6 +92,7 @@ impl Node {
             shards,
             rooms: Mutex::new(HashMap::new()),
             metrics,
+            hrtf: std::sync::OnceLock::new(),
         }))
     }
 
@@ -170,6 +173,16 @@ impl Node {
             );
             (shard, events, true)
         };
+        let mixer = match req.kind {
+            RoomKind::Shared => match self.spatial_mixer().await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.rooms().remove(&req.room);
+                    return Err(e);
+                }
+            },
+            RoomKind::Consultation => None,
+        };
         let (tx, rx) = oneshot::channel();
         let sent = self.send(
             shard,
@@ -177,6 +190,7 @@ impl Node {
                 room: req.room.clone(),
                 kind: req.kind,
                 events,
+                mixer,
                 reply: tx,
             },
         );
@@ -194,6 +208,34 @@ impl Node {
             node: self.config.node.id.clone(),
             created,
         })
+    }
+
+    /// A mixer for a new shared room; the HRTF set is read (blocking, off the runtime) the
+    /// first time.
+    async fn spatial_mixer(
+        &self,
+    ) -> Result<Box<crate::spatial::SpatialMixer<shard::demux::SessionKey>>, ControlError> {
+        let hrtf = match self.hrtf.get() {
+            Some(h) => h.clone(),
+            None => {
+                let path = self.config.spatial.hrtf_path.clone();
+                let loaded =
+                    tokio::task::spawn_blocking(move || crate::spatial::HrtfSet::load(&path))
+                        .await
+                        .map_err(|_| ControlError::Internal)?
+                        .map_err(|e| {
+                            tracing::error!("cannot load the HRTF set for shared rooms: {e}");
+                            ControlError::Internal
+                        })?;
+                self.hrtf.get_or_init(|| loaded).clone()
+            }
+        };
+        crate::spatial::SpatialMixer::new(self.config.spatial.clone(), hrtf)
+            .map(Box::new)
+            .map_err(|e| {
+                tracing::error!("cannot create a spatial mixer: {e}");
+                ControlError::Internal
+            })
     }
 
     pub async fn close_room(&self, room: &RoomId) -> Result<(), ControlError> {

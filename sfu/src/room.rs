@@ -19,6 +19,9 @@ use crate::webrtc::{InboundId, OutboundId};
 pub enum RoomKind {
     /// 1:1 or three-way: every participant's tracks are forwarded to the others, untouched.
     Consultation,
+    /// A shared space (waiting hall, group session): video is forwarded, audio is mixed on
+    /// the server into one binaural stereo stream per listener (see `spatial`).
+    Shared,
 }
 
 /// How long a subscriber may wait for its first keyframe before we ask again.
@@ -113,6 +116,8 @@ pub struct Room {
     pub sessions: HashMap<ParticipantId, SessionKey>,
     pub tracks: HashMap<TrackId, Publication>,
     pub speaker: crate::speaker::SpeakerDetector,
+    /// Shared rooms only: the spatial mixer, keyed by session.
+    pub mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
     events: broadcast::Sender<RoomEventEnvelope>,
     next_seq: u64,
 }
@@ -125,6 +130,7 @@ impl Room {
             sessions: HashMap::new(),
             tracks: HashMap::new(),
             speaker: Default::default(),
+            mixer: None,
             events,
             next_seq: 0,
         }

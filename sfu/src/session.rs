@@ -44,6 +44,15 @@ pub struct Session {
     /// The connection's counters at the last quality report, and when it is next due.
     pub quality_counters: crate::webrtc::LinkCounters,
     pub quality_at: Instant,
+    /// Shared rooms: the outbound track carrying this listener's spatial mix.
+    pub mix: Option<MixOut>,
+}
+
+/// A listener's spatial mix on its way out: our own sequence numbers and timestamps.
+pub struct MixOut {
+    pub outbound: OutboundId,
+    pub seq: u16,
+    pub ts: u32,
 }
 
 impl Session {
@@ -82,6 +91,7 @@ impl Session {
             last_received: now,
             quality_counters: Default::default(),
             quality_at: now,
+            mix: None,
         }
     }
 }

@@ -58,10 +58,15 @@ impl ToneLoop {
 
 /// Decodes what arrives and estimates the tone's frequency and level.
 pub struct ToneAnalyzer {
+    /// Stereo, so that a binaural mix's balance can be measured; a mono stream decodes to
+    /// two equal channels.
     decoder: opus::Decoder,
     pcm: Vec<i16>,
-    /// The most recent decoded samples, for the estimates.
+    /// The most recent decoded samples (channels averaged), for the estimates.
     window: Vec<i16>,
+    /// Energy of each ear over the same window.
+    left: std::collections::VecDeque<f64>,
+    right: std::collections::VecDeque<f64>,
     pub frames_decoded: u64,
     pub decode_errors: u64,
 }
@@ -71,9 +76,11 @@ const WINDOW: usize = SAMPLE_RATE as usize / 2;
 impl ToneAnalyzer {
     pub fn new() -> anyhow::Result<ToneAnalyzer> {
         Ok(ToneAnalyzer {
-            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
-            pcm: vec![0; FRAME_SAMPLES * 6],
+            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Stereo)?,
+            pcm: vec![0; FRAME_SAMPLES * 6 * 2],
             window: Vec::with_capacity(WINDOW * 2),
+            left: Default::default(),
+            right: Default::default(),
             frames_decoded: 0,
             decode_errors: 0,
         })
@@ -83,7 +90,21 @@ impl ToneAnalyzer {
         match self.decoder.decode(payload, &mut self.pcm, false) {
             Ok(n) => {
                 self.frames_decoded += 1;
-                self.window.extend_from_slice(&self.pcm[..n]);
+                let frame = &self.pcm[..n * 2];
+                let (mut el, mut er) = (0.0, 0.0);
+                for lr in frame.chunks_exact(2) {
+                    self.window
+                        .push(((i32::from(lr[0]) + i32::from(lr[1])) / 2) as i16);
+                    el += f64::from(lr[0]) * f64::from(lr[0]);
+                    er += f64::from(lr[1]) * f64::from(lr[1]);
+                }
+                self.left.push_back(el);
+                self.right.push_back(er);
+                // Half a second of 20 ms frames.
+                while self.left.len() > 25 {
+                    self.left.pop_front();
+                    self.right.pop_front();
+                }
                 if self.window.len() > WINDOW {
                     let excess = self.window.len() - WINDOW;
                     self.window.drain(..excess);
@@ -96,6 +117,13 @@ impl ToneAnalyzer {
     /// Frequency from zero crossings (interpolated) over the window; `None` without signal.
     pub fn frequency_hz(&self) -> Option<f64> {
         estimate_frequency(&self.window)
+    }
+
+    /// Left ear over right ear over the last half second, in dB (positive: left-heavy);
+    /// `None` when both are silent.
+    pub fn balance_db(&self) -> Option<f64> {
+        let (l, r): (f64, f64) = (self.left.iter().sum(), self.right.iter().sum());
+        (l + r > 1.0).then(|| 10.0 * ((l + 1e-9) / (r + 1e-9)).log10())
     }
 
     /// RMS level of the window in dBFS.

@@ -116,15 +116,24 @@ impl SfuControl {
     }
 
     pub async fn create_room(&self, room: &str) -> Result<RoomCreated, ApiError> {
+        self.create_room_of_kind(room, RoomKind::Consultation).await
+    }
+
+    pub async fn create_room_of_kind(
+        &self,
+        room: &str,
+        kind: RoomKind,
+    ) -> Result<RoomCreated, ApiError> {
         let room = RoomId::new(room).map_err(|e| ApiError {
             status: 0,
             code: "invalid_id".into(),
             message: e.to_string(),
         })?;
-        self.json(self.http.post(self.url("/v1/rooms")).json(&CreateRoom {
-            room,
-            kind: RoomKind::Consultation,
-        }))
+        self.json(
+            self.http
+                .post(self.url("/v1/rooms"))
+                .json(&CreateRoom { room, kind }),
+        )
         .await
     }
 

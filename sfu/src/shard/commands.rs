@@ -7,6 +7,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::info;
 
 use super::Shard;
+use super::demux::SessionKey;
 use crate::control::api::{IceCandidate, ParticipantInfo, RoomInfo, TrackInfo};
 use crate::error::ControlError;
 use crate::events::{LeaveReason, MediaState, Rights, RoomEvent, RoomEventEnvelope};
@@ -23,6 +24,8 @@ pub enum Command {
         room: RoomId,
         kind: RoomKind,
         events: broadcast::Sender<RoomEventEnvelope>,
+        /// Shared rooms: the spatial mixer, built off the media thread.
+        mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
         reply: Reply<()>,
     },
     CloseRoom {
@@ -93,9 +96,10 @@ impl Shard {
                     room,
                     kind,
                     events,
+                    mixer,
                     reply,
                 } => {
-                    let _ = reply.send(self.create_room(room, kind, events));
+                    let _ = reply.send(self.create_room(room, kind, events, mixer));
                 }
                 Command::CloseRoom { room, reply } => {
                     let _ = reply.send(self.close_room(&room, now));
@@ -175,6 +179,7 @@ impl Shard {
         id: RoomId,
         kind: RoomKind,
         events: broadcast::Sender<RoomEventEnvelope>,
+        mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
     ) -> Result<(), ControlError> {
         if let Some(&key) = self.room_index.get(&id) {
             return if self.rooms[key].kind == kind {
@@ -183,7 +188,12 @@ impl Shard {
                 Err(ControlError::RoomKindMismatch)
             };
         }
-        let key = self.rooms.insert(Room::new(id.clone(), kind, events));
+        let mut room = Room::new(id.clone(), kind, events);
+        if mixer.is_some() && self.next_mix.is_none() {
+            self.next_mix = Some(std::time::Instant::now() + crate::shard::spatial::TICK);
+        }
+        room.mixer = mixer;
+        let key = self.rooms.insert(room);
         self.room_index.insert(id.clone(), key);
         self.metrics.rooms.inc();
         info!(shard = self.index, room = %id, ?kind, "room created");
@@ -275,6 +285,23 @@ impl Shard {
             now,
         );
         let key = self.sessions.insert(session);
+        // In a shared room everyone is a voice and an ear of the spatial mix (as rights allow).
+        if let Some(mixer) = self.rooms[rkey].mixer.as_mut() {
+            use crate::spatial::Role;
+            let role = match (rights.publish, rights.subscribe) {
+                (true, true) => Some(Role::SpeakerListener),
+                (true, false) => Some(Role::SpeakerOnly),
+                (false, true) => Some(Role::ListenerOnly),
+                (false, false) => None,
+            };
+            if let Some(role) = role
+                && let Err(e) = mixer.add_participant(key, role)
+            {
+                self.sessions.remove(key);
+                tracing::warn!(shard = self.index, room = %room, "the spatial mix refused a participant: {e}");
+                return Err(ControlError::RoomFull);
+            }
+        }
         self.by_uid.insert(uid, key);
         self.demux.add_session(ufrag, key);
         let r = &mut self.rooms[rkey];
@@ -309,12 +336,22 @@ impl Shard {
             }
         })?;
         s.had_remote_offer = true;
-        // A new participant receives what the room already publishes.
+        // A new participant receives what the room already publishes: in a shared room, the
+        // video, and its own spatial mix instead of everyone's audio.
         if s.rights.subscribe {
             let rkey = s.room;
-            let tracks: Vec<_> = self.rooms[rkey].tracks.keys().copied().collect();
+            let shared = self.rooms[rkey].mixer.is_some();
+            let tracks: Vec<_> = self.rooms[rkey]
+                .tracks
+                .values()
+                .filter(|p| !shared || p.codec.kind() == MediaKind::Video)
+                .map(|p| p.id)
+                .collect();
             for track in tracks {
                 self.subscribe(key, track, now);
+            }
+            if shared {
+                self.add_mix_track(key);
             }
         }
         self.mark_dirty(key);
@@ -374,6 +411,11 @@ impl Shard {
             MediaKind::Video => s.video_muted = muted,
         }
         let rkey = s.room;
+        if kind == MediaKind::Audio
+            && let Some(m) = self.rooms[rkey].mixer.as_mut()
+        {
+            let _ = m.set_muted(key, muted);
+        }
         let tracks: Vec<_> = s.publications.values().copied().collect();
         let mut changed = Vec::new();
         for track in tracks {

@@ -56,10 +56,9 @@ impl Shard {
                     }
                 }
                 // Data channels carry avatar poses in shared rooms; a consultation room has no
-                // use for them yet, so they stay open and unread.
-                PeerOutput::ChannelOpened { .. }
-                | PeerOutput::ChannelClosed { .. }
-                | PeerOutput::ChannelMessage { .. } => {}
+                // use for them, so they stay open and unread.
+                PeerOutput::ChannelMessage { data, text, .. } => self.on_pose(key, &data, text),
+                PeerOutput::ChannelOpened { .. } | PeerOutput::ChannelClosed { .. } => {}
             }
         }
     }
@@ -94,6 +93,21 @@ impl Shard {
         }
         if let Some(level) = packet.audio_level {
             room.speaker.on_level(&publication.participant, level, now);
+        }
+        // A shared room mixes voices instead of forwarding them.
+        if let Some(mixer) = room.mixer.as_mut()
+            && publication.codec == crate::media::Codec::Opus
+        {
+            let audio = crate::spatial::AudioPacket {
+                seq: packet.sequence_number,
+                rtp_timestamp: packet.timestamp,
+                payload: &packet.payload,
+                audio_level: packet.audio_level,
+            };
+            if mixer.push_packet(key, audio).is_err() {
+                tally.drop(DropReason::MixerRejected);
+            }
+            return;
         }
         // A keyframe request held back by coalescing goes with the next packet after its
         // interval ends (video arrives every few tens of milliseconds).
@@ -216,6 +230,10 @@ impl Shard {
             .with_label_values(&[kind_label(codec.kind())])
             .inc();
         info!(shard = self.index, room = %room.id, participant = %participant, %track, ?codec, "track published");
+        // Voices in a shared room reach the others through the mix, not as tracks.
+        if room.mixer.is_some() && codec.kind() == MediaKind::Audio {
+            return;
+        }
         let others: Vec<SessionKey> = room
             .sessions
             .values()
@@ -387,6 +405,9 @@ impl Shard {
             if room.sessions.get(&s.participant) == Some(&key) {
                 room.sessions.remove(&s.participant);
                 room.speaker.remove(&s.participant);
+            }
+            if let Some(m) = room.mixer.as_mut() {
+                m.remove_participant(key);
             }
             for p in room.tracks.values_mut() {
                 p.subscribers.retain(|sub| sub.session != key);

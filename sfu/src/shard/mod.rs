@@ -14,6 +14,7 @@ mod commands;
 pub mod demux;
 mod media;
 mod quality;
+mod spatial;
 pub mod timers;
 pub mod udp;
 
@@ -128,6 +129,8 @@ pub(crate) struct Shard {
     metrics: Metrics,
     load: Arc<ShardLoad>,
     next_housekeeping: Instant,
+    /// The next 20 ms tick of the shared rooms' spatial mixers (None: no shared room here).
+    next_mix: Option<Instant>,
 }
 
 /// Start shard `index` on `socket` (already bound). `candidate` is the address clients are
@@ -171,6 +174,7 @@ pub(crate) fn spawn(
         metrics,
         load: load.clone(),
         next_housekeeping: Instant::now() + HOUSEKEEPING_EVERY,
+        next_mix: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -198,6 +202,7 @@ impl Shard {
                     .timers
                     .next()
                     .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+                let next = self.next_mix.map_or(next, |m| m.min(next));
                 Some(next.saturating_duration_since(now))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -223,6 +228,9 @@ impl Shard {
                 self.read_socket(now);
             }
             self.run_timers(now);
+            if self.next_mix.is_some_and(|m| now >= m) {
+                self.mix_tick(now);
+            }
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.next_housekeeping = now + HOUSEKEEPING_EVERY;

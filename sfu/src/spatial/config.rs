@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::SpatialError;
 
 /// Settings of the spatial audio mixer of shared rooms. Every key has a default; unknown keys
 /// are refused so a typo cannot silently fall back to a default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpatialConfig {
     /// The SOFA file with the head-related impulse responses (MIT KEMAR, normal pinna).

@@ -25,7 +25,8 @@ const PT_H264: u8 = 102;
 /// The H.264 flavour every browser can decode: constrained baseline, non-interleaved.
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+/// Stereo is allowed both ways: shared rooms send each listener a binaural mix.
+const OPUS_FMTP: &str = "minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1";
 
 fn video_feedback() -> Vec<RTCPFeedback> {
     [

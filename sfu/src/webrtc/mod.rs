@@ -388,10 +388,7 @@ impl Peer {
         self.local_candidate = new_local;
         self.candidate_added = false;
         self.ensure_candidate()?;
-        let options = rtc::peer_connection::configuration::RTCOfferOptions {
-            ice_restart: true,
-            ..Default::default()
-        };
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
         let offer = self
             .pc
             .create_offer(Some(options))

@@ -1,0 +1,112 @@
+//! Shared rooms on a shard: each listener's spatial mix leaves every 20 ms on its own
+//! outbound track, and avatar poses arrive over the data channel.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngExt;
+
+use super::Shard;
+use super::demux::SessionKey;
+use crate::media::{Codec, RtpPacket};
+use crate::metrics::DropReason;
+use crate::session::MixOut;
+
+/// The mixer's tick: one Opus frame per listener.
+pub(crate) const TICK: Duration = Duration::from_millis(20);
+/// Samples per tick at 48 kHz: the RTP timestamp step of the mix.
+const TICK_SAMPLES: u32 = 960;
+
+impl Shard {
+    /// Give a listener in a shared room the outbound track its mix travels on.
+    pub(super) fn add_mix_track(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.mix.is_some() {
+            return;
+        }
+        let mut rng = rand::rng();
+        let ssrc = rng.random_range(1..=u32::MAX);
+        match s.peer.add_outbound(Codec::Opus, ssrc, "spatial-mix", "mix") {
+            Ok(outbound) => {
+                s.mix = Some(MixOut {
+                    outbound,
+                    seq: rng.random(),
+                    ts: rng.random(),
+                });
+                s.needs_offer = true;
+                self.mark_dirty(key);
+            }
+            Err(e) => tracing::warn!(shard = self.index, "cannot add the mix track: {e}"),
+        }
+    }
+
+    /// One tick of every shared room: mix, then send each listener its frame.
+    pub(super) fn mix_tick(&mut self, now: Instant) {
+        let Shard {
+            rooms,
+            sessions,
+            dirty,
+            tally,
+            next_mix,
+            ..
+        } = self;
+        let mut any = false;
+        for (_, room) in rooms.iter_mut() {
+            let Some(mixer) = room.mixer.as_mut() else {
+                continue;
+            };
+            any = true;
+            for frame in mixer.tick() {
+                let Some(s) = sessions.get_mut(frame.listener) else {
+                    continue;
+                };
+                let Some(mix) = s.mix.as_mut() else { continue };
+                let (seq, ts) = (mix.seq, mix.ts);
+                // The timestamp runs on even when the track is not ready, as real time does.
+                mix.ts = mix.ts.wrapping_add(TICK_SAMPLES);
+                if !s.peer.outbound_ready(mix.outbound) {
+                    continue;
+                }
+                mix.seq = mix.seq.wrapping_add(1);
+                let packet = RtpPacket {
+                    ssrc: 0,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    payload_type: 0,
+                    marker: false,
+                    payload: Bytes::from(frame.payload),
+                    audio_level: None,
+                };
+                if s.peer.send_rtp(now, mix.outbound, &packet, seq, ts) {
+                    if !s.dirty {
+                        s.dirty = true;
+                        dirty.push(frame.listener);
+                    }
+                } else {
+                    tally.drop(DropReason::SendFailed);
+                }
+            }
+        }
+        // Ticks keep their 20 ms cadence; after a stall (a slow tick, a busy host) the
+        // schedule restarts from now rather than bursting to catch up.
+        *next_mix = any.then(|| match *next_mix {
+            Some(t) if now < t + TICK * 5 => t + TICK,
+            _ => now + TICK,
+        });
+    }
+
+    /// A data-channel message: in a shared room, the sender's avatar pose.
+    pub(super) fn on_pose(&mut self, key: SessionKey, data: &[u8], text: bool) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let Some(mixer) = self.rooms.get_mut(s.room).and_then(|r| r.mixer.as_mut()) else {
+            return;
+        };
+        if text || mixer.set_pose_bytes(key, data).is_err() {
+            self.tally.drop(DropReason::BadPose);
+        }
+    }
+}

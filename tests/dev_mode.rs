@@ -45,6 +45,10 @@ async fn a_demo_consultation_in_dev_mode() {
         .env("METACLINIC_SIGNALING__HTTP__LISTEN", http.to_string())
         .env("METACLINIC_SIGNALING__HTTP__PUBLIC_URL", &base)
         .env("METACLINIC_SFU__RTC__UDP_PORT", udp.to_string())
+        .env(
+            "METACLINIC_SFU__RTC__TCP_PORT",
+            free_tcp_addr().unwrap().port().to_string(),
+        )
         .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
         .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
         .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")

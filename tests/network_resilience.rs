@@ -338,3 +338,74 @@ async fn an_ice_restart_from_a_new_port_resumes_media_without_a_rejoin() {
         "{after:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_a_udp_blocking_firewall_joins_over_ice_tcp() {
+    let sfu = common::start_sfu(2);
+    let driver = ClientDriver::start("tcp").unwrap();
+    let c = &sfu.control;
+    c.create_room("tcp").await.unwrap();
+    let doctor = SfuParticipant::join(
+        &driver,
+        c,
+        "tcp",
+        None,
+        ParticipantSpec::new("doctor")
+            .with_tone(440)
+            .with_video(video(300, Duration::from_secs(2))),
+    )
+    .await
+    .unwrap();
+    // Hostile connections first: a frame longer than any datagram, a frame that is not STUN,
+    // and one that never says anything. Each is closed; nobody else notices.
+    use std::io::{Read, Write};
+    let tcp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], sfu.tcp_port));
+    let mut closers = Vec::new();
+    for bytes in [&[0xff, 0xff, 1, 2, 3][..], &[0, 4, 1, 2, 3, 4][..], &[][..]] {
+        let mut s = std::net::TcpStream::connect(tcp_addr).unwrap();
+        s.write_all(bytes).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        closers.push(std::thread::spawn(move || {
+            let mut b = [0u8; 16];
+            matches!(s.read(&mut b), Ok(0) | Err(_))
+        }));
+    }
+    let mut spec = ParticipantSpec::new("patient")
+        .with_tone(660)
+        .with_video(video(300, Duration::from_secs(2)));
+    spec.tcp_only = true;
+    let patient = SfuParticipant::join(&driver, c, "tcp", None, spec)
+        .await
+        .unwrap();
+
+    let both = |s: &ParticipantStats, from: &str| {
+        s.audio_from(from)
+            .is_some_and(|a| a.audio_frames_decoded > 50)
+            && s.video_from(from).is_some_and(|v| v.frames_complete > 20)
+    };
+    let p = patient
+        .wait_for(Duration::from_secs(15), |s| both(s, "doctor"))
+        .await
+        .unwrap();
+    assert!(
+        both(&p, "doctor"),
+        "the TCP-only patient must receive the doctor: {p:#?}"
+    );
+    let d = doctor
+        .wait_for(Duration::from_secs(10), |s| both(s, "patient"))
+        .await
+        .unwrap();
+    assert!(
+        both(&d, "patient"),
+        "the doctor must receive the TCP-only patient: {d:#?}"
+    );
+    let hz = d.audio_from("patient").and_then(|a| a.tone_hz).unwrap();
+    assert!((hz - 660.0).abs() < 5.0, "{hz}");
+    eprintln!("over ICE-TCP: patient connected in {:?} ms", p.connect_ms);
+    for c in closers {
+        assert!(
+            c.join().unwrap(),
+            "a hostile ICE-TCP connection was left open"
+        );
+    }
+}

@@ -323,12 +323,18 @@ impl Worker {
             let now = Instant::now();
             let mut readable = Vec::new();
             let mut commands = false;
+            let mut tcp_readable = Vec::new();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     commands = true;
+                } else if ev.token().0 & crate::ice_tcp::TCP_TOKEN_BIT != 0 {
+                    tcp_readable.push(ev.token().0 & !crate::ice_tcp::TCP_TOKEN_BIT);
                 } else {
                     readable.push(ev.token().0);
                 }
+            }
+            for key in tcp_readable {
+                self.read_tcp(key, now);
             }
             if commands && !self.handle_commands(now) {
                 return;
@@ -356,12 +362,32 @@ impl Worker {
         };
         loop {
             match p.socket.recv_from(&mut self.buf) {
+                // A network that blocks UDP lets nothing in.
+                Ok(_) if p.spec.tcp_only => {}
                 Ok((n, from)) => match &mut p.downlink {
                     Some(link) => link.push(now, from, self.buf[..n].to_vec()),
                     None => p.peer.handle_datagram(now, from, &self.buf[..n]),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
+            }
+        }
+        self.service(key, now);
+    }
+
+    /// Frames from the participant's ICE-TCP connection, or its end.
+    fn read_tcp(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let Some(tcp) = &mut p.tcp else { return };
+        let from = tcp.peer;
+        let peer = &mut p.peer;
+        let result = tcp.read_frames(|frame| peer.handle_datagram_on(now, from, frame, true));
+        let flushed = tcp.flush();
+        if result.is_err() || flushed.is_err() {
+            if let Some(mut t) = p.tcp.take() {
+                t.deregister(self.poll.registry());
             }
         }
         self.service(key, now);
@@ -385,6 +411,27 @@ impl Worker {
         p.drive(now);
         p.send_media(now);
         while let Some(t) = p.peer.poll_transmit() {
+            if t.tcp {
+                if p.tcp.as_ref().is_none_or(|c| c.peer != t.to) {
+                    let token = Token(key | crate::ice_tcp::TCP_TOKEN_BIT);
+                    match crate::ice_tcp::IceTcp::connect(t.to, self.poll.registry(), token) {
+                        Ok(c) => p.tcp = Some(c),
+                        Err(e) => {
+                            tracing::debug!("ICE-TCP connect to {}: {e}", t.to);
+                            continue;
+                        }
+                    }
+                }
+                if let Some(c) = &mut p.tcp
+                    && c.send(&t.data).is_err()
+                {
+                    p.tcp = None;
+                }
+                continue;
+            }
+            if p.spec.tcp_only {
+                continue; // UDP is blocked on this participant's network
+            }
             match &mut p.uplink {
                 Some(link) => link.push(now, t.to, t.data.to_vec()),
                 // A full socket buffer drops the datagram, as a real network would.

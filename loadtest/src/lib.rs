@@ -9,6 +9,7 @@
 pub use metaclinic_sfu::control::client as control;
 pub mod driver;
 pub mod forward;
+pub mod ice_tcp;
 pub mod join;
 pub mod local;
 pub mod media;

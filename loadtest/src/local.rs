@@ -97,6 +97,8 @@ pub struct LocalSfu {
     pub control: SfuControl,
     pub control_addr: SocketAddr,
     pub media_port: u16,
+    /// The ICE-TCP port.
+    pub tcp_port: u16,
     pub media_threads: u16,
 }
 
@@ -112,12 +114,14 @@ impl LocalSfu {
     ) -> anyhow::Result<LocalSfu> {
         let media_port = free_udp_ports(media_threads)?;
         let control_addr = free_tcp_addr()?;
+        let tcp_port = free_tcp_addr()?.port();
         let mut cmd = Command::new(binary);
         cmd.arg("sfu")
             .env("METACLINIC_SFU__CONTROL__LISTEN", control_addr.to_string())
             .env("METACLINIC_SFU__CONTROL__CREDENTIAL", LOCAL_CREDENTIAL)
             .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
             .env("METACLINIC_SFU__RTC__UDP_PORT", media_port.to_string())
+            .env("METACLINIC_SFU__RTC__TCP_PORT", tcp_port.to_string())
             .env(
                 "METACLINIC_SFU__RTC__MEDIA_THREADS",
                 media_threads.to_string(),
@@ -140,6 +144,7 @@ impl LocalSfu {
             control,
             control_addr,
             media_port,
+            tcp_port,
             media_threads,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -67,6 +67,8 @@ pub struct ParticipantSpec {
     /// A bad network between this participant and the SFU, each way (None: loopback as is).
     pub uplink: Option<LinkSpec>,
     pub downlink: Option<LinkSpec>,
+    /// The participant's network blocks UDP: it reaches the SFU over ICE-TCP only.
+    pub tcp_only: bool,
 }
 
 impl ParticipantSpec {
@@ -78,6 +80,7 @@ impl ParticipantSpec {
             data_channel: false,
             uplink: None,
             downlink: None,
+            tcp_only: false,
         }
     }
 
@@ -391,6 +394,8 @@ pub(crate) struct Participant {
     video_frames_sent: u64,
     /// The data channel (avatar poses in shared rooms), if opened.
     channel: Option<metaclinic_sfu::webrtc::ChannelId>,
+    /// The ICE-TCP connection, once the peer sent something over TCP.
+    pub tcp: Option<crate::ice_tcp::IceTcp>,
 }
 
 impl Participant {
@@ -406,6 +411,10 @@ impl Participant {
         let local = std_socket.local_addr()?;
         let socket = mio::net::UdpSocket::from_std(std_socket);
         let mut peer = Peer::new(Side::Client, local, now)?;
+        if spec.tcp_only {
+            // An active TCP candidate: it connects, so it announces the discard port (RFC 6544).
+            peer.set_tcp_candidate(std::net::SocketAddr::new(local.ip(), 9), false);
+        }
         let stream = spec.name.clone();
         let rng_ssrc = || rand::random_range(1..=u32::MAX);
         let audio = match (&spec.publish.audio, tone) {
@@ -458,6 +467,7 @@ impl Participant {
             downlink: spec_links.1.map(Link::new),
             video_frames_sent: 0,
             channel,
+            tcp: None,
         })
     }
 

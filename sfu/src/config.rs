@@ -51,6 +51,8 @@ pub struct RtcConfig {
     /// Kernel receive and send buffer asked for each media socket, in bytes. The kernel caps
     /// it at net.core.rmem_max / wmem_max; raise those on SFU hosts.
     pub socket_buffer_bytes: usize,
+    /// ICE-TCP (passive) port for clients whose network blocks UDP; 0 turns it off.
+    pub tcp_port: u16,
     /// Keyframe requests from a publication's subscribers are coalesced into at most one
     /// upstream per this many milliseconds (a burst of new subscribers costs one keyframe).
     pub keyframe_request_interval_ms: u64,
@@ -94,6 +96,7 @@ impl Default for RtcConfig {
             idle_timeout_s: 30,
             socket_buffer_bytes: 4 << 20,
             keyframe_request_interval_ms: 500,
+            tcp_port: 40000,
         }
     }
 }

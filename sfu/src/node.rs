@@ -53,6 +53,25 @@ impl Node {
             keyframe_request_interval: std::time::Duration::from_millis(
                 config.rtc.keyframe_request_interval_ms,
             ),
+            tcp_candidate: (config.rtc.tcp_port != 0)
+                .then(|| SocketAddr::new(config.node.announced_ip, config.rtc.tcp_port)),
+        };
+        // Bind the ICE-TCP port before anything starts, so a taken port fails the start.
+        let tcp_listener = match config.rtc.tcp_port {
+            0 => None,
+            port => Some(
+                std::net::TcpListener::bind(SocketAddr::new(config.rtc.bind_ip, port)).map_err(
+                    |e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "cannot bind ICE-TCP port {}:{port}: {e}",
+                                config.rtc.bind_ip
+                            ),
+                        )
+                    },
+                )?,
+            ),
         };
         let mut shards = Vec::new();
         for i in 0..config.media_threads() {
@@ -87,13 +106,26 @@ impl Node {
             shards.push(Mutex::new(handle));
         }
         info!(node = %config.node.id, shards = shards.len(), first_port = config.rtc.udp_port, "SFU node started");
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             config,
             shards,
             rooms: Mutex::new(HashMap::new()),
             metrics,
             hrtf: std::sync::OnceLock::new(),
-        }))
+        });
+        if let Some(listener) = tcp_listener {
+            let weak = Arc::downgrade(&node);
+            shard::tcp::spawn_acceptor(
+                listener,
+                Arc::new(move |shard, stream, first| {
+                    weak.upgrade().is_some_and(|n| {
+                        shard < n.shards.len()
+                            && n.send(shard, Command::AdoptTcp { stream, first }).is_ok()
+                    })
+                }),
+            )?;
+        }
+        Ok(node)
     }
 
     pub fn config(&self) -> &SfuConfig {

@@ -32,6 +32,11 @@ pub enum Command {
         room: RoomId,
         reply: Reply<()>,
     },
+    /// An ICE-TCP connection whose first check names a session of this shard.
+    AdoptTcp {
+        stream: std::net::TcpStream,
+        first: Vec<u8>,
+    },
     /// Open a session; a participant that already has one is reconnecting, and its old
     /// session is replaced. Answers whether one was replaced.
     OpenSession {
@@ -104,6 +109,7 @@ impl Shard {
                 Command::CloseRoom { room, reply } => {
                     let _ = reply.send(self.close_room(&room, now));
                 }
+                Command::AdoptTcp { stream, first } => self.adopt_tcp(stream, first, now),
                 Command::OpenSession {
                     room,
                     participant,
@@ -253,14 +259,16 @@ impl Shard {
             return Err(ControlError::RoomFull);
         }
         // The ufrag keys the shared-port demultiplexer; it must be unique on this shard.
+        // Its first two characters name this shard, so that an ICE-TCP connection (which
+        // arrives at the node, not the shard) finds its way here.
         let ufrag = loop {
-            let u = random_token(8);
+            let u = format!("{:02x}{}", self.index, random_token(6));
             if !self.demux.has_ufrag(&u) {
                 break u;
             }
         };
         let pwd = random_token(24);
-        let peer = Peer::new(
+        let mut peer = Peer::new(
             Side::Server {
                 ufrag: ufrag.clone(),
                 pwd,
@@ -272,6 +280,9 @@ impl Shard {
             tracing::error!(shard = self.index, "cannot create a peer connection: {e}");
             ControlError::Internal
         })?;
+        if let Some(tcp) = self.settings.tcp_candidate {
+            peer.set_tcp_candidate(tcp, true);
+        }
         let uid = self.next_uid();
         let session = Session::new(
             uid,

@@ -418,7 +418,11 @@ impl Shard {
         }
         s.peer.close();
         while let Some(t) = s.peer.poll_transmit() {
-            self.send.push(t.to, t.data);
+            if t.tcp {
+                self.send_tcp(t.to, &t.data);
+            } else {
+                self.send.push(t.to, t.data);
+            }
         }
         if let Some(room) = self.rooms.get_mut(rkey) {
             room.emit(RoomEvent::ParticipantLeft {

@@ -15,6 +15,7 @@ pub mod demux;
 mod media;
 mod quality;
 mod spatial;
+pub mod tcp;
 pub mod timers;
 pub mod udp;
 
@@ -67,6 +68,8 @@ pub struct ShardSettings {
     pub idle_timeout: Duration,
     pub max_participants: usize,
     pub keyframe_request_interval: Duration,
+    /// The node's ICE-TCP candidate (announced address, TCP port), if enabled.
+    pub tcp_candidate: Option<SocketAddr>,
 }
 
 /// The control plane's end of a shard.
@@ -131,6 +134,10 @@ pub(crate) struct Shard {
     next_housekeeping: Instant,
     /// The next 20 ms tick of the shared rooms' spatial mixers (None: no shared room here).
     next_mix: Option<Instant>,
+    /// ICE-TCP connections this shard adopted.
+    tcp: tcp::TcpConns,
+    /// Transmits for TCP connections, routed after the peer that made them is released.
+    tcp_out: Vec<crate::webrtc::Transmit>,
 }
 
 /// Start shard `index` on `socket` (already bound). `candidate` is the address clients are
@@ -175,6 +182,8 @@ pub(crate) fn spawn(
         load: load.clone(),
         next_housekeeping: Instant::now() + HOUSEKEEPING_EVERY,
         next_mix: None,
+        tcp: Default::default(),
+        tcp_out: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -213,16 +222,25 @@ impl Shard {
             }
             let mut readable = self.socket_backlog;
             let mut commands = false;
+            let mut tcp_events = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
                     SOCKET => readable |= ev.is_readable(),
                     WAKER => commands = true,
+                    Token(t) if t >= tcp::TCP_TOKEN_BASE => tcp_events.push((
+                        t - tcp::TCP_TOKEN_BASE,
+                        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                        ev.is_writable(),
+                    )),
                     _ => {}
                 }
             }
             let now = Instant::now();
             if commands && !self.handle_commands(now) {
                 break;
+            }
+            for (index, r, w) in tcp_events {
+                self.on_tcp_event(index, r, w, now);
             }
             if readable {
                 self.read_socket(now);
@@ -252,7 +270,9 @@ impl Shard {
         self.socket_backlog = false;
         for _ in 0..MAX_RECV_BATCHES_PER_TURN {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
-            let result = batch.recv(&fd, |r| self.on_datagram(now, r.from, r.data, r.truncated));
+            let result = batch.recv(&fd, |r| {
+                self.on_datagram(now, r.from, r.data, r.truncated, false)
+            });
             if matches!(result, Ok(n) if n > 0) {
                 self.tally.recv_batches += 1;
             }
@@ -276,7 +296,15 @@ impl Shard {
         self.recv = Some(batch);
     }
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8], truncated: bool) {
+    /// One datagram from `from`: over UDP, or a frame of an ICE-TCP connection (`tcp`).
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        truncated: bool,
+        tcp: bool,
+    ) {
         self.tally.datagrams_received += 1;
         self.tally.bytes_received += data.len() as u64;
         match self.demux.route(from, data, truncated) {
@@ -293,10 +321,10 @@ impl Shard {
                     self.tally.drop(DropReason::UnknownSsrc);
                     return;
                 }
-                self.feed(key, now, from, data)
+                self.feed(key, now, from, data, tcp)
             }
             Route::Check(key) => {
-                self.feed(key, now, from, data);
+                self.feed(key, now, from, data, tcp);
                 // An ICE-lite agent answers a valid check with a success response; only then
                 // does the address route to this session.
                 let mut accepted = false;
@@ -304,7 +332,11 @@ impl Shard {
                     while let Some(t) = s.peer.poll_transmit() {
                         accepted |=
                             t.to == from && crate::webrtc::stun::is_binding_success(&t.data);
-                        self.send.push(t.to, t.data);
+                        if t.tcp {
+                            self.tcp_out.push(t);
+                        } else {
+                            self.send.push(t.to, t.data);
+                        }
                     }
                     if accepted && !s.addrs.contains(&from) {
                         // A client that moves (ICE restart, a new network) adds addresses;
@@ -320,19 +352,33 @@ impl Shard {
                 if !accepted {
                     self.tally.drop(DropReason::StunIntegrity);
                 }
+                self.route_tcp_out();
             }
         }
     }
 
+    /// Send what peers produced for ICE-TCP connections.
+    fn route_tcp_out(&mut self) {
+        if self.tcp_out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.tcp_out);
+        for t in &out {
+            self.send_tcp(t.to, &t.data);
+        }
+        self.tcp_out = out;
+        self.tcp_out.clear();
+    }
+
     /// Hand a datagram to a session's peer and act on what comes out.
-    fn feed(&mut self, key: SessionKey, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn feed(&mut self, key: SessionKey, now: Instant, from: SocketAddr, data: &[u8], tcp: bool) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
         s.last_received = now;
         let peer = &mut s.peer;
         let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            peer.handle_datagram(now, from, data)
+            peer.handle_datagram_on(now, from, data, tcp)
         }));
         if fed.is_err() {
             self.on_peer_panic(key, now);
@@ -387,7 +433,11 @@ impl Shard {
                 continue;
             };
             while let Some(t) = s.peer.poll_transmit() {
-                self.send.push(t.to, t.data);
+                if t.tcp {
+                    self.tcp_out.push(t);
+                } else {
+                    self.send.push(t.to, t.data);
+                }
             }
             let next = s.peer.next_timeout().map(|t| t.max(now + MIN_TIMER_STEP));
             if next != s.timer {
@@ -396,6 +446,7 @@ impl Shard {
                     self.timers.arm(t, s.uid);
                 }
             }
+            self.route_tcp_out();
         }
     }
 

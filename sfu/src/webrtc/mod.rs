@@ -124,6 +124,8 @@ pub enum PeerOutput {
 pub struct Transmit {
     pub to: SocketAddr,
     pub data: BytesMut,
+    /// Goes over the ICE-TCP connection with `to` (RFC 4571 framing), not UDP.
+    pub tcp: bool,
 }
 
 struct Inbound {
@@ -255,7 +257,10 @@ pub struct Peer {
     side: Side,
     /// The address our host candidate announces; datagrams are tagged with it.
     local_candidate: SocketAddr,
-    transport: TransportProtocol,
+    /// ICE-TCP: our TCP host candidate (passive on the SFU, active on a client), if any.
+    tcp_candidate: Option<(SocketAddr, rtc::ice::tcp_type::TcpType)>,
+    /// Remote addresses heard over TCP: what we send them goes over TCP too.
+    tcp_peers: HashSet<SocketAddr>,
     candidate_added: bool,
     next_inbound: u32,
     inbound: HashMap<String, Inbound>,
@@ -289,7 +294,8 @@ impl Peer {
             pc: engine::build(&side, now)?,
             side,
             local_candidate,
-            transport: TransportProtocol::UDP,
+            tcp_candidate: None,
+            tcp_peers: HashSet::new(),
             candidate_added: false,
             next_inbound: 0,
             inbound: HashMap::new(),
@@ -335,6 +341,26 @@ impl Peer {
         self.pc
             .add_local_candidate(init)
             .map_err(PeerError::setup)?;
+        if let Some((addr, tcp_type)) = self.tcp_candidate {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "tcp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                tcp_type,
+            }
+            .new_candidate_host()
+            .map_err(PeerError::setup)?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(PeerError::setup)?;
+            self.pc
+                .add_local_candidate(init)
+                .map_err(PeerError::setup)?;
+        }
         self.candidate_added = true;
         Ok(())
     }
@@ -818,8 +844,36 @@ impl Peer {
         self.open_channels.contains(&channel.0)
     }
 
+    /// Also offer an ICE-TCP host candidate: passive (we accept connections: the SFU) or
+    /// active (we connect: a client behind a UDP-blocking firewall). Call before the first
+    /// offer or answer.
+    pub fn set_tcp_candidate(&mut self, addr: SocketAddr, passive: bool) {
+        use rtc::ice::tcp_type::TcpType;
+        self.tcp_candidate = Some((
+            addr,
+            if passive {
+                TcpType::Passive
+            } else {
+                TcpType::Active
+            },
+        ));
+    }
+
     /// Feed a datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_on(now, from, data, false)
+    }
+
+    /// Feed a datagram received from `from`, over UDP or (`tcp`) unframed from an ICE-TCP
+    /// connection.
+    pub fn handle_datagram_on(&mut self, now: Instant, from: SocketAddr, data: &[u8], tcp: bool) {
+        if tcp && self.tcp_peers.len() < 8 {
+            self.tcp_peers.insert(from);
+        }
+        let (local_addr, transport_protocol) = match self.tcp_candidate {
+            Some((addr, _)) if tcp => (addr, TransportProtocol::TCP),
+            _ => (self.local_candidate, TransportProtocol::UDP),
+        };
         if let Some(r) = &mut self.replay {
             // Encrypted traffic from the remote side proves it finished its handshake: our
             // last flight reached it, and there is nothing left to replay.
@@ -832,10 +886,10 @@ impl Peer {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local_candidate,
+                local_addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: self.transport,
+                transport_protocol,
             },
             message: BytesMut::from(data),
         };
@@ -846,16 +900,22 @@ impl Peer {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if let Some(r) = &mut self.replay {
             if let Some((to, data)) = r.pending.pop_front() {
-                return Some(Transmit { to, data });
+                let tcp = self.tcp_peers.contains(&to);
+                return Some(Transmit { to, data, tcp });
             }
             let m = self.pc.poll_write()?;
             r.on_sent(m.transport.peer_addr, &m.message);
+            let tcp = m.transport.transport_protocol == TransportProtocol::TCP
+                || self.tcp_peers.contains(&m.transport.peer_addr);
             return Some(Transmit {
                 to: m.transport.peer_addr,
                 data: m.message,
+                tcp,
             });
         }
         self.pc.poll_write().map(|m| Transmit {
+            tcp: m.transport.transport_protocol == TransportProtocol::TCP
+                || self.tcp_peers.contains(&m.transport.peer_addr),
             to: m.transport.peer_addr,
             data: m.message,
         })

@@ -1,0 +1,292 @@
+//! ICE-TCP (RFC 6544, passive) for clients whose network blocks UDP: the node accepts TCP
+//! connections on one port, reads the first framed STUN check (RFC 4571: a 16-bit length
+//! before every packet), and hands the connection to the shard whose session the check names
+//! (the session's ufrag starts with its shard's index). From then on the shard treats each
+//! frame as a datagram from that connection's address.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+use slab::Slab;
+use tracing::{debug, warn};
+
+use super::Shard;
+use crate::metrics::DropReason;
+use crate::webrtc::stun::{self, StunTarget};
+
+/// mio tokens at and above this are TCP connections (index = token - base).
+pub(super) const TCP_TOKEN_BASE: usize = 1 << 20;
+/// The largest frame we accept: media datagrams are under 1500 bytes.
+const MAX_FRAME: usize = 1600;
+/// Queued output per connection; beyond it datagrams are dropped, as a full UDP buffer would.
+const MAX_QUEUED: usize = 512 * 1024;
+/// Connections that have not sent their first check yet, across the node.
+const MAX_PENDING: usize = 64;
+/// Time a new connection has to send its first check.
+const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which shard a session's ufrag belongs to (see `Shard::new_ufrag`).
+pub fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
+    usize::from_str_radix(ufrag.get(..2)?, 16).ok()
+}
+
+/// A connection adopted by a shard.
+pub(super) struct TcpConn {
+    stream: mio::net::TcpStream,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    wants_write: bool,
+}
+
+#[derive(Default)]
+pub(super) struct TcpConns {
+    conns: Slab<TcpConn>,
+    by_addr: HashMap<SocketAddr, usize>,
+}
+
+/// Accept ICE-TCP connections until the process ends; each one's first check is read on a
+/// short-lived thread (bounded), so a slow client holds up nobody.
+pub fn spawn_acceptor(
+    listener: TcpListener,
+    adopt: Arc<dyn Fn(usize, TcpStream, Vec<u8>) -> bool + Send + Sync>,
+) -> io::Result<()> {
+    let pending = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("ice-tcp-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                    continue; // dropped: too many half-open connections
+                }
+                let (pending, adopt) = (pending.clone(), adopt.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("ice-tcp-first".into())
+                    .spawn(move || {
+                        if let Some((shard, first)) = first_check(&stream) {
+                            let _ = stream.set_read_timeout(None);
+                            if !adopt(shard, stream, first) {
+                                debug!("ICE-TCP connection for an unknown shard dropped");
+                            }
+                        }
+                        pending.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    warn!("cannot start a thread for an ICE-TCP connection");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Read the connection's first frame: a STUN Binding request naming a session's ufrag.
+fn first_check(mut stream: &TcpStream) -> Option<(usize, Vec<u8>)> {
+    stream.set_read_timeout(Some(FIRST_CHECK_TIMEOUT)).ok()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len == 0 || len > MAX_FRAME {
+        return None;
+    }
+    let mut frame = vec![0u8; len];
+    stream.read_exact(&mut frame).ok()?;
+    match stun::target(&frame) {
+        StunTarget::Ufrag(ufrag) => Some((shard_of_ufrag(&ufrag)?, frame)),
+        _ => None,
+    }
+}
+
+impl Shard {
+    /// Take over a connection whose first check names one of our sessions.
+    pub(super) fn adopt_tcp(&mut self, stream: TcpStream, first: Vec<u8>, now: Instant) {
+        let Ok(peer) = stream.peer_addr() else { return };
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let entry = self.tcp.conns.vacant_entry();
+        let token = Token(TCP_TOKEN_BASE + entry.key());
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        let index = entry.key();
+        entry.insert(TcpConn {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            wants_write: false,
+        });
+        if let Some(old) = self.tcp.by_addr.insert(peer, index) {
+            self.close_tcp(old);
+            self.tcp.by_addr.insert(peer, index);
+        }
+        self.on_datagram(now, peer, &first, false, true);
+    }
+
+    /// A TCP connection is readable or writable.
+    pub(super) fn on_tcp_event(
+        &mut self,
+        index: usize,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        if writable {
+            self.flush_tcp(index);
+        }
+        if !readable {
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        let mut closed = false;
+        loop {
+            let Some(c) = self.tcp.conns.get_mut(index) else {
+                return;
+            };
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+            if c.inbuf.len() > 4 * MAX_FRAME {
+                break; // process what we have before reading more
+            }
+        }
+        // Unframe: every complete frame is one datagram.
+        loop {
+            let Some(c) = self.tcp.conns.get_mut(index) else {
+                return;
+            };
+            if c.inbuf.len() < 2 {
+                break;
+            }
+            let len = usize::from(u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]));
+            if len == 0 || len > MAX_FRAME {
+                // Not RFC 4571 framing: nothing after this can be trusted.
+                self.tally.drop(DropReason::Oversized);
+                closed = true;
+                break;
+            }
+            if c.inbuf.len() < 2 + len {
+                break;
+            }
+            let frame: Vec<u8> = c.inbuf.drain(..2 + len).skip(2).collect();
+            let peer = c.peer;
+            self.on_datagram(now, peer, &frame, false, true);
+        }
+        if closed {
+            self.close_tcp(index);
+        }
+    }
+
+    /// Queue one datagram on the connection with `to`, framed, and write what the socket takes.
+    pub(super) fn send_tcp(&mut self, to: SocketAddr, data: &[u8]) {
+        let Some(&index) = self.tcp.by_addr.get(&to) else {
+            self.tally.drop(DropReason::SendFailed);
+            return;
+        };
+        let Some(c) = self.tcp.conns.get_mut(index) else {
+            return;
+        };
+        if c.outbuf.len() + data.len() + 2 > MAX_QUEUED || data.len() > usize::from(u16::MAX) {
+            self.tally.drop(DropReason::SendFailed);
+            return;
+        }
+        c.outbuf
+            .extend_from_slice(&(data.len() as u16).to_be_bytes());
+        c.outbuf.extend_from_slice(data);
+        self.tally.datagrams_sent += 1;
+        self.tally.bytes_sent += data.len() as u64;
+        self.flush_tcp(index);
+    }
+
+    fn flush_tcp(&mut self, index: usize) {
+        let Some(c) = self.tcp.conns.get_mut(index) else {
+            return;
+        };
+        let mut failed = false;
+        while !c.outbuf.is_empty() {
+            match c.stream.write(&c.outbuf) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.close_tcp(index);
+            return;
+        }
+        // Ask to hear about writability only while output waits.
+        let wants = !c.outbuf.is_empty();
+        if wants != c.wants_write {
+            c.wants_write = wants;
+            let interest = if wants {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = Token(TCP_TOKEN_BASE + index);
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, token, interest);
+        }
+    }
+
+    pub(super) fn close_tcp(&mut self, index: usize) {
+        if !self.tcp.conns.contains(index) {
+            return;
+        }
+        let mut c = self.tcp.conns.remove(index);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if self.tcp.by_addr.get(&c.peer) == Some(&index) {
+            self.tcp.by_addr.remove(&c.peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_is_read_from_the_ufrag() {
+        assert_eq!(shard_of_ufrag("03abcdef"), Some(3));
+        assert_eq!(shard_of_ufrag("ffabcdef"), Some(255));
+        assert_eq!(shard_of_ufrag("zz"), None);
+        assert_eq!(shard_of_ufrag("a"), None);
+        assert_eq!(shard_of_ufrag("é1abc"), None);
+    }
+}

@@ -112,5 +112,44 @@ async fn a_voice_moves_from_the_left_ear_to_the_right_as_its_avatar_walks() {
         common::metric(&m, "metaclinic_sfu_dropped_total", "reason=\"bad_pose\""),
         0.0
     );
-    drop(other);
+
+    // Hostile poses: garbage is refused, a flood is cut to the rate limit, the mix goes on.
+    driver
+        .send_on_channel(other.key, vec![9; 29])
+        .await
+        .unwrap();
+    driver
+        .send_on_channel(other.key, vec![1, 2, 3])
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        send(&other, Pose::at([0.0, 0.0, 10.0])).await.unwrap();
+    }
+    let mut counted = (0.0, 0.0);
+    for _ in 0..30 {
+        let m = c.metrics().await.unwrap();
+        counted = (
+            common::metric(&m, "metaclinic_sfu_dropped_total", "reason=\"bad_pose\""),
+            common::metric(&m, "metaclinic_sfu_dropped_total", "reason=\"pose_rate\""),
+        );
+        if counted.0 >= 1.0 && counted.1 >= 30.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counted.0 >= 1.0 && counted.1 >= 30.0,
+        "bad poses and the flood must be counted: {counted:?}"
+    );
+    let before = mix(&listener.stats().await.unwrap())
+        .unwrap()
+        .audio_frames_decoded;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = mix(&listener.stats().await.unwrap())
+        .unwrap()
+        .audio_frames_decoded;
+    assert!(
+        after >= before + 15,
+        "the mix must go on: {before} -> {after}"
+    );
 }

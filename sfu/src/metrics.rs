@@ -49,10 +49,12 @@ pub enum DropReason {
     MixerRejected,
     /// A pose message on the data channel that does not parse (see `spatial::pose`).
     BadPose,
+    /// Poses faster than the rate limit (40 per second).
+    PoseRate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Oversized,
         DropReason::Unclassifiable,
         DropReason::MalformedStun,
@@ -72,6 +74,7 @@ impl DropReason {
         DropReason::Muted,
         DropReason::MixerRejected,
         DropReason::BadPose,
+        DropReason::PoseRate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +98,7 @@ impl DropReason {
             DropReason::Muted => "muted",
             DropReason::MixerRejected => "mixer_rejected",
             DropReason::BadPose => "bad_pose",
+            DropReason::PoseRate => "pose_rate",
         }
     }
 

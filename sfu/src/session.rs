@@ -46,6 +46,8 @@ pub struct Session {
     pub quality_at: Instant,
     /// Shared rooms: the outbound track carrying this listener's spatial mix.
     pub mix: Option<MixOut>,
+    /// When the last avatar pose was taken (poses are rate-limited).
+    pub last_pose: Option<Instant>,
 }
 
 /// A listener's spatial mix on its way out: our own sequence numbers and timestamps.
@@ -92,6 +94,7 @@ impl Session {
             quality_counters: Default::default(),
             quality_at: now,
             mix: None,
+            last_pose: None,
         }
     }
 }

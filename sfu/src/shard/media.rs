@@ -57,7 +57,9 @@ impl Shard {
                 }
                 // Data channels carry avatar poses in shared rooms; a consultation room has no
                 // use for them, so they stay open and unread.
-                PeerOutput::ChannelMessage { data, text, .. } => self.on_pose(key, &data, text),
+                PeerOutput::ChannelMessage { data, text, .. } => {
+                    self.on_pose(key, &data, text, now)
+                }
                 PeerOutput::ChannelOpened { .. } | PeerOutput::ChannelClosed { .. } => {}
             }
         }

@@ -14,6 +14,9 @@ use crate::session::MixOut;
 
 /// The mixer's tick: one Opus frame per listener.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
+/// Poses a participant may send per second (a display's frame rate is plenty for avatars);
+/// a little slack over 30 Hz absorbs jitter in their arrival.
+const MAX_POSE_RATE_HZ: u64 = 40;
 /// Samples per tick at 48 kHz: the RTP timestamp step of the mix.
 const TICK_SAMPLES: u32 = 960;
 
@@ -97,11 +100,18 @@ impl Shard {
         });
     }
 
-    /// A data-channel message: in a shared room, the sender's avatar pose.
-    pub(super) fn on_pose(&mut self, key: SessionKey, data: &[u8], text: bool) {
-        let Some(s) = self.sessions.get(key) else {
+    /// A data-channel message: in a shared room, the sender's avatar pose (at most
+    /// [`MAX_POSE_RATE_HZ`] a second; faster ones are dropped, the latest pose wins anyway).
+    pub(super) fn on_pose(&mut self, key: SessionKey, data: &[u8], text: bool, now: Instant) {
+        let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
+        let min_gap = Duration::from_millis(1000 / MAX_POSE_RATE_HZ);
+        if s.last_pose.is_some_and(|t| now.duration_since(t) < min_gap) {
+            self.tally.drop(DropReason::PoseRate);
+            return;
+        }
+        s.last_pose = Some(now);
         let Some(mixer) = self.rooms.get_mut(s.room).and_then(|r| r.mixer.as_mut()) else {
             return;
         };

@@ -113,6 +113,15 @@ async fn five_percent_loss_each_way_leaves_video_whole_and_audio_flowing() {
     );
     let hz = s1.audio_from("patient").and_then(|a| a.tone_hz).unwrap();
     assert!((hz - 440.0).abs() < 5.0, "{hz}");
+    // The SFU answered the subscriber's NACKs from its send buffer, and says so.
+    let m = c.metrics().await.unwrap();
+    let nacked = common::metric(&m, "metaclinic_sfu_nacked_packets_total", "");
+    let resent = common::metric(&m, "metaclinic_sfu_retransmissions_total", "");
+    eprintln!("SFU: {nacked} packets NACKed by the subscriber, {resent} retransmitted");
+    assert!(
+        nacked > 10.0 && resent > 10.0,
+        "nacked {nacked}, retransmitted {resent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,8 +279,13 @@ pub struct Peer {
     audio_level_ext: Option<u8>,
     /// Round trip measured from the remote side's receiver reports, smoothed.
     rtt_ms: Option<f64>,
-    /// Packets the remote side NACKed so far.
+    /// Packets the remote side NACKed so far (each once), and the recent ones, to tell a
+    /// repeated request from a new one.
     nacked_packets: u64,
+    nacked_seen: HashSet<(u32, u16)>,
+    nacked_order: VecDeque<(u32, u16)>,
+    /// RTP packets we handed to the stack to send.
+    rtp_written: u64,
     /// Until the connection is up; then dropped.
     replay: Option<Box<FlightReplay>>,
     state: ConnectionState,
@@ -310,6 +315,9 @@ impl Peer {
             audio_level_ext: None,
             rtt_ms: None,
             nacked_packets: 0,
+            nacked_seen: HashSet::new(),
+            nacked_order: VecDeque::new(),
+            rtp_written: 0,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
         })
@@ -703,12 +711,15 @@ impl Peer {
         };
         // Straight into the pipeline: `RTCRtpSender::write_rtp` would look the sender's
         // parameters up again for every packet; we resolved them once.
-        self.pc
+        let written = self
+            .pc
             .handle_write(TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), pkt),
             })
-            .is_ok()
+            .is_ok();
+        self.rtp_written += u64::from(written);
+        written
     }
 
     /// Ask the remote sender of `inbound` for a keyframe (PLI).
@@ -769,12 +780,26 @@ impl Peer {
     fn count_nacks(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
         for p in packets {
-            if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
-                self.nacked_packets += nack
-                    .nacks
-                    .iter()
-                    .map(|pair| 1 + u64::from(pair.lost_packets.count_ones()))
-                    .sum::<u64>();
+            let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() else {
+                continue;
+            };
+            for pair in &nack.nacks {
+                let lost = (0..16u16)
+                    .filter(|b| pair.lost_packets & (1 << b) != 0)
+                    .map(|b| pair.packet_id.wrapping_add(b + 1));
+                for seq in std::iter::once(pair.packet_id).chain(lost) {
+                    // A receiver asks again until the packet arrives: count each packet once.
+                    let key = (nack.media_ssrc, seq);
+                    if self.nacked_seen.insert(key) {
+                        self.nacked_packets += 1;
+                        self.nacked_order.push_back(key);
+                        if self.nacked_order.len() > 2048
+                            && let Some(old) = self.nacked_order.pop_front()
+                        {
+                            self.nacked_seen.remove(&old);
+                        }
+                    }
+                }
             }
         }
     }
@@ -797,10 +822,14 @@ impl Peer {
             let jitter_ms = r.jitter / clock * 1000.0;
             c.jitter_ms = Some(c.jitter_ms.unwrap_or(0.0).max(jitter_ms));
         }
+        let mut packets_sent = 0;
         for s in report.outbound_rtp_streams() {
             c.bytes_sent += s.sent_rtp_stream_stats.bytes_sent;
-            c.retransmissions += s.retransmitted_packets_sent;
+            packets_sent += s.sent_rtp_stream_stats.packets_sent;
         }
+        // rtc counts only RTX as retransmissions; plain NACK answers show up as packets sent
+        // that we never wrote.
+        c.retransmissions = packets_sent.saturating_sub(self.rtp_written);
         c.nacked_packets = self.nacked_packets;
         for e in report.iter() {
             if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {

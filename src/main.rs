@@ -245,6 +245,8 @@ fn print_dev_banner(
          \x20 media        UDP {udp_port} on this machine\n\
          \x20 appointments {}  (FHIR JSON; edit a status to \"cancelled\" to end a call)\n\
          \x20 audit log    {}  (check it: metaclinic audit verify <path>)\n\n\
+         Open {public}/ in two browser windows: pick the doctor in one and the patient in\n\
+         the other (the doctor lets the patient in from the waiting room).\n\n\
          Demo appointments: demo-consult, demo-interpreter-invite. Demo identities:\n",
         appointments.display(),
         audit.display()

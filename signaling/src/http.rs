@@ -1,6 +1,6 @@
-//! The public HTTP surface (axum): the WebSocket, the access pre-check, health, metrics,
-//! and in dev mode the demo token issuer. One error type answers clients plainly; details
-//! go to the log, never to the client (they could hold patient data).
+//! The public HTTP surface (axum): the WebSocket, the access pre-check, health, metrics, the
+//! web client ([`crate::web`]), and in dev mode the demo token issuer. One error type answers
+//! clients plainly; details go to the log, never to the client (they could hold patient data).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,7 +61,8 @@ pub fn router(state: AppState, dev: Dev) -> Router {
         .route("/v1/appointments/{id}/access", get(access_check))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::web::router());
     if let Dev(Some(issuer)) = dev {
         app = app.merge(
             Router::new()

@@ -11,6 +11,7 @@
 //! - [`sfu_link`]: SFU nodes and room placement.
 //! - [`audit`]: the append-only, hash-chained, durable audit log.
 //! - [`config`], [`metrics`], [`state`], [`dev`]: the operator's side.
+//! - [`web`]: the reference web client (`signaling/web/`), served at `/`.
 
 pub mod access;
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod protocol;
 pub mod session;
 pub mod sfu_link;
 pub mod state;
+pub mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

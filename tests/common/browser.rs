@@ -56,6 +56,11 @@ pub struct Page {
 
 impl Browser {
     pub async fn launch() -> Browser {
+        Self::launch_with(&[]).await
+    }
+
+    /// Launch with extra flags on top of [`FLAGS`].
+    pub async fn launch_with(extra: &[&str]) -> Browser {
         assert!(
             std::path::Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: install Debian's chromium package (the README test command does)"
@@ -63,6 +68,7 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new(CHROMIUM)
             .args(FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("--remote-debugging-port=0")
             .arg("about:blank")

@@ -1,0 +1,233 @@
+// Camera, microphone and the one peer connection to the SFU. Nothing here touches the page
+// layout: app.js decides what to show.
+
+const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+
+/** Why getUserMedia failed, in words for the person in front of the screen. */
+function explain(error, what) {
+  switch (error && error.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return `Permission to use your ${what} was denied. Allow it in your browser's site settings (the icon next to the address), then choose "Check devices again".`;
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return `No ${what} was found. Connect one, or join without it.`;
+    case 'NotReadableError':
+    case 'AbortError':
+      return `Your ${what} is in use by another program or could not be started. Close the other program and check again.`;
+    default:
+      return `Your ${what} could not be started (${(error && error.name) || 'unknown error'}).`;
+  }
+}
+
+/**
+ * Open the microphone and (if `video`) the camera. Whatever works is returned, with plain
+ * messages about what did not: one missing device never blocks joining.
+ */
+export async function openDevices(video) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return { stream: new MediaStream(), problems: ['This page cannot use a camera or microphone here: open it over https (or on this computer at 127.0.0.1).'] };
+  }
+  const problems = [];
+  const get = (constraints) => navigator.mediaDevices.getUserMedia(constraints);
+  let audio = null;
+  let camera = null;
+  try {
+    const both = await get({ audio: true, video: video ? VIDEO : false });
+    [audio] = both.getAudioTracks();
+    [camera] = both.getVideoTracks();
+  } catch (first) {
+    try {
+      [audio] = (await get({ audio: true })).getAudioTracks();
+    } catch (e) {
+      problems.push(explain(e, 'microphone'));
+    }
+    if (video) {
+      try {
+        [camera] = (await get({ video: VIDEO })).getVideoTracks();
+      } catch (e) {
+        problems.push(explain(e, 'camera'));
+      }
+    }
+    if (!problems.length) problems.push(explain(first, video ? 'camera and microphone' : 'microphone'));
+  }
+  return { stream: new MediaStream([audio, camera].filter(Boolean)), problems };
+}
+
+export async function openCamera() {
+  const s = await navigator.mediaDevices.getUserMedia({ video: VIDEO });
+  return s.getVideoTracks()[0];
+}
+
+/** Drive a <meter> from the microphone's level (Web Audio); returns a stop function. */
+export function levelMeter(stream, meter) {
+  const [track] = stream.getAudioTracks();
+  if (!track || !window.AudioContext) return () => {};
+  const ctx = new AudioContext();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const s of samples) sum += s * s;
+    meter.value = Math.min(1, Math.sqrt(sum / samples.length) * 4);
+  }, 100);
+  ctx.resume().catch(() => {});
+  return () => { clearInterval(timer); ctx.close().catch(() => {}); };
+}
+
+/**
+ * One RTCPeerConnection to the SFU. The client offers what it publishes; the SFU offers the
+ * others' tracks and we answer. We are the polite side: an offer from the SFU while ours is
+ * outstanding wins (we roll back), and after a `glare` error we offer again once the SFU's
+ * offer is answered. Each offer we send gets exactly one reply (an answer or an error), in
+ * order, so `outstanding` tells which reply belongs to the offer we still hold.
+ */
+export class Call {
+  constructor({ send, onTrack, onTrackRemoved, onConnection }) {
+    this.send = send;
+    this.onTrack = onTrack;
+    this.onConnection = onConnection;
+    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    this.chain = Promise.resolve();
+    this.wantOffer = false;
+    this.outstanding = 0;
+    this.owners = new Map(); // received track id -> participant
+    this.pc.ontrack = (e) => {
+      const participant = e.streams[0] ? e.streams[0].id : 'unknown';
+      this.owners.set(e.track.id, participant);
+      this.onTrack(participant, e.track);
+      // The SFU's offer ends a track by making its transceiver inactive.
+      if (e.streams[0]) e.streams[0].onremovetrack = (r) => onTrackRemoved(participant, r.track.id);
+    };
+    this.pc.onconnectionstatechange = () => this.onConnection(this.pc.connectionState);
+    this.pc.onicecandidate = (e) => {
+      // The SFU is ICE-lite and its answer carries its own candidates; ours are trickled
+      // only once our description has gone out (earlier ones are in the SDP).
+      if (e.candidate && e.candidate.candidate && this.described) {
+        this.send({ type: 'ice', candidate: e.candidate.toJSON() });
+      }
+    };
+  }
+
+  /** Publish these tracks and make the first offer. */
+  start(stream) {
+    for (const t of stream.getTracks()) this.pc.addTrack(t, stream);
+    // A connection needs one negotiated section for ICE and DTLS: publishing nothing, we open
+    // a data channel (the SFU's offers then add what we receive).
+    if (!stream.getTracks().length) this.pc.createDataChannel('poses');
+    this.stream = stream;
+    this.negotiate();
+  }
+
+  serial(step) {
+    this.chain = this.chain.then(step).catch((e) => console.warn('negotiation:', e));
+    return this.chain;
+  }
+
+  negotiate() {
+    this.wantOffer = true;
+    this.serial(() => this.maybeOffer());
+  }
+
+  async maybeOffer() {
+    if (!this.wantOffer || this.pc.signalingState !== 'stable' || this.closed) return;
+    this.wantOffer = false;
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await this.gathered();
+    this.outstanding += 1;
+    this.sendDescription();
+  }
+
+  /** Wait briefly for host candidates, so the first description carries them. */
+  gathered() {
+    if (this.pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((done) => {
+      const check = () => this.pc.iceGatheringState === 'complete' && done();
+      this.pc.addEventListener('icegatheringstatechange', check);
+      setTimeout(done, 1000);
+    });
+  }
+
+  sendDescription() {
+    const { type, sdp } = this.pc.localDescription;
+    this.send({ type: 'sdp', description: { type, sdp } });
+    this.described = true;
+  }
+
+  onSdp(description) {
+    return this.serial(async () => {
+      if (this.closed) return;
+      if (description.type === 'answer') {
+        this.outstanding = Math.max(0, this.outstanding - 1);
+        if (this.outstanding === 0 && this.pc.signalingState === 'have-local-offer') {
+          await this.pc.setRemoteDescription(description);
+        }
+      } else {
+        if (this.pc.signalingState !== 'stable') {
+          await this.pc.setLocalDescription({ type: 'rollback' });
+          this.wantOffer = true;
+        }
+        await this.pc.setRemoteDescription(description);
+        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        this.sendDescription();
+      }
+      await this.maybeOffer();
+    });
+  }
+
+  /** Our offer met an unanswered offer of the SFU's (or was refused): offer again later. */
+  onOfferRefused(code) {
+    return this.serial(async () => {
+      this.outstanding = Math.max(0, this.outstanding - 1);
+      if (this.outstanding === 0 && this.pc.signalingState === 'have-local-offer') {
+        await this.pc.setLocalDescription({ type: 'rollback' });
+      }
+      if (code !== 'glare') return;
+      this.wantOffer = true;
+      // The SFU's offer normally arrives first and triggers the new offer; just in case.
+      setTimeout(() => this.serial(() => this.maybeOffer()), 1500);
+    });
+  }
+
+  /** Camera off (`null`) or on (a new track): renegotiates. */
+  setCamera(track) {
+    const sender = this.pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+    if (sender) {
+      sender.track.stop();
+      this.pc.removeTrack(sender);
+    }
+    if (track) this.pc.addTrack(track, this.stream);
+    this.negotiate();
+  }
+
+  /** Inbound and outbound RTP and the selected candidate pair, for the test hook and the indicator. */
+  async stats() {
+    const inbound = [];
+    let rttMs = null;
+    let sent = 0;
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp') {
+        inbound.push({
+          kind: s.kind,
+          participant: this.owners.get(s.trackIdentifier) || null,
+          packets: s.packetsReceived || 0,
+          lost: s.packetsLost || 0,
+          framesDecoded: s.framesDecoded || 0,
+        });
+      } else if (s.type === 'outbound-rtp') {
+        sent += s.packetsSent || 0;
+      } else if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded' && s.currentRoundTripTime != null) {
+        rttMs = s.currentRoundTripTime * 1000;
+      }
+    });
+    return { state: this.pc.connectionState, inbound, sentPackets: sent, rttMs };
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+}

@@ -508,6 +508,23 @@ async fn a_host_invites_an_interpreter_into_the_open_slot_once() {
     .await
     .unwrap();
     assert_eq!(second.phase(), Phase::Closed("invite_invalid".into()));
+    // Its owner's connection drops; the same code lets the same person back in.
+    interpreter.disconnect();
+    let back = SignalingParticipant::join(
+        &driver,
+        &h.ws_url,
+        "tele-interp-open",
+        &h.token("Practitioner/oncall-1"),
+        Some(&code),
+        spec("i2", 500),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        back.phase(),
+        Phase::Lobby,
+        "the invite's owner may come back"
+    );
     let audit = h.audit();
     assert!(
         audit

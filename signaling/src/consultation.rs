@@ -52,11 +52,12 @@ struct MemberEntry {
     waiting_since: Option<DateTime<Utc>>,
 }
 
-/// A host's single-use interpreter invite.
+/// A host's single-use interpreter invite: the first person to use it owns it (and may use
+/// it again to come back after a lost connection, until it expires); nobody else can.
 struct Invite {
     slot: usize,
     expires_at: DateTime<Utc>,
-    used: bool,
+    used_by: Option<String>,
 }
 
 struct State {
@@ -571,7 +572,8 @@ impl Consultation {
             return Err(ActionError::NotHost);
         }
         let slot = *slots.first().ok_or(ActionError::NoInterpreterSlot)?;
-        s.invites.retain(|_, i| !i.used && i.expires_at > now);
+        s.invites
+            .retain(|_, i| i.used_by.is_none() && i.expires_at > now);
         let bytes: [u8; 18] = rand::rng().random();
         let code = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
         let expires_at =
@@ -581,29 +583,38 @@ impl Consultation {
             Invite {
                 slot,
                 expires_at,
-                used: false,
+                used_by: None,
             },
         );
         Ok((code, expires_at))
     }
 
-    /// The slot an unused, unexpired invite is for.
-    pub fn invite_slot(&self, code: &str, now: DateTime<Utc>) -> Option<usize> {
+    /// The slot an unexpired invite is for, if it is unused or `fhir_user`'s own.
+    pub fn invite_slot(
+        &self,
+        code: &str,
+        now: DateTime<Utc>,
+        fhir_user: Option<&str>,
+    ) -> Option<usize> {
         let s = self.lock();
         s.invites
             .get(code)
-            .filter(|i| !i.used && i.expires_at > now)
+            .filter(|i| i.expires_at > now)
+            .filter(|i| i.used_by.is_none() || i.used_by.as_deref() == fhir_user)
             .map(|i| i.slot)
     }
 
-    /// Use an invite up. False if it was used or expired in the meantime.
-    pub fn consume_invite(&self, code: &str, now: DateTime<Utc>) -> bool {
+    /// Use an invite up for `fhir_user`. False if someone else used it or it expired.
+    pub fn consume_invite(&self, code: &str, now: DateTime<Utc>, fhir_user: &str) -> bool {
         let mut s = self.lock();
         match s.invites.get_mut(code) {
-            Some(i) if !i.used && i.expires_at > now => {
-                i.used = true;
-                true
-            }
+            Some(i) if i.expires_at > now => match &i.used_by {
+                None => {
+                    i.used_by = Some(fhir_user.to_owned());
+                    true
+                }
+                Some(owner) => owner == fhir_user,
+            },
             _ => false,
         }
     }

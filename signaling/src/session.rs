@@ -212,7 +212,14 @@ async fn join(
     if let (Some(code), Some(id)) = (&invite, &appointment_id)
         && let Some(c) = deps.hub.get(id).await
     {
-        invite_slot = c.invite_slot(code, deps.clock.now());
+        // Who asks decides whether a used invite still opens: its owner may come back.
+        let caller = deps
+            .verifier
+            .verify(&token, deps.clock.now().timestamp())
+            .await
+            .ok()
+            .map(|i| i.fhir_user);
+        invite_slot = c.invite_slot(code, deps.clock.now(), caller.as_deref());
     }
     let result = access::authorize(deps, &token, &appointment, invite_slot).await;
     // If the identity was fine but the invite was not, say so precisely.
@@ -265,7 +272,7 @@ async fn join(
         && granted.access.role == Role::Interpreter
     {
         let consumed = match deps.hub.get(&granted.appointment_id).await {
-            Some(c) => c.consume_invite(code, deps.clock.now()),
+            Some(c) => c.consume_invite(code, deps.clock.now(), &granted.identity.fhir_user),
             None => false,
         };
         if !consumed {

@@ -385,10 +385,10 @@ impl Worker {
         let peer = &mut p.peer;
         let result = tcp.read_frames(|frame| peer.handle_datagram_on(now, from, frame, true));
         let flushed = tcp.flush();
-        if result.is_err() || flushed.is_err() {
-            if let Some(mut t) = p.tcp.take() {
-                t.deregister(self.poll.registry());
-            }
+        if (result.is_err() || flushed.is_err())
+            && let Some(mut t) = p.tcp.take()
+        {
+            t.deregister(self.poll.registry());
         }
         self.service(key, now);
     }

@@ -3,23 +3,12 @@
 //! `demo-consult` with `loadtest join`'s code: the doctor admits the patient from the lobby
 //! and they hear each other's tone.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use metaclinic_loadtest::join::{self, JoinArgs};
-use metaclinic_loadtest::local::{free_tcp_addr, free_udp_ports};
 use metaclinic_sfu::media::Codec;
-
-/// The dev process, killed when the test ends however it ends.
-struct DevProcess(Child);
-
-impl Drop for DevProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn args(base: &str, who: &str, tone: u32) -> JoinArgs {
     JoinArgs {
@@ -37,45 +26,8 @@ fn args(base: &str, who: &str, tone: u32) -> JoinArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demo_consultation_in_dev_mode() {
-    let http = free_tcp_addr().unwrap();
-    let udp = free_udp_ports(1).unwrap();
-    let base = format!("http://{http}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metaclinic"))
-        .arg("dev")
-        .env("METACLINIC_SIGNALING__HTTP__LISTEN", http.to_string())
-        .env("METACLINIC_SIGNALING__HTTP__PUBLIC_URL", &base)
-        .env("METACLINIC_SFU__RTC__UDP_PORT", udp.to_string())
-        .env(
-            "METACLINIC_SFU__RTC__TCP_PORT",
-            free_tcp_addr().unwrap().port().to_string(),
-        )
-        .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
-        .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
-        .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _dev = DevProcess(child);
-
-    // The banner says what to do; read it (bounded) until the token example.
-    let banner = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains("May they join?") {
-                break;
-            }
-        }
-        text
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !banner.is_finished() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let banner = banner.join().unwrap();
+    let dev = common::dev::start_dev().await;
+    let (base, banner) = (dev.base.clone(), dev.banner.clone());
     for expected in [
         "Practitioner/dr-demo",
         "Patient/pat-demo",

@@ -6,80 +6,29 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::browser::{Browser, Page};
-use metaclinic_loadtest::local::{free_tcp_addr, free_udp_ports};
 use serde_json::{Value, json};
 
-/// The dev process, killed when the test ends however it ends.
-struct DevProcess(Child);
-
-impl Drop for DevProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `metaclinic dev` on free loopback ports; returns once its banner is out.
-async fn start_dev() -> (DevProcess, String) {
-    let http = free_tcp_addr().unwrap();
-    let udp = free_udp_ports(1).unwrap();
-    let base = format!("http://{http}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metaclinic"))
-        .arg("dev")
-        .env("METACLINIC_SIGNALING__HTTP__LISTEN", http.to_string())
-        .env("METACLINIC_SIGNALING__HTTP__PUBLIC_URL", &base)
-        .env("METACLINIC_SFU__RTC__UDP_PORT", udp.to_string())
-        .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
-        .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
-        .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let dev = DevProcess(child);
-    let banner = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains("May they join?") {
-                break;
-            }
-        }
-        text
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !banner.is_finished() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(banner.is_finished(), "no dev banner within 30 s");
-    let banner = banner.join().unwrap();
+/// `metaclinic dev`; its banner must say what to open.
+async fn start_dev() -> (common::dev::DevProcess, String) {
+    let dev = common::dev::start_dev().await;
+    let base = dev.base.clone();
     assert!(
-        banner.contains(&format!("Open {base}/ in two browser windows")),
-        "{banner}"
+        dev.banner
+            .contains(&format!("Open {base}/ in two browser windows")),
+        "{}",
+        dev.banner
     );
     (dev, base)
 }
 
 async fn dev_token(base: &str, who: &str) -> String {
-    metaclinic_signaling::install_crypto_provider();
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/dev/token"))
-        .json(&json!({ "fhir_user": who }))
-        .send()
+    metaclinic_loadtest::join::dev_token(base, who)
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["token"].as_str().unwrap().to_owned()
 }
 
 /// Poll `expression` on `page` until it is truthy (not false, null, 0 or "").

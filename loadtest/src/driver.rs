@@ -620,11 +620,7 @@ impl Worker {
             .participants
             .get_mut(key.0)
             .ok_or_else(|| anyhow::anyhow!("no such participant"))?;
-        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        std_socket.set_nonblocking(true)?;
-        metaclinic_sfu::shard::udp::enlarge_buffers(&std_socket, 1 << 20);
-        let local = std_socket.local_addr()?;
-        let mut socket = mio::net::UdpSocket::from_std(std_socket);
+        let (mut socket, local) = crate::participant::bind_socket()?;
         self.poll
             .registry()
             .register(&mut socket, Token(key.0), Interest::READABLE)?;

@@ -404,12 +404,7 @@ impl Participant {
         tone: Option<Arc<ToneLoop>>,
         now: Instant,
     ) -> anyhow::Result<Participant> {
-        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        std_socket.set_nonblocking(true)?;
-        // Many participants share a thread; a burst must not overflow their sockets.
-        metaclinic_sfu::shard::udp::enlarge_buffers(&std_socket, 1 << 20);
-        let local = std_socket.local_addr()?;
-        let socket = mio::net::UdpSocket::from_std(std_socket);
+        let (socket, local) = bind_socket()?;
         let mut peer = Peer::new(Side::Client, local, now)?;
         if spec.tcp_only {
             // An active TCP candidate: it connects, so it announces the discard port (RFC 6544).
@@ -671,6 +666,16 @@ impl Participant {
             let _ = into.add(&t.latency_us);
         }
     }
+}
+
+/// A participant's UDP socket on a free loopback port, and its address.
+pub(crate) fn bind_socket() -> std::io::Result<(mio::net::UdpSocket, std::net::SocketAddr)> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_nonblocking(true)?;
+    // Many participants share a thread; a burst must not overflow their sockets.
+    metaclinic_sfu::shard::udp::enlarge_buffers(&socket, 1 << 20);
+    let local = socket.local_addr()?;
+    Ok((mio::net::UdpSocket::from_std(socket), local))
 }
 
 /// Does this packet carry the start of a video frame?

@@ -91,35 +91,32 @@ impl SfuParticipant {
         })
     }
 
-    /// Turn the camera on (with this video) or off, renegotiating with the SFU. On glare (the
-    /// SFU's own offer is in flight) this side is the polite one: it withdraws its offer,
-    /// lets the SFU's be answered, and tries again.
+    /// Turn the camera on (with this video) or off, renegotiating with the SFU.
     pub async fn set_video(&self, video: Option<VideoSpec>) -> anyhow::Result<()> {
-        for _ in 0..20 {
-            let exchange = self.negotiation.lock().await;
-            let offer = self.driver.set_video(self.key, video.clone()).await?;
-            match self.control.offer(&self.room, &self.name, offer).await {
-                Ok(answer) => return self.driver.accept_answer(self.key, answer).await,
-                Err(e) if e.code == "glare" => {
-                    self.driver.rollback(self.key).await?;
-                    drop(exchange);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        anyhow::bail!(
-            "{}: the SFU kept offering; gave up renegotiating",
-            self.name
-        )
+        self.renegotiate("renegotiating", || {
+            self.driver.set_video(self.key, video.clone())
+        })
+        .await
     }
 
     /// The network changed under the client: move to a new local port and restart ICE
-    /// (same session, same tracks), renegotiating as `set_video` does.
+    /// (same session, same tracks).
     pub async fn restart_ice(&self) -> anyhow::Result<()> {
+        self.renegotiate("the ICE restart", || self.driver.restart_ice(self.key))
+            .await
+    }
+
+    /// Offer what `make_offer` produces and apply the answer. On glare (the SFU's own offer
+    /// is in flight) this side is the polite one: it withdraws its offer, lets the SFU's be
+    /// answered, and tries again.
+    async fn renegotiate<F, Fut>(&self, what: &str, make_offer: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<String>>,
+    {
         for _ in 0..20 {
             let exchange = self.negotiation.lock().await;
-            let offer = self.driver.restart_ice(self.key).await?;
+            let offer = make_offer().await?;
             match self.control.offer(&self.room, &self.name, offer).await {
                 Ok(answer) => return self.driver.accept_answer(self.key, answer).await,
                 Err(e) if e.code == "glare" => {
@@ -130,10 +127,7 @@ impl SfuParticipant {
                 Err(e) => return Err(e.into()),
             }
         }
-        anyhow::bail!(
-            "{}: the SFU kept offering; gave up the ICE restart",
-            self.name
-        )
+        anyhow::bail!("{}: the SFU kept offering; gave up {what}", self.name)
     }
 
     pub async fn stats(&self) -> anyhow::Result<ParticipantStats> {

@@ -50,4 +50,5 @@ pub async fn serve_page(html: &'static str) -> SocketAddr {
 }
 
 pub mod browser;
+pub mod dev;
 pub mod signaling;

@@ -331,46 +331,36 @@ impl Peer {
         if self.candidate_added {
             return Ok(());
         }
+        self.add_host_candidate("udp", self.local_candidate, Default::default())?;
+        if let Some((addr, tcp_type)) = self.tcp_candidate {
+            self.add_host_candidate("tcp", addr, tcp_type)?;
+        }
+        self.candidate_added = true;
+        Ok(())
+    }
+
+    fn add_host_candidate(
+        &mut self,
+        network: &str,
+        addr: SocketAddr,
+        tcp_type: rtc::ice::tcp_type::TcpType,
+    ) -> Result<(), PeerError> {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: self.local_candidate.ip().to_string(),
-                port: self.local_candidate.port(),
+                network: network.to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
                 component: 1,
                 ..Default::default()
             },
-            ..Default::default()
+            tcp_type,
         }
         .new_candidate_host()
         .map_err(PeerError::setup)?;
         let init = RTCIceCandidate::from(&candidate)
             .to_json()
             .map_err(PeerError::setup)?;
-        self.pc
-            .add_local_candidate(init)
-            .map_err(PeerError::setup)?;
-        if let Some((addr, tcp_type)) = self.tcp_candidate {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "tcp".to_owned(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                tcp_type,
-            }
-            .new_candidate_host()
-            .map_err(PeerError::setup)?;
-            let init = RTCIceCandidate::from(&candidate)
-                .to_json()
-                .map_err(PeerError::setup)?;
-            self.pc
-                .add_local_candidate(init)
-                .map_err(PeerError::setup)?;
-        }
-        self.candidate_added = true;
-        Ok(())
+        self.pc.add_local_candidate(init).map_err(PeerError::setup)
     }
 
     /// Is an offer/answer exchange under way (we or they have an unanswered offer)?
@@ -401,15 +391,7 @@ impl Peer {
 
     /// Make an offer for the current set of tracks and channels.
     pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
-        self.ensure_candidate()?;
-        let offer = self.pc.create_offer(None).map_err(PeerError::setup)?;
-        self.name_outbound_codecs();
-        self.pc
-            .set_local_description(now, offer)
-            .map_err(PeerError::setup)?;
-        self.offered = self.outbound.keys().copied().collect();
-        self.awaiting_answer = true;
-        self.local_sdp()
+        self.offer(now, None)
     }
 
     /// The client moved (a new network, a new local port): gather the new address and make
@@ -421,12 +403,17 @@ impl Peer {
     ) -> Result<String, PeerError> {
         self.local_candidate = new_local;
         self.candidate_added = false;
-        self.ensure_candidate()?;
         let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
-        let offer = self
-            .pc
-            .create_offer(Some(options))
-            .map_err(PeerError::setup)?;
+        self.offer(now, Some(options))
+    }
+
+    fn offer(
+        &mut self,
+        now: Instant,
+        options: Option<rtc::peer_connection::configuration::RTCOfferOptions>,
+    ) -> Result<String, PeerError> {
+        self.ensure_candidate()?;
+        let offer = self.pc.create_offer(options).map_err(PeerError::setup)?;
         self.name_outbound_codecs();
         self.pc
             .set_local_description(now, offer)

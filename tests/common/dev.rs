@@ -1,0 +1,71 @@
+//! `metaclinic dev` as a child process on free loopback ports, for the tests that try what a
+//! new user tries (the README's run command).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use metaclinic_loadtest::local::{free_tcp_addr, free_udp_ports};
+
+/// The dev process, killed when the test ends however it ends.
+pub struct DevProcess {
+    child: Child,
+    /// Signaling's base URL, e.g. http://127.0.0.1:34567
+    pub base: String,
+    /// What it printed at start, up to the token example.
+    pub banner: String,
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `metaclinic dev`; returns once its banner is out (bounded: 30 s).
+pub async fn start_dev() -> DevProcess {
+    let http = free_tcp_addr().unwrap();
+    let udp = free_udp_ports(1).unwrap();
+    let base = format!("http://{http}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metaclinic"))
+        .arg("dev")
+        .env("METACLINIC_SIGNALING__HTTP__LISTEN", http.to_string())
+        .env("METACLINIC_SIGNALING__HTTP__PUBLIC_URL", &base)
+        .env("METACLINIC_SFU__RTC__UDP_PORT", udp.to_string())
+        .env(
+            "METACLINIC_SFU__RTC__TCP_PORT",
+            free_tcp_addr().unwrap().port().to_string(),
+        )
+        .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
+        .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
+        .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut dev = DevProcess {
+        child,
+        base,
+        banner: String::new(),
+    };
+    let banner = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("May they join?") {
+                break;
+            }
+        }
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !banner.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(banner.is_finished(), "no dev banner within 30 s");
+    dev.banner = banner.join().unwrap();
+    dev
+}

@@ -59,11 +59,10 @@ impl SpeakerDetector {
         }
     }
 
+    /// `who` left. If they were the speaker, the next decision says who is now (or that
+    /// nobody is), so that everyone hears of the change.
     pub fn remove(&mut self, who: &ParticipantId) {
         self.levels.remove(who);
-        if self.current.as_ref() == Some(who) {
-            self.current = None;
-        }
     }
 
     fn level(&self, who: &ParticipantId, now: Instant) -> f32 {
@@ -177,6 +176,17 @@ mod tests {
         assert!(c.is_empty(), "{c:?}");
         let c = talk(&mut d, &mut t, 1000, &[("doctor", 25), ("patient", 100)]);
         assert!(c.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn a_speaker_who_leaves_is_announced_gone() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        talk(&mut d, &mut t, 1000, &[("doctor", 20), ("patient", 127)]);
+        assert_eq!(d.current().map(|p| p.as_str()), Some("doctor"));
+        d.remove(&p("doctor"));
+        let c = talk(&mut d, &mut t, 500, &[("patient", 127)]);
+        assert_eq!(c, vec![None]);
     }
 
     #[test]

@@ -70,6 +70,8 @@ struct State {
     warned: bool,
     ended: Option<EndReason>,
     next_connection: u64,
+    /// The SFU's latest dominant speaker, so that whoever enters later learns it too.
+    active_speaker: Option<String>,
 }
 
 pub struct Consultation {
@@ -238,6 +240,7 @@ impl Consultation {
                 warned: false,
                 ended: None,
                 next_connection: 1,
+                active_speaker: None,
             }),
         }
     }
@@ -334,16 +337,30 @@ impl Consultation {
         (entry, id)
     }
 
-    /// The message that tells an admitted member to negotiate media.
-    pub fn joined_message(&self, participant: &str, role: Role) -> ServerMessage {
+    /// What an admitted member is told on entering the call: `joined` (negotiate media now),
+    /// then who is talking, if anyone is, since that changes only when the speaker does.
+    pub fn welcome_messages(&self, participant: &str, role: Role) -> Vec<ServerMessage> {
         let s = self.lock();
-        ServerMessage::Joined {
+        let mut v = vec![ServerMessage::Joined {
             v: crate::protocol::VERSION,
             role,
             participant: participant.to_owned(),
             closes_at: rfc3339(s.closes_at),
             members: s.members_in_call(),
+        }];
+        if let Some(speaker) = &s.active_speaker {
+            v.push(ServerMessage::ActiveSpeaker {
+                participant: Some(speaker.clone()),
+            });
         }
+        v
+    }
+
+    /// The SFU decided a new dominant speaker: remember it and tell everyone in the call.
+    pub fn speaker_changed(&self, participant: Option<String>) {
+        let mut s = self.lock();
+        s.active_speaker = participant.clone();
+        s.broadcast_in_call(&ServerMessage::ActiveSpeaker { participant });
     }
 
     pub fn send(&self, participant: &str, msg: ServerMessage) {

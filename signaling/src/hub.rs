@@ -206,9 +206,7 @@ async fn relay(
                 );
             }
             RoomEvent::DominantSpeaker { participant } => {
-                c.broadcast_in_call(&ServerMessage::ActiveSpeaker {
-                    participant: participant.map(|p| p.to_string()),
-                })
+                c.speaker_changed(participant.map(|p| p.to_string()))
             }
             RoomEvent::Quality {
                 participant,

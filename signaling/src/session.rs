@@ -347,13 +347,12 @@ async fn join(
                 .audit
                 .record(joined.event("enter_call", "ok", None, None))
                 .await;
-            send(
-                sink,
-                &joined
-                    .consultation
-                    .joined_message(&joined.participant, role),
-            )
-            .await;
+            for msg in joined
+                .consultation
+                .welcome_messages(&joined.participant, role)
+            {
+                send(sink, &msg).await;
+            }
         }
     }
     info!(appointment = %joined.granted.appointment_id, participant = %joined.participant, role = role_name(role), "joined");
@@ -520,7 +519,9 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                                 .observe(w.num_milliseconds() as f64 / 1000.0);
                         }
                         host_done(deps, sink, j, "admit", Ok(()), &participant).await;
-                        c.send(&participant, c.joined_message(&participant, role));
+                        for msg in c.welcome_messages(&participant, role) {
+                            c.send(&participant, msg);
+                        }
                     } else {
                         c.back_to_lobby(&participant, now);
                         send_error(sink, "sfu_unavailable", "the media server is not reachable")

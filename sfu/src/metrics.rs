@@ -130,6 +130,10 @@ pub struct Metrics {
     pub nacked_packets: IntCounter,
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
+    /// 1 while the node drains (takes no new rooms).
+    pub draining: IntGauge,
+    /// Heartbeats to the node registry, by outcome (ok, error).
+    pub registry_heartbeats: IntCounterVec,
 }
 
 impl Metrics {
@@ -240,6 +244,15 @@ impl Metrics {
             dominant_speaker_changes: counter(
                 "metaclinic_sfu_dominant_speaker_changes_total",
                 "Times a room's dominant speaker changed",
+            ),
+            draining: gauge(
+                "metaclinic_sfu_draining",
+                "1 while the node drains: no new rooms, existing rooms run to their end",
+            ),
+            registry_heartbeats: counter_vec(
+                "metaclinic_sfu_registry_heartbeats_total",
+                "Heartbeats written to the node registry (Redis), by outcome",
+                &["outcome"],
             ),
             registry,
         }

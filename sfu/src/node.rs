@@ -472,6 +472,39 @@ impl Node {
         }
     }
 
+    /// Ask every media thread what it holds and set the gauges by kind and role (at scrape
+    /// time: nothing on the packet path keeps them).
+    pub async fn refresh_census(&self) {
+        let mut asks = Vec::new();
+        for i in 0..self.shards.len() {
+            let (tx, rx) = oneshot::channel();
+            if self.send(i, Command::Census { reply: tx }).is_ok() {
+                asks.push(rx);
+            }
+        }
+        let m = &self.metrics;
+        m.rooms_by_kind.reset();
+        m.participants_by_role.reset();
+        m.tracks.reset();
+        for census in futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            for (kind, n) in census.rooms {
+                m.rooms_by_kind.with_label_values(&[kind]).add(n);
+            }
+            for ((kind, role), n) in census.participants {
+                m.participants_by_role
+                    .with_label_values(&[kind, &role])
+                    .add(n);
+            }
+            for (kind, n) in census.tracks {
+                m.tracks.with_label_values(&[kind]).add(n);
+            }
+        }
+    }
+
     /// Close every room and stop the media threads.
     pub fn shutdown(&self) {
         for h in &self.shards {

@@ -163,11 +163,14 @@ async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respon
                 format!("{why}\n"),
             ),
         }),
-        (Method::GET, ["metrics"]) => Ok(full(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            node.metrics().render(),
-        )),
+        (Method::GET, ["metrics"]) => {
+            node.refresh_census().await;
+            Ok(full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                node.metrics().render(),
+            ))
+        }
         (_, ["v1", ..]) if !authorized(node, &req) => Err(ControlError::Unauthorized),
         (_, ["v1", rest @ ..]) => v1(node, method.clone(), rest, req).await,
         _ => Err(ControlError::NotFound),

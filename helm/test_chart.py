@@ -223,8 +223,9 @@ class ChartTest(unittest.TestCase):
         for r, grace in [(self.default, 3600), (self.production, 5400)]:
             ds = r.sfu()
             c = container(ds)
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            for probe in ("startupProbe", "livenessProbe"):
                 self.assertEqual(c[probe]["httpGet"], {"path": "/healthz", "port": "control"})
+            self.assertEqual(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "control"})
             self.assertEqual(ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], grace)
             self.assertIn("preStop", c["lifecycle"])
 

@@ -372,6 +372,32 @@ mod tests {
     }
 
     #[test]
+    fn registry_and_drain_values_name_their_key() {
+        for (toml, key) in [
+            ("[redis]\nurl = \"http://x\"\n", "redis.url:"),
+            (
+                "[redis]\nheartbeat_interval_ms = 1000\nnode_ttl_ms = 1500\n",
+                "redis.node_ttl_ms:",
+            ),
+            ("[drain]\ndeadline_s = 0\n", "drain.deadline_s:"),
+            (
+                "[node]\ncontrol_url = \"10.0.0.5:7001\"\n",
+                "node.control_url:",
+            ),
+        ] {
+            let err = SfuConfig::from_toml(&format!("{CRED}{toml}")).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{toml}: {err}");
+        }
+        // The control URL the node registers defaults to its announced address.
+        let cfg = SfuConfig::from_toml(
+            "[node]\nannounced_ip = \"10.0.0.5\"\n\
+             [control]\nlisten = \"0.0.0.0:7002\"\ncredential = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.control_url(), "http://10.0.0.5:7002");
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment's own error type, in a test
     fn the_environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {

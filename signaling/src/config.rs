@@ -556,6 +556,25 @@ mod sample_tests {
     }
 
     #[test]
+    fn redis_mode_wants_a_credential_and_no_static_nodes() {
+        let mut cfg = SignalingConfig::from_toml(SAMPLE).unwrap();
+        cfg.redis.url = "redis://127.0.0.1:6379/0".into();
+        let key = |cfg: &SignalingConfig| match cfg.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key(&cfg), "sfu.nodes");
+        cfg.sfu.nodes.clear();
+        assert_eq!(key(&cfg), "sfu.credential");
+        cfg.sfu.credential = "x".repeat(16);
+        cfg.validate().unwrap();
+        cfg.redis.url = "http://127.0.0.1:6379".into();
+        assert_eq!(key(&cfg), "redis.url");
+        cfg.redis.url.clear();
+        assert_eq!(key(&cfg), "sfu.nodes");
+    }
+
+    #[test]
     fn the_dev_sample_is_valid_once_dev_mode_fills_in_its_part() {
         let mut cfg: SignalingConfig =
             Figment::from(Serialized::defaults(SignalingConfig::default()))

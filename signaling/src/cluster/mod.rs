@@ -88,3 +88,29 @@ pub trait Cluster: Send + Sync {
     /// Whether the shared state answers (`/readyz`); the in-memory one always does.
     fn ready(&self) -> BoxFuture<'_, Result<(), &'static str>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, participants: usize, rooms: usize) -> Candidate {
+        Candidate {
+            id: id.into(),
+            participants,
+            rooms,
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_node_wins_and_equals_take_turns() {
+        let nodes = vec![c("b", 3, 1), c("a", 1, 5), c("c", 1, 2)];
+        assert_eq!(choose(nodes.clone(), 0).unwrap().id, "c");
+        assert_eq!(choose(nodes, 7).unwrap().id, "c");
+        let equal = vec![c("b", 0, 0), c("a", 0, 0)];
+        let picks: Vec<String> = (0..4)
+            .map(|t| choose(equal.clone(), t).unwrap().id)
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        assert!(choose(Vec::new(), 0).is_none());
+    }
+}

@@ -223,8 +223,9 @@ class ChartTest(unittest.TestCase):
         for r, grace in [(self.default, 3600), (self.production, 5400)]:
             ds = r.sfu()
             c = container(ds)
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            for probe in ("startupProbe", "livenessProbe"):
                 self.assertEqual(c[probe]["httpGet"], {"path": "/healthz", "port": "control"})
+            self.assertEqual(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "control"})
             self.assertEqual(ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], grace)
             self.assertIn("preStop", c["lifecycle"])
 
@@ -287,8 +288,10 @@ class ChartTest(unittest.TestCase):
         self.assertFalse(fixed.all("HorizontalPodAutoscaler"))
 
     def test_signaling_gets_the_sfu_nodes_with_the_credential_from_the_secret(self):
-        e = env(self.production.signaling())
-        names = [x["name"] for x in container(self.production.signaling())["env"]]
+        # Without Redis: the static node list.
+        static = Rendered(merged(production_values(), {"redis": {"bundled": {"enabled": False}}}))
+        e = env(static.signaling())
+        names = [x["name"] for x in container(static.signaling())["env"]]
         # Kubernetes substitutes $(VAR) only from variables defined earlier in the list.
         self.assertLess(names.index("SFU_CONTROL_CREDENTIAL"),
                         names.index("METACLINIC_SIGNALING__SFU__NODES"))
@@ -299,12 +302,41 @@ class ChartTest(unittest.TestCase):
         entry = r'\{id="([^"]+)",url="([^"]+)",credential="\$\(SFU_CONTROL_CREDENTIAL\)"\}'
         self.assertRegex(nodes, rf"^\[{entry}(,{entry})*\]$")
         self.assertEqual(re.findall(r'id="([^"]+)"', nodes), ["media-a", "media-b", "media-c"])
+        self.assertNotIn("METACLINIC_SIGNALING__REDIS__URL", e)
+        self.assertNotIn("METACLINIC_SFU__REDIS__URL", env(static.sfu()))
         # Only METACLINIC_SIGNALING__* variables that are real config keys.
+        keys = {"METACLINIC_SIGNALING__SFU__NODES", "METACLINIC_SIGNALING__AUDIT__PATH",
+                "METACLINIC_SIGNALING__DRAIN__DEADLINE_S", "METACLINIC_SIGNALING__REDIS__URL",
+                "METACLINIC_SIGNALING__SFU__CREDENTIAL"}
         for name in e:
             if name.startswith("METACLINIC_SIGNALING__"):
-                self.assertIn(name, {"METACLINIC_SIGNALING__SFU__NODES",
-                                     "METACLINIC_SIGNALING__AUDIT__PATH"})
+                self.assertIn(name, keys)
         self.assertFalse(self.production.signaling()["spec"]["template"]["spec"]["enableServiceLinks"])
+
+    def test_with_redis_nodes_register_and_signaling_reads_the_registry(self):
+        e = env(self.production.signaling())
+        url = "redis://mc-metaclinic-redis.clinic.svc:6379/0"
+        self.assertEqual(e["METACLINIC_SIGNALING__REDIS__URL"]["value"], url)
+        self.assertNotIn("METACLINIC_SIGNALING__SFU__NODES", e)
+        names = [x["name"] for x in container(self.production.signaling())["env"]]
+        self.assertLess(names.index("SFU_CONTROL_CREDENTIAL"),
+                        names.index("METACLINIC_SIGNALING__SFU__CREDENTIAL"))
+        self.assertEqual(e["METACLINIC_SIGNALING__SFU__CREDENTIAL"]["value"],
+                         "$(SFU_CONTROL_CREDENTIAL)")
+        self.assertEqual(env(self.production.sfu())["METACLINIC_SFU__REDIS__URL"]["value"], url)
+        external = Rendered({"redis": {"url": "redis://redis.example:6379/0"}})
+        self.assertEqual(env(external.sfu())["METACLINIC_SFU__REDIS__URL"]["value"],
+                         "redis://redis.example:6379/0")
+
+    def test_drain_deadlines_fit_in_the_grace_periods(self):
+        for r in (self.default, self.production):
+            ds, d = r.sfu(), r.signaling()
+            sfu_grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            sig_grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            sfu_deadline = int(env(ds)["METACLINIC_SFU__DRAIN__DEADLINE_S"]["value"])
+            sig_deadline = int(env(d)["METACLINIC_SIGNALING__DRAIN__DEADLINE_S"]["value"])
+            self.assertTrue(0 < sfu_deadline < sfu_grace, (sfu_deadline, sfu_grace))
+            self.assertTrue(0 < sig_deadline < sig_grace, (sig_deadline, sig_grace))
 
     def test_audit_log_per_pod_on_a_claim(self):
         d = self.production.signaling()

@@ -1,8 +1,12 @@
 //! Joining a consultation the way users do: through signaling's WebSocket, with a token.
 //! The session negotiates media with the client library's participant when it is admitted,
 //! answers the SFU's offers, and hands every server message to its owner (tests read them;
-//! the load tool times them).
+//! the load tool times them). Told to `reconnect` (a draining replica, a room moved to
+//! another SFU node), it drops its media, opens a new WebSocket (to the next of its
+//! signaling URLs) and joins again, as the web client does.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +38,40 @@ pub struct SignalingParticipant {
     task: JoinHandle<()>,
     /// From opening the WebSocket to the first server answer (lobby, joined or error).
     pub join_ms: u64,
+    reconnects: Arc<AtomicU32>,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Attempts at reconnecting after a `reconnect` hint before the session gives up.
+const RECONNECT_ATTEMPTS: u32 = 20;
+
+/// Open a WebSocket to the first of `urls` that takes it (bounded) and send `join`.
+async fn connect(urls: &[String], join: &ClientMessage, attempts: u32) -> anyhow::Result<Ws> {
+    let mut last = anyhow::anyhow!("no signaling URL");
+    for attempt in 0..attempts {
+        let url = &urls[attempt as usize % urls.len()];
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        {
+            Ok(Ok((mut ws, _))) => {
+                ws.send(Message::Text(serde_json::to_string(join)?.into()))
+                    .await?;
+                return Ok(ws);
+            }
+            // A draining replica refuses (503); the next URL, or a moment later, takes it.
+            Ok(Err(e)) => last = e.into(),
+            Err(_) => last = anyhow::anyhow!("{url}: no connection within 10 s"),
+        }
+        if attempt + 1 < attempts {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Err(last)
 }
 
 impl SignalingParticipant {
@@ -47,26 +85,46 @@ impl SignalingParticipant {
         invite: Option<&str>,
         spec: ParticipantSpec,
     ) -> anyhow::Result<SignalingParticipant> {
-        let started = Instant::now();
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(ws_url),
+        Self::join_any(
+            driver,
+            &[ws_url.to_owned()],
+            appointment,
+            token,
+            invite,
+            spec,
         )
-        .await??;
-        let (mut sink, mut stream) = ws.split();
+        .await
+    }
+
+    /// Like [`join`](Self::join), with several signaling replicas: the first URL is used
+    /// first, the others when a reconnect hint sends the session elsewhere.
+    pub async fn join_any(
+        driver: &ClientDriver,
+        ws_urls: &[String],
+        appointment: &str,
+        token: &str,
+        invite: Option<&str>,
+        spec: ParticipantSpec,
+    ) -> anyhow::Result<SignalingParticipant> {
+        anyhow::ensure!(!ws_urls.is_empty(), "no signaling URL");
+        let started = Instant::now();
         let join = ClientMessage::Join {
             v: VERSION,
             appointment: appointment.to_owned(),
             token: token.to_owned(),
             invite: invite.map(str::to_owned),
         };
-        sink.send(Message::Text(serde_json::to_string(&join)?.into()))
-            .await?;
+        let ws = connect(&ws_urls[..1], &join, 1).await?;
 
         let (commands, mut command_rx) = mpsc::unbounded_channel::<ClientMessage>();
         let (event_tx, events) = mpsc::unbounded_channel();
         let (phase_tx, mut phase) = watch::channel(Phase::Connecting);
         let (d, name) = (driver.clone(), spec.name.clone());
+        let reconnects = Arc::new(AtomicU32::new(0));
+        let counted = reconnects.clone();
+        // Reconnects try the next replica first.
+        let mut urls = ws_urls.to_vec();
+        urls.rotate_left(1);
         let task = tokio::spawn(async move {
             let mut session = Session {
                 driver: d,
@@ -74,34 +132,59 @@ impl SignalingParticipant {
                 phase: phase_tx,
                 events: event_tx,
             };
-            loop {
-                tokio::select! {
-                    frame = stream.next() => {
-                        let text = match frame {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                            Some(Ok(_)) => continue,
-                        };
-                        let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
-                        for reply in session.on_message(&msg).await {
-                            if sink.send(Message::Text(serde_json::to_string(&reply).unwrap_or_default().into())).await.is_err() {
+            let mut ws = Some(ws);
+            while let Some(socket) = ws.take() {
+                let (mut sink, mut stream) = socket.split();
+                let mut reconnect_after = None;
+                loop {
+                    tokio::select! {
+                        frame = stream.next() => {
+                            let text = match frame {
+                                Some(Ok(Message::Text(t))) => t,
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => continue,
+                            };
+                            let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
+                            if let ServerMessage::Reconnect { after_ms } = msg {
+                                reconnect_after = Some(after_ms);
+                                let _ = session.events.send(msg);
                                 break;
                             }
+                            for reply in session.on_message(&msg).await {
+                                if sink.send(Message::Text(serde_json::to_string(&reply).unwrap_or_default().into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = session.events.send(msg);
                         }
-                        let _ = session.events.send(msg);
+                        cmd = command_rx.recv() => match cmd {
+                            Some(cmd) => {
+                                if sink.send(Message::Text(serde_json::to_string(&cmd).unwrap_or_default().into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
                     }
-                    cmd = command_rx.recv() => match cmd {
-                        Some(cmd) => {
-                            if sink.send(Message::Text(serde_json::to_string(&cmd).unwrap_or_default().into())).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
+                }
+                let _ = sink.close().await;
+                let Some(after_ms) = reconnect_after else {
+                    break;
+                };
+                session.drop_media().await;
+                tokio::time::sleep(Duration::from_millis(after_ms.min(30_000))).await;
+                match connect(&urls, &join, RECONNECT_ATTEMPTS).await {
+                    Ok(socket) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        ws = Some(socket);
+                    }
+                    Err(e) => {
+                        tracing::warn!(participant = %session.spec.name, "cannot reconnect: {e}");
+                        session.close("reconnect_failed").await;
                     }
                 }
             }
             session.close("connection_closed").await;
-            let _ = sink.close().await;
         });
         // Wait (bounded) for the server's answer to the join.
         let answered = tokio::time::timeout(
@@ -123,7 +206,13 @@ impl SignalingParticipant {
             driver: driver.clone(),
             task,
             join_ms,
+            reconnects,
         })
+    }
+
+    /// How many times the session reconnected after a `reconnect` hint.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     pub fn phase(&self) -> Phase {
@@ -225,6 +314,14 @@ impl Session {
             Phase::InCall(k) => Some(*k),
             _ => None,
         }
+    }
+
+    /// A reconnect hint: the media participant goes (the rejoin negotiates a new one).
+    async fn drop_media(&mut self) {
+        if let Some(k) = self.key() {
+            let _ = self.driver.close(k).await;
+        }
+        let _ = self.phase.send(Phase::Connecting);
     }
 
     /// Close the media participant, if any, and record why the session ended.

@@ -23,6 +23,9 @@ pub struct SfuConfig {
     pub rooms: RoomsConfig,
     /// The spatial audio mixer of shared rooms.
     pub spatial: crate::spatial::SpatialConfig,
+    pub drain: DrainConfig,
+    /// The node registry signaling places rooms from (several nodes).
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,6 +35,9 @@ pub struct NodeConfig {
     pub id: String,
     /// The address clients send media to: the node's public IP.
     pub announced_ip: IpAddr,
+    /// How signaling reaches this node's control API, as registered in Redis. Empty: http://
+    /// <announced_ip>:<control.listen port>.
+    pub control_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,11 +83,50 @@ pub struct RoomsConfig {
     pub max_rooms: usize,
 }
 
+/// What the node does on SIGTERM: no new rooms, existing rooms run to their end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Seconds after SIGTERM the node waits for its rooms to end before it exits anyway.
+    pub deadline_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// redis://host:port/db; empty: no registry (signaling lists this node itself).
+    pub url: String,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Milliseconds between heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Milliseconds a heartbeat stays valid: a node silent this long is dead.
+    pub node_ttl_ms: u64,
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             id: "sfu-1".into(),
             announced_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            control_url: String::new(),
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { deadline_s: 3500 }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: "metaclinic:".into(),
+            heartbeat_interval_ms: 1000,
+            node_ttl_ms: 3000,
         }
     }
 }
@@ -228,7 +273,51 @@ impl SfuConfig {
         if self.rooms.max_rooms == 0 {
             return invalid("rooms.max_rooms", "must be at least 1");
         }
+        let url = &self.node.control_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid("node.control_url", "an http:// or https:// URL, or empty");
+        }
+        if self.drain.deadline_s == 0 {
+            return invalid("drain.deadline_s", "at least 1 second");
+        }
+        let r = &self.redis;
+        let redis_url_ok =
+            r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+        if !redis_url_ok {
+            return invalid("redis.url", "a redis:// or rediss:// URL, or empty");
+        }
+        if r.key_prefix.is_empty() || r.key_prefix.len() > 64 {
+            return invalid("redis.key_prefix", "1 to 64 characters");
+        }
+        if r.heartbeat_interval_ms < 100 {
+            return invalid("redis.heartbeat_interval_ms", "at least 100 milliseconds");
+        }
+        if r.node_ttl_ms < 2 * r.heartbeat_interval_ms {
+            return invalid(
+                "redis.node_ttl_ms",
+                "at least twice redis.heartbeat_interval_ms (one lost heartbeat is no death)",
+            );
+        }
         Ok(())
+    }
+
+    /// The control URL signaling should use for this node.
+    pub fn control_url(&self) -> String {
+        if self.node.control_url.is_empty() {
+            let ip = self.node.announced_ip;
+            let host = if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            format!("http://{host}:{}", self.control.listen.port())
+        } else {
+            self.node.control_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain.deadline_s)
     }
 
     /// Media threads to start: the configured number, or one per core.
@@ -280,6 +369,32 @@ mod tests {
         assert!(err.to_string().starts_with("control.credential:"), "{err}");
         let err = SfuConfig::from_toml(&format!("{CRED}[rtc]\nudp_port = \"x\"\n")).unwrap_err();
         assert!(err.to_string().contains("udp_port"), "{err}");
+    }
+
+    #[test]
+    fn registry_and_drain_values_name_their_key() {
+        for (toml, key) in [
+            ("[redis]\nurl = \"http://x\"\n", "redis.url:"),
+            (
+                "[redis]\nheartbeat_interval_ms = 1000\nnode_ttl_ms = 1500\n",
+                "redis.node_ttl_ms:",
+            ),
+            ("[drain]\ndeadline_s = 0\n", "drain.deadline_s:"),
+            (
+                "[node]\ncontrol_url = \"10.0.0.5:7001\"\n",
+                "node.control_url:",
+            ),
+        ] {
+            let err = SfuConfig::from_toml(&format!("{CRED}{toml}")).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{toml}: {err}");
+        }
+        // The control URL the node registers defaults to its announced address.
+        let cfg = SfuConfig::from_toml(
+            "[node]\nannounced_ip = \"10.0.0.5\"\n\
+             [control]\nlisten = \"0.0.0.0:7002\"\ncredential = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.control_url(), "http://10.0.0.5:7002");
     }
 
     #[test]

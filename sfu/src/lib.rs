@@ -10,7 +10,8 @@
 //!   simulcast layer switches); [`allocator`]: which layers fit a subscriber's bandwidth.
 //! - [`webrtc`]: the only module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O).
 //! - [`media`], [`events`], [`ids`]: our own vocabulary, free of library types.
-//! - [`config`], [`metrics`], [`error`]: the operator's side.
+//! - [`config`], [`metrics`], [`error`], [`registry`]: the operator's side (the registry:
+//!   heartbeats to Redis when several nodes serve one deployment).
 //!
 //! Error policy: bad input is an error or a counted drop, never a panic; a panic inside the
 //! WebRTC stack closes only the session it happened in.
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod media;
 pub mod metrics;
 pub mod node;
+pub mod registry;
 pub mod room;
 pub mod session;
 pub mod shard;
@@ -35,7 +37,9 @@ pub mod webrtc;
 pub use config::SfuConfig;
 pub use node::Node;
 
-/// Run a node until `shutdown` resolves: media threads plus the control API.
+/// Run a node. When `shutdown` resolves (SIGTERM) the node drains: it takes no new rooms,
+/// keeps its rooms running until they end or `drain.deadline_s` passes, then stops. The
+/// control API stays up meanwhile (signaling still drives the rooms that run on).
 pub async fn run(
     config: SfuConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -48,9 +52,55 @@ pub async fn run(
                 config.control.listen
             )
         })?;
-    let node = Node::start(config)?;
+    let node = Node::start(config.clone())?;
     tracing::info!(addr = %listener.local_addr()?, "control API listening");
-    control::http::serve(listener, node.clone(), shutdown).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = tokio::spawn(control::http::serve(
+        listener,
+        node.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let registry = if config.redis.url.is_empty() {
+        None
+    } else {
+        let reg = registry::Registration::new(node.clone(), &config)
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        let interval = std::time::Duration::from_millis(config.redis.heartbeat_interval_ms);
+        tracing::info!(control_url = %config.control_url(), "registering in the node registry");
+        Some(tokio::spawn(reg.run(interval, stopped(stop_rx.clone()))))
+    };
+
+    shutdown.await;
+    node.start_draining();
+    let deadline = tokio::time::Instant::now() + config.drain_deadline();
+    let mut last_logged = usize::MAX;
+    loop {
+        let rooms = node.room_count();
+        if rooms == 0 {
+            tracing::info!("drained: no rooms left");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(rooms, "drain deadline passed; closing the remaining rooms");
+            break;
+        }
+        if rooms != last_logged {
+            tracing::info!(rooms, "draining: waiting for rooms to end");
+            last_logged = rooms;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(true);
+    if let Some(reg) = registry
+        && let Ok(mut reg) = reg.await
+    {
+        // Leave the registry at once rather than at the record's TTL.
+        reg.deregister().await;
+    }
+    let _ = api.await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.shutdown()).await?;
     Ok(())

@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Why a datagram or packet was not processed or forwarded. Every early return on the packet
 /// path names one of these; each is a label of `metaclinic_sfu_dropped_total`.
@@ -135,6 +138,20 @@ pub struct Metrics {
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub layer_switches: IntCounterVec,
+    /// Rooms by kind, sessions by room kind and role (set at scrape time).
+    pub rooms_by_kind: IntGaugeVec,
+    pub participants_by_role: IntGaugeVec,
+    /// Round trip, loss (by direction) and jitter of each session, every quality report.
+    pub rtt: Histogram,
+    pub loss: HistogramVec,
+    pub jitter: Histogram,
+    /// Time one shared room's mixer takes for a 20 ms tick, and its listeners per shard.
+    pub mixer_tick: Histogram,
+    pub mixer_listeners: IntGaugeVec,
+    /// 1 while the node drains (takes no new rooms).
+    pub draining: IntGauge,
+    /// Heartbeats to the node registry, by outcome (ok, error).
+    pub registry_heartbeats: IntCounterVec,
 }
 
 impl Metrics {
@@ -176,6 +193,14 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("registered once");
             c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric");
@@ -250,6 +275,61 @@ impl Metrics {
                 "metaclinic_sfu_layer_switches_total",
                 "Video layer changes the bandwidth allocator made for subscribers (a pause counts as down)",
                 &["direction"],
+            ),
+            rooms_by_kind: gauge_vec(
+                "metaclinic_sfu_rooms_by_kind",
+                "Rooms open on this node, by kind (consultation, shared)",
+                &["kind"],
+            ),
+            participants_by_role: gauge_vec(
+                "metaclinic_sfu_participants_by_role",
+                "Participant sessions, by room kind and role",
+                &["kind", "role"],
+            ),
+            rtt: histogram(
+                "metaclinic_sfu_rtt_seconds",
+                "Round trip between the node and each participant, per quality report",
+                vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
+            ),
+            loss: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "metaclinic_sfu_loss_ratio",
+                        "Packet loss per participant and quality report (up: what the node \
+                         missed; down: what the participant reported missing)",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+                    &["direction"],
+                )
+                .expect("static metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
+            jitter: histogram(
+                "metaclinic_sfu_jitter_seconds",
+                "Interarrival jitter of what each participant sends, per quality report",
+                vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+            ),
+            mixer_tick: histogram(
+                "metaclinic_sfu_mixer_tick_seconds",
+                "Time one shared room's spatial mixer takes for a 20 ms tick",
+                vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05],
+            ),
+            mixer_listeners: gauge_vec(
+                "metaclinic_sfu_mixer_listeners",
+                "Listeners in the shared rooms' mixers, by media thread",
+                &["shard"],
+            ),
+            draining: gauge(
+                "metaclinic_sfu_draining",
+                "1 while the node drains: no new rooms, existing rooms run to their end",
+            ),
+            registry_heartbeats: counter_vec(
+                "metaclinic_sfu_registry_heartbeats_total",
+                "Heartbeats written to the node registry (Redis), by outcome",
+                &["outcome"],
             ),
             registry,
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot};
@@ -38,6 +38,10 @@ pub struct Node {
     metrics: Metrics,
     /// The HRTF set, loaded with the first shared room (consultation-only nodes never do).
     hrtf: std::sync::OnceLock<Arc<crate::spatial::HrtfSet>>,
+    /// SIGTERM arrived: no new rooms; the rooms here run to their end.
+    draining: AtomicBool,
+    /// The node registry (Redis, when configured) took the last heartbeat.
+    registry_reachable: AtomicBool,
 }
 
 impl Node {
@@ -112,6 +116,8 @@ impl Node {
             rooms: Mutex::new(HashMap::new()),
             metrics,
             hrtf: std::sync::OnceLock::new(),
+            draining: AtomicBool::new(false),
+            registry_reachable: AtomicBool::new(true),
         });
         if let Some(listener) = tcp_listener {
             let weak = Arc::downgrade(&node);
@@ -134,6 +140,39 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Stop taking new rooms. Rooms already here (and sessions in them, reconnects too) go on.
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            self.metrics.draining.set(1);
+            info!(node = %self.config.node.id, rooms = self.room_count(), "draining: no new rooms");
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn set_registry_reachable(&self, reachable: bool) {
+        self.registry_reachable.store(reachable, Ordering::SeqCst);
+    }
+
+    /// Whether the node takes new rooms (`/readyz`): not while draining, nor while signaling
+    /// cannot find it (the registry is unreachable).
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            Err("draining")
+        } else if !self.registry_reachable.load(Ordering::SeqCst) {
+            Err("registry_unreachable")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Rooms open on this node.
+    pub fn room_count(&self) -> usize {
+        self.rooms().len()
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomEntry>> {
@@ -189,6 +228,9 @@ impl Node {
                     node: self.config.node.id.clone(),
                     created: false,
                 });
+            }
+            if self.is_draining() {
+                return Err(ControlError::Draining);
             }
             if rooms.len() >= self.config.rooms.max_rooms {
                 return Err(ControlError::NodeFull);
@@ -441,6 +483,40 @@ impl Node {
             rooms: self.rooms().len(),
             participants: shards.iter().map(|s| s.sessions).sum(),
             shards,
+            draining: self.is_draining(),
+        }
+    }
+
+    /// Ask every media thread what it holds and set the gauges by kind and role (at scrape
+    /// time: nothing on the packet path keeps them).
+    pub async fn refresh_census(&self) {
+        let mut asks = Vec::new();
+        for i in 0..self.shards.len() {
+            let (tx, rx) = oneshot::channel();
+            if self.send(i, Command::Census { reply: tx }).is_ok() {
+                asks.push(rx);
+            }
+        }
+        let m = &self.metrics;
+        m.rooms_by_kind.reset();
+        m.participants_by_role.reset();
+        m.tracks.reset();
+        for census in futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            for (kind, n) in census.rooms {
+                m.rooms_by_kind.with_label_values(&[kind]).add(n);
+            }
+            for ((kind, role), n) in census.participants {
+                m.participants_by_role
+                    .with_label_values(&[kind, &role])
+                    .add(n);
+            }
+            for (kind, n) in census.tracks {
+                m.tracks.with_label_values(&[kind]).add(n);
+            }
         }
     }
 

@@ -22,6 +22,8 @@ pub struct SignalingConfig {
     pub sfu: SfuSection,
     pub audit: AuditSection,
     pub limits: LimitsSection,
+    pub drain: DrainSection,
+    pub redis: RedisSection,
     pub dev: DevSection,
 }
 
@@ -140,8 +142,52 @@ pub struct SfuNode {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SfuSection {
-    /// The SFU nodes rooms are placed on.
+    /// The SFU nodes rooms are placed on (without Redis; with it, nodes register themselves).
     pub nodes: Vec<SfuNode>,
+    /// The service credential of the nodes found in the registry (with redis.url).
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainSection {
+    /// Seconds after SIGTERM the process waits for its WebSockets to go before it exits.
+    pub deadline_s: u64,
+    /// Milliseconds clients are told to wait before they reconnect (to another replica).
+    pub reconnect_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// redis://host:port/db; empty: one process, state in memory.
+    pub url: String,
+    /// Prefix of every key and channel (shared with the SFU nodes' registry).
+    pub key_prefix: String,
+    /// Timeout of one Redis command, milliseconds.
+    pub timeout_ms: u64,
+    /// Milliseconds between reads of the node registry (dead nodes are found this often).
+    pub registry_poll_ms: u64,
+}
+
+impl Default for DrainSection {
+    fn default() -> Self {
+        DrainSection {
+            deadline_s: 30,
+            reconnect_after_ms: 1000,
+        }
+    }
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: String::new(),
+            key_prefix: "metaclinic:".into(),
+            timeout_ms: 1000,
+            registry_poll_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -394,8 +440,44 @@ impl SignalingConfig {
         if p.recheck_interval_s == 0 {
             return invalid("policy.recheck_interval_s", "at least 1 second");
         }
-        if self.sfu.nodes.is_empty() && !self.dev.enabled {
-            return invalid("sfu.nodes", "at least one SFU node");
+        let r = &self.redis;
+        let redis_url_ok =
+            r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+        if !redis_url_ok {
+            return invalid("redis.url", "a redis:// or rediss:// URL, or empty");
+        }
+        if r.key_prefix.is_empty() || r.key_prefix.len() > 64 {
+            return invalid("redis.key_prefix", "1 to 64 characters");
+        }
+        if r.timeout_ms == 0 || r.registry_poll_ms < 100 {
+            return invalid(
+                "redis.registry_poll_ms",
+                "at least 100 milliseconds (and redis.timeout_ms at least 1)",
+            );
+        }
+        if r.url.is_empty() {
+            if self.sfu.nodes.is_empty() && !self.dev.enabled {
+                return invalid(
+                    "sfu.nodes",
+                    "at least one SFU node (or set redis.url: nodes register themselves)",
+                );
+            }
+        } else {
+            if !self.sfu.nodes.is_empty() {
+                return invalid(
+                    "sfu.nodes",
+                    "leave it empty with redis.url: SFU nodes register themselves in Redis",
+                );
+            }
+            if self.sfu.credential.len() < 16 {
+                return invalid(
+                    "sfu.credential",
+                    "at least 16 characters (the registered nodes' service credential)",
+                );
+            }
+        }
+        if self.drain.deadline_s == 0 {
+            return invalid("drain.deadline_s", "at least 1 second");
         }
         for n in &self.sfu.nodes {
             if n.credential.len() < 16 {
@@ -471,6 +553,25 @@ mod sample_tests {
                 "config/signaling.toml: {section}.{key} has no comment above it"
             );
         }
+    }
+
+    #[test]
+    fn redis_mode_wants_a_credential_and_no_static_nodes() {
+        let mut cfg = SignalingConfig::from_toml(SAMPLE).unwrap();
+        cfg.redis.url = "redis://127.0.0.1:6379/0".into();
+        let key = |cfg: &SignalingConfig| match cfg.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key(&cfg), "sfu.nodes");
+        cfg.sfu.nodes.clear();
+        assert_eq!(key(&cfg), "sfu.credential");
+        cfg.sfu.credential = "x".repeat(16);
+        cfg.validate().unwrap();
+        cfg.redis.url = "http://127.0.0.1:6379".into();
+        assert_eq!(key(&cfg), "redis.url");
+        cfg.redis.url.clear();
+        assert_eq!(key(&cfg), "sfu.nodes");
     }
 
     #[test]

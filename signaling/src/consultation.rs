@@ -16,9 +16,9 @@ use rand::RngExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::cluster::PlacedNode;
 use crate::policy::Role;
 use crate::protocol::{EndReason, Member, MemberState, ServerMessage};
-use crate::sfu_link::PlacedNode;
 
 /// A connection's mailbox: what the consultation wants said to that client.
 pub type Mailbox = mpsc::UnboundedSender<Outbound>;
@@ -78,7 +78,8 @@ pub struct Consultation {
     pub appointment_id: String,
     /// The SFU room: one per appointment.
     pub room: String,
-    pub node: PlacedNode,
+    /// The node carrying the room; another one after a failover.
+    node: Mutex<PlacedNode>,
     state: Mutex<State>,
 }
 
@@ -128,6 +129,11 @@ pub fn rights_for(role: Role) -> Rights {
         publish: true,
         subscribe: true,
     }
+}
+
+/// The SFU room of an appointment's consultation.
+pub fn room_for(appointment_id: &str) -> String {
+    format!("appt-{appointment_id}")
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -229,8 +235,8 @@ impl Consultation {
     pub fn new(appointment_id: &str, node: PlacedNode, closes_at: DateTime<Utc>) -> Consultation {
         Consultation {
             appointment_id: appointment_id.to_owned(),
-            room: format!("appt-{appointment_id}"),
-            node,
+            room: room_for(appointment_id),
+            node: Mutex::new(node),
             state: Mutex::new(State {
                 members: HashMap::new(),
                 removed: Vec::new(),
@@ -253,6 +259,34 @@ impl Consultation {
 
     pub fn closes_at(&self) -> DateTime<Utc> {
         self.lock().closes_at
+    }
+
+    /// The SFU node carrying the room now.
+    pub fn node(&self) -> PlacedNode {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The room moved to `node` (its old node was lost).
+    pub fn set_node(&self, node: PlacedNode) {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = node;
+    }
+
+    /// Tell every connected member to reconnect after `after_ms`, and close their
+    /// connections: this instance drains, or the room moved to another SFU node. Members in
+    /// the call come back within the reconnect grace without the lobby. Returns how many.
+    pub fn ask_to_reconnect(&self, after_ms: u64, in_call_only: bool) -> usize {
+        let mut s = self.lock();
+        let who: Vec<String> = s
+            .members
+            .iter()
+            .filter(|(_, m)| m.connection.is_some())
+            .filter(|(_, m)| !in_call_only || m.presence == Presence::InCall)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &who {
+            s.send_and_close(p, ServerMessage::Reconnect { after_ms });
+        }
+        who.len()
     }
 
     pub fn ended(&self) -> Option<EndReason> {

@@ -1,6 +1,7 @@
 //! The consultations this instance runs: created on the first join (room placed on an SFU
 //! node), watched by a clock task (warning, hard stop, cancellation, cleanup), and fed the
-//! SFU's room events (offers and tracks) for their members.
+//! SFU's room events (offers and tracks) for their members. When a room's node is lost the
+//! room moves to another node and its members are asked to reconnect.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::audit::AuditEvent;
+use crate::cluster::PlacedNode;
 use crate::consultation::Consultation;
 use crate::protocol::{Description, EndReason, SdpKind, ServerMessage};
 use crate::state::{AppState, Deps};
@@ -49,19 +51,15 @@ impl Hub {
         {
             return Ok(c.clone());
         }
-        let node = deps.sfu.place().await.map_err(|_| HubError::NoSfu)?;
+        let room = crate::consultation::room_for(appointment_id);
+        let ttl = placement_ttl(deps, closes_at);
+        let node = open_room(deps, &room, None, ttl).await?;
         let c = Arc::new(Consultation::new(appointment_id, node, closes_at));
-        node_create_room(&c).await?;
-        // Listen before anyone joins, so no offer of the SFU's is missed.
-        let events = c.node.control.room_events(&c.room).await.map_err(|e| {
-            warn!(room = %c.room, "cannot follow the room's events: {e}");
-            HubError::NoSfu
-        })?;
-        tokio::spawn(relay(Arc::downgrade(&c), events));
+        follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
         map.insert(appointment_id.to_owned(), c.clone());
         deps.metrics.consultations.set(map.len() as i64);
-        info!(appointment = %appointment_id, node = %c.node.id, room = %c.room, "consultation opened");
+        info!(appointment = %appointment_id, node = %c.node().id, room = %c.room, "consultation opened");
         Ok(c)
     }
 
@@ -111,12 +109,14 @@ impl Hub {
             warn!(appointment = %c.appointment_id, "auditing the end failed: {e}");
         }
         c.announce_end();
-        if let Err(e) = c.node.control.close_room(&c.room).await {
+        let node = c.node();
+        if let Err(e) = node.control.close_room(&c.room).await {
             warn!(room = %c.room, "closing the SFU room: {e}");
         }
+        deps.cluster.release(&c.room, &node.id).await;
     }
 
-    /// Close every consultation (shutdown): clients are told to reconnect.
+    /// Close every consultation (shutdown of the only instance).
     pub async fn finish_all(&self, deps: &Deps) {
         let all: Vec<Arc<Consultation>> =
             self.consultations.lock().await.values().cloned().collect();
@@ -124,27 +124,191 @@ impl Hub {
             self.finish(deps, &c, EndReason::ServiceRestart, None).await;
         }
     }
+
+    /// Draining: tell every connected client to reconnect (to another replica). Returns
+    /// how many were told.
+    pub async fn ask_all_to_reconnect(&self, after_ms: u64) -> usize {
+        let all: Vec<Arc<Consultation>> =
+            self.consultations.lock().await.values().cloned().collect();
+        all.iter()
+            .map(|c| c.ask_to_reconnect(after_ms, false))
+            .sum()
+    }
+
+    /// `lost` is gone: move each of its rooms this instance runs to another node, and tell
+    /// the members in those calls to reconnect (they rejoin; the appointment is read again).
+    pub async fn move_rooms_off(&self, deps: &AppState, lost: &str) {
+        let on_lost: Vec<Arc<Consultation>> = self
+            .consultations
+            .lock()
+            .await
+            .values()
+            .filter(|c| c.node().id == lost && c.ended().is_none())
+            .cloned()
+            .collect();
+        for c in on_lost {
+            let deps = deps.clone();
+            let lost = lost.to_owned();
+            tokio::spawn(async move { move_room(&deps, &c, &lost).await });
+        }
+    }
 }
 
-async fn node_create_room(c: &Consultation) -> Result<(), HubError> {
-    c.node
-        .control
-        .create_room(&c.room)
+/// How long a placement is kept: the consultation's span, with room for extensions.
+fn placement_ttl(deps: &Deps, closes_at: DateTime<Utc>) -> Duration {
+    let left = (closes_at - deps.clock.now()).num_seconds().max(0) as u64;
+    Duration::from_secs(left + deps.config.policy.max_extension_min * 60 + 3600)
+}
+
+/// Place `room` (on another node than `lost`, if given) and create it there. A node that
+/// drains or is full hands the room on; one that does not answer is reported lost.
+async fn open_room(
+    deps: &Deps,
+    room: &str,
+    lost: Option<&str>,
+    ttl: Duration,
+) -> Result<PlacedNode, HubError> {
+    let mut node = match lost {
+        Some(l) => deps.cluster.replace(room, l, ttl).await,
+        None => deps.cluster.place(room, ttl).await,
+    }
+    .map_err(|e| {
+        warn!(room, "cannot place the room: {e}");
+        HubError::NoSfu
+    })?;
+    for _ in 0..3 {
+        match node.control.create_room(room).await {
+            Ok(_) => return Ok(node),
+            Err(e) => {
+                warn!(room, node = %node.id, "cannot create the room: {e}");
+                if e.status == 0 {
+                    deps.cluster.node_unreachable(&node.id).await;
+                } else if e.code != "draining" && e.code != "node_full" {
+                    return Err(HubError::NoSfu);
+                }
+                node = deps
+                    .cluster
+                    .replace(room, &node.id, ttl)
+                    .await
+                    .map_err(|_| HubError::NoSfu)?;
+            }
+        }
+    }
+    Err(HubError::NoSfu)
+}
+
+/// Follow the room's events on its current node (before anyone joins, so no offer of the
+/// SFU's is missed).
+async fn follow(deps: &AppState, c: &Arc<Consultation>) -> Result<(), HubError> {
+    let node = c.node();
+    let events = node.control.room_events(&c.room).await.map_err(|e| {
+        warn!(room = %c.room, "cannot follow the room's events: {e}");
+        HubError::NoSfu
+    })?;
+    tokio::spawn(relay(deps.clone(), Arc::downgrade(c), node, events));
+    Ok(())
+}
+
+/// The room's node went away under a running consultation: place the room again and send
+/// everyone in the call to it.
+async fn move_room(deps: &AppState, c: &Arc<Consultation>, lost: &str) {
+    if c.node().id != lost || c.ended().is_some() {
+        return; // moved already (by a lost stream and the registry both noticing)
+    }
+    let ttl = placement_ttl(deps, c.closes_at());
+    match open_room(deps, &c.room, Some(lost), ttl).await {
+        Ok(node) => {
+            info!(room = %c.room, from = %lost, to = %node.id, "room moved to another SFU node");
+            c.set_node(node);
+            deps.metrics.room_moves.with_label_values(&["moved"]).inc();
+            if let Err(e) = follow(deps, c).await {
+                warn!(room = %c.room, "following the moved room: {e}");
+            }
+        }
+        Err(_) => {
+            warn!(room = %c.room, from = %lost, "no SFU node to move the room to");
+            deps.metrics
+                .room_moves
+                .with_label_values(&["no_node"])
+                .inc();
+        }
+    }
+    // Rejoining opens their sessions on the new node (or says the media server is
+    // unavailable when there is none).
+    let told = c.ask_to_reconnect(0, true);
+    deps.metrics
+        .reconnect_hints
+        .with_label_values(&["room_moved"])
+        .inc_by(told as u64);
+    info!(room = %c.room, members = told, "members asked to reconnect");
+}
+
+/// The event stream of `node` ended while the consultation runs: a node that does not
+/// answer is lost (its rooms move); one that does is followed again.
+fn stream_ended(
+    deps: AppState,
+    c: Arc<Consultation>,
+    node: PlacedNode,
+) -> futures_util::future::BoxFuture<'static, ()> {
+    // Boxed with a named type: following again starts a relay, whose end may come here.
+    Box::pin(stream_ended_inner(deps, c, node))
+}
+
+async fn stream_ended_inner(deps: AppState, c: Arc<Consultation>, node: PlacedNode) {
+    if c.ended().is_some() || c.node().id != node.id {
+        return;
+    }
+    let alive = tokio::time::timeout(Duration::from_secs(1), node.control.node())
         .await
-        .map(|_| ())
-        .map_err(|e| {
-            warn!(room = %c.room, node = %c.node.id, "cannot create the room: {e}");
-            HubError::NoSfu
-        })
+        .is_ok_and(|r| r.is_ok());
+    if alive {
+        warn!(room = %c.room, node = %node.id, "room event stream ended; following again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.ended().is_none() && c.node().id == node.id && follow(&deps, &c).await.is_err() {
+            deps.cluster.node_unreachable(&node.id).await;
+        }
+    } else {
+        warn!(room = %c.room, node = %node.id, "SFU node does not answer; moving its rooms");
+        deps.cluster.node_unreachable(&node.id).await;
+    }
 }
 
-/// SFU room events to the members they concern.
+/// Move this instance's rooms off every node the cluster finds lost, for as long as the
+/// service runs.
+pub async fn follow_lost_nodes(deps: std::sync::Weak<Deps>) {
+    let Some(mut lost) = deps.upgrade().map(|d| d.cluster.lost_nodes()) else {
+        return;
+    };
+    loop {
+        let node = match lost.recv().await {
+            Ok(n) => n,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(d) = deps.upgrade() else { return };
+        d.hub.move_rooms_off(&d, &node).await;
+    }
+}
+
+/// SFU room events to the members they concern, until the room closes. A stream that ends
+/// before is a node that may be gone ([`stream_ended`]).
 async fn relay(
-    c: std::sync::Weak<Consultation>,
+    deps: AppState,
+    weak: std::sync::Weak<Consultation>,
+    node: PlacedNode,
     mut events: metaclinic_sfu::control::client::EventStream,
 ) {
-    while let Some(item) = events.next().await {
-        let Some(c) = c.upgrade() else { return };
+    loop {
+        let Some(item) = events.next().await else {
+            if let Some(c) = weak.upgrade() {
+                tokio::spawn(stream_ended(deps, c, node));
+            }
+            return;
+        };
+        let Some(c) = weak.upgrade() else { return };
+        if c.node().id != node.id {
+            return; // the room moved; another relay follows it
+        }
         let env = match item {
             StreamItem::Event(env) => env,
             StreamItem::Lagged(n) => {
@@ -237,7 +401,7 @@ async fn watch(deps: AppState, c: std::sync::Weak<Consultation>) {
         let now = deps.clock.now();
         let tick = c.tick(now, warn_before, grace);
         for participant in &tick.expired {
-            let _ = c.node.control.close_session(&c.room, participant).await;
+            let _ = c.node().control.close_session(&c.room, participant).await;
         }
         if tick.time_over {
             deps.hub.finish(&deps, &c, EndReason::TimeOver, None).await;

@@ -8,7 +8,7 @@
 //! - [`booking`]: the hospital's booking system (FHIR R4 with SMART Backend Services, or files).
 //! - [`fhir`], [`policy`]: the Appointment as we read it, and who may join as whom (pure).
 //! - [`hub`], [`consultation`]: running consultations, lobby, host controls, hard stop.
-//! - [`sfu_link`]: SFU nodes and room placement.
+//! - [`cluster`]: SFU nodes and room placement, in memory or shared through Redis.
 //! - [`audit`]: the append-only, hash-chained, durable audit log.
 //! - [`config`], [`metrics`], [`state`], [`dev`]: the operator's side.
 //! - [`web`]: the reference web client (`signaling/web/`), served at `/`.
@@ -16,6 +16,7 @@
 pub mod access;
 pub mod audit;
 pub mod booking;
+pub mod cluster;
 pub mod config;
 pub mod consultation;
 pub mod dev;
@@ -27,7 +28,6 @@ pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod session;
-pub mod sfu_link;
 pub mod state;
 pub mod web;
 
@@ -151,8 +151,20 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         grace: chrono::Duration::minutes(p.grace_min as i64),
         interpreters_direct: p.interpreters_direct,
     };
+    let (cluster, shared): (Arc<dyn cluster::Cluster>, bool) = if config.redis.url.is_empty() {
+        (
+            Arc::new(cluster::fixed::FixedNodes::new(&config.sfu.nodes)),
+            false,
+        )
+    } else {
+        let c = cluster::redis::RedisCluster::new(&config.redis, &config.sfu.credential)
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        c.spawn_watcher(Duration::from_millis(config.redis.registry_poll_ms));
+        (c, true)
+    };
     Ok(Arc::new(Deps {
-        sfu: sfu_link::SfuPool::new(&config.sfu.nodes),
+        cluster,
+        shared,
         config,
         policy,
         verifier,
@@ -166,27 +178,72 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
     }))
 }
 
-/// Serve until `shutdown` resolves, then stop taking sessions and tell every client to
-/// reconnect (to another instance).
+/// Serve until `shutdown` resolves, then drain: refuse new WebSockets (503 `draining`,
+/// `/readyz` 503), tell every client to reconnect (to another replica), and return once they
+/// are gone or `drain.deadline_s` passed. Alone (no shared state), the consultations end
+/// with it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     dev: Option<Arc<dev::DevIssuer>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    tokio::spawn(hub::follow_lost_nodes(Arc::downgrade(&state)));
     let app = http::router(state.clone(), http::Dev(dev));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
     let graceful = async move {
         shutdown.await;
-        drain_state.draining.store(true, Ordering::SeqCst);
-        drain_state.hub.finish_all(&drain_state).await;
+        drain(&drain_state).await;
+        let _ = drained_tx.send(());
     };
-    axum::serve(
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(graceful)
-    .await
-    .context("serving HTTP")?;
+    .with_graceful_shutdown(graceful);
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        // Connections that outstay the drain (a client that never closes) do not hold the
+        // process: a short while after the drain, it returns anyway.
+        _ = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } => {}
+    }
     Ok(())
+}
+
+async fn drain(state: &AppState) {
+    state.draining.store(true, Ordering::SeqCst);
+    state.metrics.draining.set(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.drain.deadline_s);
+    let after_ms = state.config.drain.reconnect_after_ms;
+    tracing::info!(
+        sessions = state.sessions.load(Ordering::SeqCst),
+        "draining: no new WebSockets; asking clients to reconnect"
+    );
+    loop {
+        // Again each round: a session that was still joining lands in a consultation later.
+        let told = state.hub.ask_all_to_reconnect(after_ms).await;
+        state
+            .metrics
+            .reconnect_hints
+            .with_label_values(&["drain"])
+            .inc_by(told as u64);
+        let open = state.sessions.load(Ordering::SeqCst);
+        if open == 0 {
+            tracing::info!("drained: no WebSockets left");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(sessions = open, "drain deadline passed; closing");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !state.shared {
+        // Nobody else holds these consultations: they end with this process.
+        state.hub.finish_all(state).await;
+    }
 }

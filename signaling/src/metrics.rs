@@ -15,6 +15,11 @@ pub struct Metrics {
     pub consultations: IntGauge,
     pub host_actions: IntCounterVec,
     pub jwks_fetches: IntCounter,
+    /// Rooms moved off a lost SFU node, by outcome (moved, no_node).
+    pub room_moves: IntCounterVec,
+    /// Clients told to reconnect, by cause (drain, room_moved).
+    pub reconnect_hints: IntCounterVec,
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -84,6 +89,24 @@ impl Metrics {
                 "metaclinic_signaling_host_actions_total",
                 "Host actions, by action and outcome",
                 &["action", "outcome"],
+            ),
+            room_moves: counter_vec(
+                "metaclinic_signaling_room_moves_total",
+                "Rooms placed again because their SFU node was lost, by outcome",
+                &["outcome"],
+            ),
+            reconnect_hints: counter_vec(
+                "metaclinic_signaling_reconnect_hints_total",
+                "Clients told to reconnect, by cause",
+                &["cause"],
+            ),
+            draining: reg(
+                &registry,
+                IntGauge::new(
+                    "metaclinic_signaling_draining",
+                    "1 while this instance drains (takes no new WebSockets)",
+                )
+                .expect("static metric"),
             ),
             jwks_fetches: reg(
                 &registry,

@@ -363,7 +363,7 @@ async fn join(
 async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: Role) -> bool {
     let _ = deps;
     match c
-        .node
+        .node()
         .control
         .open_session(
             &c.room,
@@ -446,7 +446,7 @@ async fn serve(
     };
     if was_in_call && c.ended().is_none() {
         let _ = c
-            .node
+            .node()
             .control
             .close_session(&c.room, &joined.participant)
             .await;
@@ -494,7 +494,7 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             match serde_json::from_value::<IceCandidate>(candidate) {
                 Ok(cand) => {
                     if let Err(e) = c
-                        .node
+                        .node()
                         .control
                         .candidate(&c.room, &j.participant, &cand)
                         .await
@@ -571,7 +571,7 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
         ClientMessage::ReturnToLobby { participant } => {
             let r = c.return_to_lobby(&j.participant, &participant, deps.clock.now());
             if r.is_ok() {
-                let _ = c.node.control.close_session(&c.room, &participant).await;
+                let _ = c.node().control.close_session(&c.room, &participant).await;
             }
             host_done(
                 deps,
@@ -596,7 +596,7 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                         MediaKind::Video => SfuMediaKind::Video,
                     };
                     match c
-                        .node
+                        .node()
                         .control
                         .set_muted(&c.room, &participant, sfu_kind, muted)
                         .await
@@ -632,7 +632,7 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
         ClientMessage::Remove { participant } => {
             let r = c.remove(&j.participant, &participant);
             if let Ok((_, true)) = r {
-                let _ = c.node.control.close_session(&c.room, &participant).await;
+                let _ = c.node().control.close_session(&c.room, &participant).await;
             }
             host_done(deps, sink, j, "remove", r.map(|_| ()), &participant).await;
         }
@@ -712,13 +712,13 @@ async fn host_done(
 async fn relay_sdp(sink: &mut Sink, c: &Consultation, participant: &str, d: Description) {
     let result = match d.kind {
         SdpKind::Offer => c
-            .node
+            .node()
             .control
             .offer(&c.room, participant, d.sdp)
             .await
             .map(Some),
         SdpKind::Answer => c
-            .node
+            .node()
             .control
             .answer(&c.room, participant, d.sdp)
             .await

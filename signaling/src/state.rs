@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 
 use crate::audit::AuditLog;
 use crate::booking::BookingSystem;
+use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
 use crate::hub::Hub;
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
-use crate::sfu_link::SfuPool;
 
 /// Wall-clock time, with an offset tests can move (appointment windows and hard stops are
 /// tested without waiting for them).
@@ -44,7 +44,11 @@ pub struct Deps {
     pub verifier: Verifier,
     pub booking: Arc<dyn BookingSystem>,
     pub audit: AuditLog,
-    pub sfu: SfuPool,
+    /// SFU nodes and room placement: in memory, or shared through Redis.
+    pub cluster: Arc<dyn Cluster>,
+    /// Several replicas share the placement (Redis): a draining replica leaves its
+    /// consultations running for the others.
+    pub shared: bool,
     pub hub: Hub,
     pub metrics: Metrics,
     pub clock: Clock,

@@ -50,5 +50,6 @@ pub async fn serve_page(html: &'static str) -> SocketAddr {
 }
 
 pub mod browser;
+pub mod cluster;
 pub mod dev;
 pub mod signaling;

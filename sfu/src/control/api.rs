@@ -174,6 +174,9 @@ pub struct NodeInfo {
     pub rooms: usize,
     pub participants: usize,
     pub shards: Vec<ShardInfo>,
+    /// Shutting down: takes no new rooms (its rooms run to their end).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.

@@ -156,11 +156,22 @@ async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respon
     let method = req.method().clone();
     let result = match (method.clone(), segments.as_slice()) {
         (Method::GET, ["healthz"]) => Ok(full(StatusCode::OK, "text/plain", "ok\n")),
-        (Method::GET, ["metrics"]) => Ok(full(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            node.metrics().render(),
-        )),
+        (Method::GET, ["readyz"]) => Ok(match node.readiness() {
+            Ok(()) => full(StatusCode::OK, "text/plain", "ready\n"),
+            Err(why) => full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            ),
+        }),
+        (Method::GET, ["metrics"]) => {
+            node.refresh_census().await;
+            Ok(full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                node.metrics().render(),
+            ))
+        }
         (_, ["v1", ..]) if !authorized(node, &req) => Err(ControlError::Unauthorized),
         (_, ["v1", rest @ ..]) => v1(node, method.clone(), rest, req).await,
         _ => Err(ControlError::NotFound),
@@ -189,6 +200,7 @@ async fn handle(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respon
 fn route_name(segments: &[&str]) -> &'static str {
     match segments {
         ["healthz"] => "healthz",
+        ["readyz"] => "readyz",
         ["metrics"] => "metrics",
         ["v1", "node"] => "node",
         ["v1", "rooms"] => "rooms",

@@ -86,7 +86,26 @@ pub enum Command {
         room: RoomId,
         reply: Reply<RoomInfo>,
     },
+    /// What lives on the shard, for the node's gauges.
+    Census {
+        reply: oneshot::Sender<Census>,
+    },
     Shutdown,
+}
+
+/// Rooms by kind, sessions by (room kind, role), published tracks by media kind.
+#[derive(Debug, Default)]
+pub struct Census {
+    pub rooms: std::collections::HashMap<&'static str, i64>,
+    pub participants: std::collections::HashMap<(&'static str, String), i64>,
+    pub tracks: std::collections::HashMap<&'static str, i64>,
+}
+
+fn kind_label(kind: RoomKind) -> &'static str {
+    match kind {
+        RoomKind::Consultation => "consultation",
+        RoomKind::Shared => "shared",
+    }
 }
 
 fn random_token(len: usize) -> String {
@@ -188,6 +207,9 @@ impl Shard {
                 }
                 Command::DescribeRoom { room, reply } => {
                     let _ = reply.send(self.describe_room(&room));
+                }
+                Command::Census { reply } => {
+                    let _ = reply.send(self.census());
                 }
             }
         }
@@ -540,6 +562,30 @@ impl Shard {
             participants,
             tracks,
         })
+    }
+
+    fn census(&self) -> Census {
+        let mut c = Census::default();
+        for (_, r) in self.rooms.iter() {
+            *c.rooms.entry(kind_label(r.kind)).or_default() += 1;
+            for p in r.tracks.values() {
+                let kind = match p.codec.kind() {
+                    MediaKind::Audio => "audio",
+                    MediaKind::Video => "video",
+                };
+                *c.tracks.entry(kind).or_default() += 1;
+            }
+        }
+        for (_, s) in self.sessions.iter() {
+            let Some(r) = self.rooms.get(s.room) else {
+                continue;
+            };
+            let role = s.role.clone().unwrap_or_else(|| "none".into());
+            *c.participants
+                .entry((kind_label(r.kind), role))
+                .or_default() += 1;
+        }
+        c
     }
 
     /// Close every room (node shutdown).

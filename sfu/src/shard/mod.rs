@@ -32,7 +32,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
-pub use commands::Command;
+pub use commands::{Census, Command};
 
 use crate::error::ControlError;
 use crate::ids::RoomId;

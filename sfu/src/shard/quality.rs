@@ -93,6 +93,22 @@ impl Shard {
                     });
                 }
             }
+            if let Some(rtt) = quality.rtt_ms {
+                metrics.rtt.observe(rtt / 1000.0);
+            }
+            if received + lost > 0 {
+                let up = metrics.loss.with_label_values(&["up"]);
+                up.observe(quality.loss_up_pct / 100.0);
+            }
+            if let Some(down) = quality.loss_down_pct {
+                metrics
+                    .loss
+                    .with_label_values(&["down"])
+                    .observe(down / 100.0);
+            }
+            if let Some(j) = quality.jitter_ms {
+                metrics.jitter.observe(j / 1000.0);
+            }
             if let Some(room) = rooms.get_mut(s.room) {
                 room.emit(RoomEvent::Quality {
                     participant: s.participant.clone(),

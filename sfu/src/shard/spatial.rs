@@ -53,15 +53,22 @@ impl Shard {
             dirty,
             tally,
             next_mix,
+            metrics,
+            index,
             ..
         } = self;
         let mut any = false;
+        let mut listeners = 0i64;
         for (_, room) in rooms.iter_mut() {
             let Some(mixer) = room.mixer.as_mut() else {
                 continue;
             };
             any = true;
-            for frame in mixer.tick() {
+            listeners += mixer.len() as i64;
+            let started = Instant::now();
+            let frames = mixer.tick();
+            metrics.mixer_tick.observe(started.elapsed().as_secs_f64());
+            for frame in frames {
                 let Some(s) = sessions.get_mut(frame.listener) else {
                     continue;
                 };
@@ -92,6 +99,10 @@ impl Shard {
                 }
             }
         }
+        metrics
+            .mixer_listeners
+            .with_label_values(&[&index.to_string()])
+            .set(listeners);
         // Ticks keep their 20 ms cadence; after a stall (a slow tick, a busy host) the
         // schedule restarts from now rather than bursting to catch up.
         *next_mix = any.then(|| match *next_mix {

@@ -52,6 +52,10 @@ pub struct ForwardArgs {
     /// recovered by NACK and retransmission; the report says how many.
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// Publishers send three simulcast layers (quarter, half and full size; `--video-kbps`
+    /// is the top one's); each subscriber gets the one its bandwidth carries.
+    #[arg(long)]
+    pub simulcast: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +86,7 @@ pub struct ForwardReport {
     pub sfu_send_batch: f64,
     /// Loss put on each link each way, percent.
     pub link_loss_pct: f64,
+    pub simulcast: bool,
     /// Packets subscribers NACKed, and the SFU's retransmissions from its send buffer.
     pub nacked_pkts: u64,
     pub retransmitted_pkts: u64,
@@ -142,6 +147,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
 
     let video = (args.video_kbps > 0).then(|| VideoSpec {
         kbps: args.video_kbps,
+        simulcast: args.simulcast,
         ..VideoSpec::default()
     });
     let mut jobs = Vec::new();
@@ -301,6 +307,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         sfu_recv_batch,
         sfu_send_batch,
         link_loss_pct: args.loss,
+        simulcast: args.simulcast,
         nacked_pkts,
         retransmitted_pkts,
         nacks_answered_pct: if nacked_pkts > 0 {
@@ -318,7 +325,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
 /// The human summary; the caller prints the JSON line after it.
 pub fn summary(r: &ForwardReport) -> String {
     format!(
-        "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s)\n\
+        "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s){sim}\n\
          \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\
          \x20 SFU CPU     {cpu:.2} s ({pct:.1}% of one core), {us:.2} us per forwarded packet, RSS {rss} KiB\n\
          \x20 SFU I/O     {rb:.1} datagrams per recvmmsg, {sb:.1} per sendmmsg\n\
@@ -327,6 +334,7 @@ pub fn summary(r: &ForwardReport) -> String {
          \x20 join        p50 {join:.0} ms (session request to answer applied)\n\
          \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)\n\
          \x20 recovery    {ll}% link loss each way: {nacked} packets NACKed, {rtx} retransmitted ({ans:.1}%)",
+        sim = if r.simulcast { ", simulcast" } else { "" },
         ll = r.link_loss_pct,
         nacked = r.nacked_pkts,
         rtx = r.retransmitted_pkts,

@@ -532,7 +532,7 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             };
             // Always the sender's own session: a client cannot set another's preferences.
             if let Err(e) = c
-                .node
+                .node()
                 .control
                 .set_video_preference(&c.room, &j.participant, &preference)
                 .await

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub layer_switches: IntCounterVec,
+    /// Keyframe requests (PLI/FIR) from subscribers, and those the node sent publishers.
+    pub keyframe_requests: IntCounterVec,
     /// Rooms by kind, sessions by room kind and role (set at scrape time).
     pub rooms_by_kind: IntGaugeVec,
     pub participants_by_role: IntGaugeVec,
@@ -274,6 +276,11 @@ impl Metrics {
             layer_switches: counter_vec(
                 "metaclinic_sfu_layer_switches_total",
                 "Video layer changes the bandwidth allocator made for subscribers (a pause counts as down)",
+                &["direction"],
+            ),
+            keyframe_requests: counter_vec(
+                "metaclinic_sfu_keyframe_requests_total",
+                "Keyframe requests (PLI/FIR): from subscribers, and sent to publishers after coalescing",
                 &["direction"],
             ),
             rooms_by_kind: gauge_vec(

@@ -208,7 +208,15 @@ impl Shard {
                 _ => keep,
             }
         });
-        let keep = allocator::allocate(keep_budget, audio_bps, &demands);
+        let mut keep = allocator::allocate(keep_budget, audio_bps, &demands);
+        if !congested {
+            // Pausing is the last resort, for a line that visibly queues. Loss alone (a bad
+            // Wi-Fi) pulls the estimate down too, but a paused video would not bring the
+            // packets back; the lowest layer stays.
+            for k in &mut keep {
+                k.get_or_insert(0);
+            }
+        }
         let up = allocator::allocate(
             estimate.map(|e| (e as f64 * UPGRADE_HEADROOM) as u64),
             audio_bps,

@@ -51,6 +51,10 @@ impl Shard {
                     outbound,
                     feedback: Feedback::KeyframeRequest,
                 } => {
+                    self.metrics
+                        .keyframe_requests
+                        .with_label_values(&["from_subscribers"])
+                        .inc();
                     let track = self
                         .sessions
                         .get(key)
@@ -84,6 +88,7 @@ impl Shard {
             rooms,
             tally,
             dirty,
+            metrics,
             ..
         } = self;
         let Some(s) = sessions.get(key) else { return };
@@ -129,10 +134,15 @@ impl Shard {
             && let Some(p) = sessions.get_mut(key)
             && p.peer
                 .request_keyframe(now, inbound, publication.wanted_layers())
-            && !p.dirty
         {
-            p.dirty = true;
-            dirty.push(key);
+            metrics
+                .keyframe_requests
+                .with_label_values(&["to_publishers"])
+                .inc();
+            if !p.dirty {
+                p.dirty = true;
+                dirty.push(key);
+            }
         }
         for sub in &mut publication.subscribers {
             let Some(ss) = sessions.get_mut(sub.session) else {
@@ -390,6 +400,10 @@ impl Shard {
         if let Some(p) = sessions.get_mut(publisher)
             && p.peer.request_keyframe(now, inbound, layers)
         {
+            self.metrics
+                .keyframe_requests
+                .with_label_values(&["to_publishers"])
+                .inc();
             self.mark_dirty(publisher);
         }
     }

@@ -7,9 +7,10 @@
 //! sits wire-ward of the responder and takes out of each incoming NACK:
 //! - packets resent within the last round trip (the answer may still be on its way);
 //! - packets resent [`MAX_RESENDS`] times already (the frame they belong to is gone);
-//! - whatever exceeds a budget of a quarter of the estimated bandwidth.
+//! - whatever exceeds a budget of the estimated bandwidth itself.
 //!
-//! As libwebrtc's packet history does, which is why browsers never storm.
+//! As libwebrtc's sender does (its retransmission rate limiter is the target bitrate), which
+//! is why browsers never storm.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ const MAX_RESENDS: u8 = 3;
 /// The least time between two resends of one packet (a round trip on a good line).
 const MIN_RESEND_GAP: Duration = Duration::from_millis(60);
 /// Share of the estimated bandwidth retransmissions may take, at an assumed packet size.
-const BUDGET_SHARE: f64 = 0.25;
+const BUDGET_SHARE: f64 = 1.0;
 const ASSUMED_PACKET_BITS: f64 = 1_000.0 * 8.0;
 /// Without an estimate, this many resends per second at most.
 const DEFAULT_BUDGET_PER_S: f64 = 200.0;

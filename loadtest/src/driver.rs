@@ -297,9 +297,9 @@ struct Worker {
     timers: BinaryHeap<Reverse<Wake>>,
     /// The one wake-up each participant has in the heap.
     scheduled: HashMap<usize, Instant>,
-    /// Encoded tones (by frequency and tenths of dBFS), shared by every participant that
-    /// sends the same one.
-    tones: HashMap<(u32, i32), Arc<ToneLoop>>,
+    /// Encoded tones and speech (by frequency, tenths of dBFS, speech or not), shared by
+    /// every participant that sends the same one.
+    tones: HashMap<(u32, i32, bool), Arc<ToneLoop>>,
     buf: Vec<u8>,
 }
 
@@ -562,13 +562,13 @@ impl Worker {
                     level_dbfs,
                     reply,
                 } => {
-                    let hz = self
+                    let voice = self
                         .participants
                         .get(key.0)
                         .and_then(|p| p.spec.publish.audio.as_ref())
-                        .map(|a| a.hz);
-                    let r = match hz {
-                        Some(hz) => self.tone(hz, level_dbfs).and_then(|t| {
+                        .map(|a| (a.hz, a.speech));
+                    let r = match voice {
+                        Some((hz, speech)) => self.tone(hz, level_dbfs, speech).and_then(|t| {
                             self.with(key, |p| {
                                 p.set_tone(t);
                                 Ok(())
@@ -629,13 +629,17 @@ impl Worker {
         Ok(p.peer.restart_ice(now, local)?)
     }
 
-    /// The encoded tone of this frequency and level (encoded once per driver).
-    fn tone(&mut self, hz: u32, level_dbfs: f64) -> anyhow::Result<Arc<ToneLoop>> {
-        let key = (hz, (level_dbfs * 10.0).round() as i32);
+    /// The encoded tone (or speech) of this frequency and level, encoded once per driver.
+    fn tone(&mut self, hz: u32, level_dbfs: f64, speech: bool) -> anyhow::Result<Arc<ToneLoop>> {
+        let key = (hz, (level_dbfs * 10.0).round() as i32, speech);
         if let Some(t) = self.tones.get(&key) {
             return Ok(t.clone());
         }
-        let t = Arc::new(ToneLoop::new(hz, level_dbfs)?);
+        let t = Arc::new(if speech {
+            ToneLoop::speech(hz, level_dbfs)?
+        } else {
+            ToneLoop::new(hz, level_dbfs)?
+        });
         self.tones.insert(key, t.clone());
         Ok(t)
     }
@@ -658,7 +662,7 @@ impl Worker {
         now: Instant,
     ) -> anyhow::Result<(ParticipantKey, String)> {
         let tone = match &spec.publish.audio {
-            Some(a) => Some(self.tone(a.hz, a.level_dbfs)?),
+            Some(a) => Some(self.tone(a.hz, a.level_dbfs, a.speech)?),
             None => None,
         };
         let mut p = Participant::new(spec, tone, now)?;

@@ -29,6 +29,8 @@ pub struct PublishSpec {
 pub struct AudioSpec {
     pub hz: u32,
     pub level_dbfs: f64,
+    /// Talk spurts and pauses (sent with DTX) instead of a steady tone.
+    pub speech: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,18 @@ impl ParticipantSpec {
         self.publish.audio = Some(AudioSpec {
             hz,
             level_dbfs: -12.0,
+            speech: false,
+        });
+        self
+    }
+
+    /// Speak (talk spurts and pauses, with DTX) with a voice at `hz`, from a random point of
+    /// the talk pattern so that participants do not talk in step.
+    pub fn with_speech(mut self, hz: u32) -> Self {
+        self.publish.audio = Some(AudioSpec {
+            hz,
+            level_dbfs: -12.0,
+            speech: true,
         });
         self
     }
@@ -115,6 +129,8 @@ struct AudioOut {
     seq: u16,
     ts: u32,
     next: Instant,
+    /// The previous frame was not sent (DTX): the next one starts a talk spurt.
+    after_pause: bool,
 }
 
 struct VideoOut {
@@ -215,6 +231,12 @@ pub struct RemoteTrackStats {
     pub latency_samples: u64,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p99: Option<f64>,
+    /// Interarrival jitter (RFC 3550's estimator, on the sender's clock the media carries).
+    pub jitter_ms: f64,
+    /// Video freezes: a gap between complete frames longer than three average frame
+    /// intervals and at least 150 ms beyond one (WebRTC's definition), and their total length.
+    pub freezes: u64,
+    pub freeze_ms: u64,
     /// Since the participant was created.
     pub first_packet_ms: Option<u64>,
     pub last_packet_ms: Option<u64>,
@@ -228,6 +250,10 @@ struct RemoteTrack {
     highest_seq: u16,
     wraps: u64,
     frames: FrameAssembly,
+    /// Arrival minus send time of the previous marked packet, microseconds.
+    last_transit_us: Option<i64>,
+    jitter_us: f64,
+    freezes: FreezeDetector,
 }
 
 impl RemoteTrack {
@@ -258,6 +284,9 @@ impl RemoteTrack {
                 latency_samples: 0,
                 latency_ms_p50: None,
                 latency_ms_p99: None,
+                jitter_ms: 0.0,
+                freezes: 0,
+                freeze_ms: 0,
                 first_packet_ms: None,
                 last_packet_ms: None,
             },
@@ -268,6 +297,9 @@ impl RemoteTrack {
             highest_seq: 0,
             wraps: 0,
             frames: FrameAssembly::default(),
+            last_transit_us: None,
+            jitter_us: 0.0,
+            freezes: FreezeDetector::default(),
         }
     }
 
@@ -304,6 +336,11 @@ impl RemoteTrack {
             let start = frame_starts(s.codec, &p.payload);
             self.frames
                 .on_packet(p.timestamp, p.sequence_number, start, p.marker);
+            if self.frames.complete > s.frames_complete {
+                self.freezes.on_frame(arrival_us);
+                s.freezes = self.freezes.count;
+                s.freeze_ms = self.freezes.total_us / 1000;
+            }
             s.frames_complete = self.frames.complete;
             s.frames_incomplete = self.frames.incomplete;
         }
@@ -311,6 +348,13 @@ impl RemoteTrack {
             let _ = self
                 .latency_us
                 .record(arrival_us.saturating_sub(sent).max(1));
+            // Packets of one video frame share a send time, so this is the path's jitter.
+            let transit = arrival_us as i64 - sent as i64;
+            if let Some(last) = self.last_transit_us.replace(transit) {
+                let d = (transit - last).unsigned_abs() as f64;
+                self.jitter_us += (d - self.jitter_us) / 16.0;
+                s.jitter_ms = self.jitter_us / 1000.0;
+            }
         }
         if let Some(a) = &mut self.analyzer {
             a.push(&p.payload);
@@ -339,6 +383,9 @@ impl RemoteTrack {
 #[derive(Debug, Clone, Serialize)]
 pub struct ParticipantStats {
     pub name: String,
+    /// When the participant was created, on the process clock of `media::marker` (the
+    /// tracks' `first_packet_ms` count from here).
+    pub created_us: u64,
     pub connected: bool,
     /// From creation to the connection coming up.
     pub connect_ms: Option<u64>,
@@ -420,13 +467,21 @@ impl Participant {
                     &stream,
                     &format!("{stream}-audio"),
                 )?;
+                // Speakers start at random points of the talk pattern: not all in step.
+                let speech = spec.publish.audio.as_ref().is_some_and(|a| a.speech);
+                let index = if speech {
+                    rand::random_range(0..tone.packets.len())
+                } else {
+                    0
+                };
                 Some(AudioOut {
                     outbound,
                     tone,
-                    index: 0,
+                    index,
                     seq: rand::random(),
                     ts: rand::random(),
                     next: now,
+                    after_pause: true,
                 })
             }
             _ => None,
@@ -485,8 +540,15 @@ impl Participant {
                 if !connected || !self.peer.outbound_ready(a.outbound) {
                     continue;
                 }
-                let mut payload = a.tone.packets[a.index % a.tone.packets.len()].clone();
+                let frame = a.index % a.tone.packets.len();
                 a.index += 1;
+                let mut payload = a.tone.packets[frame].clone();
+                if payload.is_empty() {
+                    // DTX: a pause sends nothing; time moves on, sequence numbers do not.
+                    a.ts = a.ts.wrapping_add(FRAME_SAMPLES as u32);
+                    a.after_pause = true;
+                    continue;
+                }
                 marker::write(&mut payload, marker::now_micros());
                 let len = payload.len();
                 let pkt = RtpPacket {
@@ -494,10 +556,11 @@ impl Participant {
                     sequence_number: a.seq,
                     timestamp: a.ts,
                     payload_type: 0,
-                    marker: false,
+                    // RFC 3551: the first packet of a talk spurt.
+                    marker: std::mem::take(&mut a.after_pause),
                     payload: Bytes::from(payload),
                     // RFC 6464 level in -dBov, as a browser reports it.
-                    audio_level: Some((-a.tone.level_dbfs).round().clamp(0.0, 127.0) as u8),
+                    audio_level: Some(a.tone.levels[frame]),
                 };
                 if self.peer.send_rtp(now, a.outbound, &pkt, a.seq, a.ts) {
                     self.sent_packets += 1;
@@ -633,6 +696,7 @@ impl Participant {
     pub fn stats(&self) -> ParticipantStats {
         ParticipantStats {
             name: self.spec.name.clone(),
+            created_us: marker::micros_at(self.created),
             connected: self.connected_at.is_some()
                 && self.peer.state() == ConnectionState::Connected,
             connect_ms: self
@@ -693,6 +757,34 @@ fn frame_starts(codec: Codec, payload: &[u8]) -> bool {
             None => false,
         },
         Codec::Opus => false,
+    }
+}
+
+/// Freezes of a received video: WebRTC's rule on the gaps between complete frames.
+#[derive(Default)]
+struct FreezeDetector {
+    last_us: Option<u64>,
+    /// Mean frame interval (exponentially weighted), microseconds.
+    mean_us: f64,
+    frames: u64,
+    count: u64,
+    total_us: u64,
+}
+
+impl FreezeDetector {
+    fn on_frame(&mut self, at_us: u64) {
+        if let Some(last) = self.last_us.replace(at_us) {
+            let gap = at_us.saturating_sub(last) as f64;
+            // The mean needs a few frames before a gap can be judged against it.
+            if self.frames >= 10 && gap > (3.0 * self.mean_us).max(self.mean_us + 150_000.0) {
+                self.count += 1;
+                self.total_us += gap as u64;
+            } else {
+                let w = if self.frames < 10 { 0.5 } else { 1.0 / 30.0 };
+                self.mean_us += (gap - self.mean_us) * w;
+            }
+        }
+        self.frames += 1;
     }
 }
 
@@ -773,5 +865,28 @@ impl FrameAssembly {
             }
             self.incomplete += given_up;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreezeDetector;
+
+    #[test]
+    fn a_long_gap_between_frames_is_a_freeze_and_steady_frames_are_not() {
+        let mut f = FreezeDetector::default();
+        let mut t = 0;
+        for _ in 0..60 {
+            t += 33_333;
+            f.on_frame(t);
+        }
+        assert_eq!(f.count, 0);
+        // 150 ms is within max(3 x 33 ms, 33 ms + 150 ms): no freeze; 400 ms is one.
+        t += 150_000;
+        f.on_frame(t);
+        assert_eq!(f.count, 0);
+        t += 400_000;
+        f.on_frame(t);
+        assert_eq!((f.count, f.total_us), (1, 400_000));
     }
 }

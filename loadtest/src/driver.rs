@@ -620,7 +620,7 @@ impl Worker {
             .participants
             .get_mut(key.0)
             .ok_or_else(|| anyhow::anyhow!("no such participant"))?;
-        let (mut socket, local) = crate::participant::bind_socket()?;
+        let (mut socket, local) = crate::participant::bind_socket(p.spec.bind_ip)?;
         self.poll
             .registry()
             .register(&mut socket, Token(key.0), Interest::READABLE)?;

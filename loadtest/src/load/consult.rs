@@ -248,7 +248,8 @@ pub async fn leave_all(members: Vec<Member>) {
 
 /// `consult` (two per room) or `interpreter` (three per room).
 pub async fn run(args: LoadArgs, three_way: bool) -> anyhow::Result<super::report::Report> {
-    args.check()?;
+    let mut args = args;
+    args.resolve()?;
     crate::control::ensure_crypto_provider();
     marker::now_micros(); // the media clock starts before any participant
     let per_room = 2 + usize::from(three_way);

@@ -136,6 +136,10 @@ pub struct LoadArgs {
     pub max_loss_pct: f64,
     #[arg(long, default_value_t = 150.0)]
     pub max_latency_ms: f64,
+
+    /// Resolved at the start of a run (see [`LoadArgs::resolve`]).
+    #[arg(skip)]
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 impl LoadArgs {
@@ -171,6 +175,13 @@ impl LoadArgs {
         Ok(())
     }
 
+    /// Check the arguments and find the local address to use.
+    pub fn resolve(&mut self) -> anyhow::Result<()> {
+        self.check()?;
+        self.bind_ip = Some(self.route_ip()?);
+        Ok(())
+    }
+
     pub fn patterns(&self) -> rooms::RoomPatterns {
         rooms::RoomPatterns {
             appointment: self.appointment_pattern.clone(),
@@ -187,9 +198,18 @@ impl LoadArgs {
         }
     }
 
+    /// The address participants bind to: the one that routes to the target.
+    pub fn route_ip(&self) -> anyhow::Result<std::net::IpAddr> {
+        match self.url.as_ref().or(self.sfu_control.as_ref()) {
+            Some(url) => target::local_ip_towards(url),
+            None => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
+        }
+    }
+
     /// What each participant publishes and how its link behaves; `n` seeds its link.
     pub fn spec(&self, name: &str, voice_hz: u32, video_kbps: u32, n: usize) -> ParticipantSpec {
         let mut spec = ParticipantSpec::new(name).with_speech(voice_hz);
+        spec.bind_ip = self.bind_ip.unwrap_or(spec.bind_ip);
         // Decoding is the listener's cost, not the servers': load runs count, not listen.
         spec.decode_audio = false;
         if video_kbps > 0 {

@@ -69,8 +69,13 @@ impl Progress {
         ));
     }
 
+    /// A line above the bar (on stderr as is when there is no terminal to draw on).
     pub fn println(&self, line: &str) {
-        self.bar.println(line);
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     pub fn finish(&self) {

@@ -35,7 +35,8 @@ pub fn verdict(
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
-    args.check()?;
+    let mut args = args;
+    args.resolve()?;
     crate::control::ensure_crypto_provider();
     marker::now_micros();
     let ceiling = args.max_participants / 2;

@@ -79,7 +79,8 @@ fn walk(mut walks: Vec<(ClientDriver, ParticipantKey, Stroll)>) -> tokio::task::
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
-    args.check()?;
+    let mut args = args;
+    args.resolve()?;
     crate::control::ensure_crypto_provider();
     marker::now_micros();
     anyhow::ensure!(args.avatars >= 2, "--avatars must be at least 2");

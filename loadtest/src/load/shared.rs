@@ -19,7 +19,7 @@ use super::window::{Sampler, Window};
 use super::{LoadArgs, Outcome, report, start_drivers};
 use crate::control::SfuControl;
 use crate::driver::{ClientDriver, ParticipantKey};
-use crate::local::LocalSfu;
+use crate::local::{LocalSfu, metric_value};
 use crate::media::marker;
 
 /// The room is a square this many metres wide, centred on the origin.
@@ -188,10 +188,22 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         }
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    // Without signaling, the SFU's own counters say what was NACKed and resent.
+    let recovery = |m: &str| {
+        (
+            metric_value(m, "metaclinic_sfu_nacked_packets_total", ""),
+            metric_value(m, "metaclinic_sfu_retransmissions_total", ""),
+        )
+    };
+    let before = control.metrics().await.map(|m| recovery(&m));
     let window = Window::open(&members, &drivers, &probe).await;
     progress.measuring("walking", args.duration);
     super::consult::hold(&members, args.duration, &progress, &sampler).await;
-    let figures = window.close(&members, &drivers, &probe).await;
+    let mut figures = window.close(&members, &drivers, &probe).await;
+    if let (Ok(b), Ok(a)) = (before, control.metrics().await.map(|m| recovery(&m))) {
+        figures.nacks = (a.0 - b.0).max(0.0) as u64;
+        figures.retransmissions = (a.1 - b.1).max(0.0) as u64;
+    }
     progress.finish();
     walking.abort();
     let r = report(Outcome {

@@ -24,6 +24,8 @@ pub struct ParticipantKey(usize);
 
 const WAKER: Token = Token(usize::MAX);
 const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read from one socket before the participant's outputs are taken.
+const READ_BATCH: usize = 32;
 
 type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
 
@@ -357,22 +359,31 @@ impl Worker {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let Some(p) = self.participants.get_mut(key) else {
-            return;
-        };
+        // A backlog (a starved thread) is taken a batch at a time, each followed by the
+        // participant's outputs: the WebRTC stack's queues grow with what one call holds,
+        // and keep that size.
         loop {
-            match p.socket.recv_from(&mut self.buf) {
-                // A network that blocks UDP lets nothing in.
-                Ok(_) if p.spec.tcp_only => {}
-                Ok((n, from)) => match &mut p.downlink {
-                    Some(link) => link.push(now, from, self.buf[..n].to_vec()),
-                    None => p.peer.handle_datagram(now, from, &self.buf[..n]),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
+            let Some(p) = self.participants.get_mut(key) else {
+                return;
+            };
+            let mut read = 0;
+            while read < READ_BATCH {
+                match p.socket.recv_from(&mut self.buf) {
+                    // A network that blocks UDP lets nothing in.
+                    Ok(_) if p.spec.tcp_only => {}
+                    Ok((n, from)) => match &mut p.downlink {
+                        Some(link) => link.push(now, from, self.buf[..n].to_vec()),
+                        None => p.peer.handle_datagram(now, from, &self.buf[..n]),
+                    },
+                    Err(_) => break,
+                }
+                read += 1;
+            }
+            self.service(key, now);
+            if read < READ_BATCH {
+                return; // drained (WouldBlock) or the socket failed
             }
         }
-        self.service(key, now);
     }
 
     /// Frames from the participant's ICE-TCP connection, or its end.

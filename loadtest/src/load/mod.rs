@@ -324,6 +324,7 @@ pub async fn report(o: Outcome<'_>) -> Report {
             0.0
         },
         tool_rss_kb: crate::local::process_rss_kb(std::process::id()).unwrap_or(0),
+        tool_frames_skipped: f.frames_skipped,
         failure_reasons: failures.iter().take(20).cloned().collect(),
         steps: Vec::new(),
         last_good_step: None,

@@ -61,6 +61,9 @@ pub struct Report {
     /// The load tool's own CPU per participant, percent of one core.
     pub tool_cpu_pct_per_participant: f64,
     pub tool_rss_kb: u64,
+    /// Media frames the tool's threads were too late to send: above zero, the tool (not the
+    /// servers) was short of CPU, and more `--client-threads` or a quieter machine are needed.
+    pub tool_frames_skipped: u64,
     pub failure_reasons: Vec<String>,
     /// Ramp only: each step and the last one that held the quality bar.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -121,8 +124,13 @@ pub fn summary(r: &Report) -> String {
         (
             "scenario",
             format!(
-                "{} ({} rooms, {} participants, video {} kbit/s) against {}",
-                r.scenario, r.rooms, r.participants, r.video_kbps, r.target
+                "{} ({} room{}, {} participants, video {} kbit/s) against {}",
+                r.scenario,
+                r.rooms,
+                if r.rooms == 1 { "" } else { "s" },
+                r.participants,
+                r.video_kbps,
+                r.target
             ),
         ),
         ("measured", format!("{:.1} s", r.duration_s)),
@@ -187,10 +195,18 @@ pub fn summary(r: &Report) -> String {
         (
             "load tool",
             format!(
-                "CPU {:.1}% of a core ({:.3}% per participant), RSS {:.1} MiB",
+                "CPU {:.1}% of a core ({:.3}% per participant), RSS {:.1} MiB{}",
                 r.tool_cpu_pct,
                 r.tool_cpu_pct_per_participant,
-                r.tool_rss_kb as f64 / 1024.0
+                r.tool_rss_kb as f64 / 1024.0,
+                if r.tool_frames_skipped > 0 {
+                    format!(
+                        "; {} frames skipped: the tool was short of CPU",
+                        r.tool_frames_skipped
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ),
         (

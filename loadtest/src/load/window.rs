@@ -27,6 +27,7 @@ pub struct MediaTotals {
     pub nacks: u64,
     pub retransmissions: u64,
     pub speaker_changes: u64,
+    pub frames_skipped: u64,
 }
 
 pub async fn media_totals(members: &[Member]) -> MediaTotals {
@@ -36,6 +37,7 @@ pub async fn media_totals(members: &[Member]) -> MediaTotals {
         t.retransmissions += m.tally.retransmissions.load(Ordering::Relaxed);
         t.speaker_changes += m.tally.speaker_changes.load(Ordering::Relaxed);
         let Some(s) = m.stats().await else { continue };
+        t.frames_skipped += s.frames_skipped;
         for r in &s.remote {
             t.received += r.packets;
             t.lost += r.lost;
@@ -70,6 +72,8 @@ pub struct Figures {
     pub nacks: u64,
     pub retransmissions: u64,
     pub speaker_changes: u64,
+    /// Frames the participants' threads were too late to send (the tool's own limit).
+    pub frames_skipped: u64,
     pub sfu_cpu_s: Option<f64>,
     pub signaling_cpu_s: Option<f64>,
     pub tool_cpu_s: f64,
@@ -153,6 +157,9 @@ impl Window {
             speaker_changes: media
                 .speaker_changes
                 .saturating_sub(self.media.speaker_changes),
+            frames_skipped: media
+                .frames_skipped
+                .saturating_sub(self.media.frames_skipped),
             sfu_cpu_s: delta(self.server.sfu_cpu_s, server.sfu_cpu_s),
             signaling_cpu_s: delta(self.server.signaling_cpu_s, server.signaling_cpu_s),
             tool_cpu_s: (tool - self.tool_cpu_s).max(0.0),

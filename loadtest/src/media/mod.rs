@@ -2,6 +2,7 @@
 //! send-time markers.
 
 pub mod audio;
+pub(crate) mod freeze;
 pub mod h264;
 pub mod marker;
 pub mod speech;

@@ -34,6 +34,36 @@ window.mc = {
     });
     return pc.localDescription.sdp;
   },
+  // Video only, in three simulcast layers (quarter, half and full size), as a browser on a
+  // good line sends it to an SFU.
+  async startSimulcast() {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360, frameRate: 15 } });
+    pc.addTransceiver(stream.getVideoTracks()[0], {
+      direction: 'sendonly',
+      streams: [stream],
+      sendEncodings: [
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100000 },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 300000 },
+        { rid: 'f', maxBitrate: 900000 },
+      ],
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {
+      if (pc.iceGatheringState === 'complete') return done();
+      pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && done());
+      setTimeout(done, 3000);
+    });
+    return pc.localDescription.sdp;
+  },
+  async sent() {
+    const out = [];
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') out.push({ rid: s.rid, width: s.frameWidth || 0, bytes: s.bytesSent || 0 });
+    });
+    return out;
+  },
   async answer(sdp) { await this.pc.setRemoteDescription({ type: 'answer', sdp }); return true; },
   async offer(sdp) {
     await this.pc.setRemoteDescription({ type: 'offer', sdp });
@@ -49,6 +79,50 @@ window.mc = {
   },
 };
 </script></body></html>"#;
+
+/// Join the browser page as `who` through the control API: its first offer from `start`
+/// (a JavaScript expression), then it answers every offer the SFU makes, until aborted.
+async fn join_browser(
+    c: &metaclinic_loadtest::SfuControl,
+    page: &common::browser::Page,
+    room: &str,
+    who: &str,
+    start: &str,
+) -> tokio::task::JoinHandle<()> {
+    c.open_session(room, who, Some("patient"), Rights::default())
+        .await
+        .unwrap();
+    let mut events = c.participant_events(room, who).await.unwrap();
+    let offer = page.eval(start).await;
+    let answer = c
+        .offer(room, who, offer.as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    page.eval(&format!(
+        "mc.answer({})",
+        serde_json::to_string(&answer).unwrap()
+    ))
+    .await;
+    let (page, c, room, who) = (page.clone(), c.clone(), room.to_owned(), who.to_owned());
+    tokio::spawn(async move {
+        while let Some(item) = events.next().await {
+            if let StreamItem::Event(e) = item
+                && let RoomEvent::Offer { participant, sdp } = e.event
+                && participant.as_str() == who
+            {
+                let answer = page
+                    .eval(&format!(
+                        "mc.offer({})",
+                        serde_json::to_string(&sdp).unwrap()
+                    ))
+                    .await;
+                c.answer(&room, &who, answer.as_str().unwrap().to_owned())
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+}
 
 fn inbound(stats: &Value, kind: &str) -> (u64, u64) {
     stats["inbound"]
@@ -180,6 +254,93 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
     assert_eq!(page_stats["state"], "connected");
     let audio = rust_stats.audio_from("browser-patient").unwrap();
     assert_eq!(audio.decode_errors, 0, "{rust_stats:#?}");
+    relay.abort();
+    drop(page);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_simulcast_follows_the_layer_a_rust_subscriber_asks_for() {
+    use metaclinic_sfu::control::api::VideoQuality;
+    let sfu = common::start_sfu(1);
+    let c = sfu.control.clone();
+    c.create_room("simulcast-room").await.unwrap();
+    let driver = ClientDriver::start("simulcast-test").unwrap();
+    let rust = SfuParticipant::join(
+        &driver,
+        &c,
+        "simulcast-room",
+        Some("host"),
+        ParticipantSpec::new("rust-doctor"),
+    )
+    .await
+    .unwrap();
+    // Three layers at 640x360 (Chromium would allow only two at this size by default).
+    let browser =
+        Browser::launch_with(&["--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/"])
+            .await;
+    let addr = common::serve_page(PAGE).await;
+    let page = browser.open(&format!("http://{addr}/")).await;
+    let relay = join_browser(
+        &c,
+        &page,
+        "simulcast-room",
+        "browser-patient",
+        "mc.startSimulcast()",
+    )
+    .await;
+
+    // The browser sends its layers; the subscriber, with nothing asked, gets the best.
+    let width = |s: &metaclinic_loadtest::ParticipantStats| {
+        s.video_from("browser-patient").and_then(|v| v.width)
+    };
+    let best = rust
+        .wait_for(Duration::from_secs(40), |s| {
+            width(s).is_some_and(|w| w >= 600)
+        })
+        .await
+        .unwrap();
+    let sent = page.eval("mc.sent()").await;
+    eprintln!(
+        "browser sends {sent}; the subscriber gets width {:?}",
+        width(&best)
+    );
+    assert!(
+        width(&best).is_some_and(|w| w >= 600),
+        "the top layer never arrived: {best:#?}\nbrowser sends: {sent:#}\nconsole: {:#?}",
+        browser.console.lock().unwrap()
+    );
+    let track = best.video_from("browser-patient").unwrap().track.clone();
+
+    // A small tile: the subscriber asks for low and gets the quarter-size layer.
+    rust.set_video_preference(&track, Some(VideoQuality::Low), false)
+        .await
+        .unwrap();
+    let low = rust
+        .wait_for(Duration::from_secs(10), |s| {
+            width(s).is_some_and(|w| w <= 200)
+        })
+        .await
+        .unwrap();
+    eprintln!("asked for low: width {:?}", width(&low));
+    assert!(width(&low).is_some_and(|w| w <= 200), "{low:#?}");
+    let frames_low = low.video_from("browser-patient").unwrap().frames_complete;
+
+    // Full screen again: high.
+    rust.set_video_preference(&track, Some(VideoQuality::High), true)
+        .await
+        .unwrap();
+    let high = rust
+        .wait_for(Duration::from_secs(10), |s| {
+            width(s).is_some_and(|w| w >= 600)
+        })
+        .await
+        .unwrap();
+    eprintln!("asked for high: width {:?}", width(&high));
+    assert!(width(&high).is_some_and(|w| w >= 600), "{high:#?}");
+    let v = high.video_from("browser-patient").unwrap();
+    assert!(v.frames_complete > frames_low, "{v:#?}");
+    // Switches kept the subscriber's stream whole: no gap it would count as loss.
+    assert!(v.lost <= 2, "{v:#?}");
     relay.abort();
     drop(page);
 }

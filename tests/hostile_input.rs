@@ -199,6 +199,33 @@ async fn hostile_input_is_dropped_with_reasons_and_the_call_carries_on() {
         (404, "room_not_found"),
         "{err}"
     );
+    // Video preferences name a track the participant receives, or nothing happens.
+    use metaclinic_sfu::control::api::{VideoPreference, VideoQuality};
+    let stray = VideoPreference {
+        track: metaclinic_sfu::ids::TrackId(999_999),
+        max_quality: Some(VideoQuality::Low),
+        pinned: true,
+    };
+    let err = c
+        .set_video_preference("calm", "doctor", &stray)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (404, "track_not_found"),
+        "{err}"
+    );
+    let r = http
+        .post(format!(
+            "{}/v1/rooms/calm/participants/doctor/video",
+            c.base()
+        ))
+        .bearer_auth(CREDENTIAL)
+        .body(r#"{"track":"t1","max_quality":"ultra"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an unknown quality");
     c.close_session("calm", "intruder").await.unwrap();
 
     // --- Every drop is counted under its reason.
@@ -227,7 +254,8 @@ async fn hostile_input_is_dropped_with_reasons_and_the_call_carries_on() {
         )
     };
     assert!(refused("unauthorized") >= 2.0, "{m}");
-    assert!(refused("bad_request") >= 2.0, "{m}");
+    assert!(refused("bad_request") >= 3.0, "{m}");
+    assert!(refused("track_not_found") >= 1.0, "{m}");
     assert!(refused("payload_too_large") >= 1.0, "{m}");
     assert!(refused("invalid_sdp") >= 1.0, "{m}");
 

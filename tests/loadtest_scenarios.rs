@@ -147,12 +147,15 @@ async fn a_ramp_stops_by_itself_and_names_its_last_good_step() {
             "--warmup",
             "0",
             "--video-kbps",
-            "100",
+            "200",
+            // Publishers send three layers, as browsers do; the SFU picks one per subscriber.
+            "--simulcast",
         ],
     );
     let report = load::ramp::run(args.clone()).await.unwrap();
     eprintln!("{}", load::report::summary(&report));
     let j = outputs(&args, &report);
+    assert_eq!(j["simulcast"], true);
     let steps = j["steps"].as_array().unwrap();
     assert!(!steps.is_empty() && steps.len() <= 2, "{j:#}");
     let stopped = j["ramp_stopped"].as_str().unwrap();

@@ -251,6 +251,12 @@ async fn hostile_websocket_input_gets_clear_errors_and_spares_the_others() {
     .await
     .unwrap();
     assert_eq!(next_json(&mut rx).await.unwrap()["code"], "not_in_call");
+    tx.send(bad(
+        r#"{"type":"video_preference","track":"t1","max_quality":"low"}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut rx).await.unwrap()["code"], "not_in_call");
     tx.send(bad(r#"{"type":"end"}"#)).await.unwrap();
     assert_eq!(next_json(&mut rx).await.unwrap()["code"], "not_host");
     tx.send(Message::Binary(vec![1, 2, 3].into()))

@@ -44,6 +44,9 @@ pub struct VideoSpec {
     pub kbps: u32,
     /// A keyframe at least this often (also on request).
     pub keyframe_interval: Duration,
+    /// Send three simulcast layers (VP8 only), as a browser does: quarter, half and full
+    /// size at about a tenth, a third and all of `kbps`.
+    pub simulcast: bool,
 }
 
 impl Default for VideoSpec {
@@ -55,6 +58,7 @@ impl Default for VideoSpec {
             fps: 30,
             kbps: 500,
             keyframe_interval: Duration::from_secs(3),
+            simulcast: false,
         }
     }
 }
@@ -144,63 +148,56 @@ struct AudioOut {
     after_pause: bool,
 }
 
+/// The simulcast layers a publisher sends: RID, size divisor, share of the top bitrate.
+const SIMULCAST_LAYERS: [(&str, u16, f64); 3] = [("q", 4, 0.1), ("h", 2, 0.33), ("f", 1, 1.0)];
+
 struct VideoOut {
     outbound: OutboundId,
     spec: VideoSpec,
-    writer: Vp8Writer,
-    /// The writer's interframe and keyframe: they never change, so encode each once.
-    encoded: [Option<Vec<u8>>; 2],
-    frame_bytes: usize,
+    /// One encoding, or one per simulcast layer (lowest first).
+    layers: Vec<VideoLayerOut>,
     frame: u64,
-    picture_id: u16,
-    seq: u16,
     ts: u32,
     next: Instant,
     last_keyframe: Option<Instant>,
     keyframe_requested: bool,
 }
 
-impl VideoOut {
-    fn new(
-        peer: &mut Peer,
-        stream: &str,
-        spec: VideoSpec,
-        now: Instant,
-    ) -> anyhow::Result<VideoOut> {
-        anyhow::ensure!(spec.codec != Codec::Opus, "video must be VP8 or H.264");
-        let outbound = peer.add_outbound(
-            spec.codec,
-            rand::random_range(1..=u32::MAX),
-            stream,
-            &format!("{stream}-video"),
-        )?;
-        let frame_bytes =
-            (spec.kbps as usize * 1000 / 8 / spec.fps.max(1) as usize).max(marker::MARKER_LEN + 16);
-        Ok(VideoOut {
-            outbound,
-            writer: Vp8Writer::new(spec.width, spec.height),
+/// One encoding of a video track: its own size, bitrate and numbering.
+struct VideoLayerOut {
+    writer: Vp8Writer,
+    /// The writer's interframe and keyframe: they never change, so encode each once.
+    encoded: [Option<Vec<u8>>; 2],
+    frame_bytes: usize,
+    picture_id: u16,
+    seq: u16,
+}
+
+impl VideoLayerOut {
+    fn new(spec: &VideoSpec, divisor: u16, share: f64) -> Self {
+        let kbps = (f64::from(spec.kbps) * share).max(1.0);
+        VideoLayerOut {
+            writer: Vp8Writer::new(
+                (spec.width / divisor).max(16),
+                (spec.height / divisor).max(16),
+            ),
             encoded: [None, None],
-            spec,
-            frame_bytes,
-            frame: 0,
+            frame_bytes: (kbps as usize * 1000 / 8 / spec.fps.max(1) as usize)
+                .max(marker::MARKER_LEN + 16),
             picture_id: rand::random::<u16>() & 0x7fff,
             seq: rand::random(),
-            ts: rand::random(),
-            next: now,
-            last_keyframe: None,
-            keyframe_requested: true,
-        })
+        }
     }
 
     /// The RTP payloads of the next frame, its tail marked with the send time.
-    fn next_frame(&mut self, keyframe: bool) -> Vec<Vec<u8>> {
+    fn next_frame(&mut self, codec: Codec, keyframe: bool) -> Vec<Vec<u8>> {
         // Keyframes cost more, as in a real encoder.
         let target = if keyframe {
             self.frame_bytes * 3
         } else {
             self.frame_bytes
         };
-        match self.spec.codec {
+        match codec {
             Codec::H264 => {
                 let mut nalus = h264::frame(keyframe, target);
                 if let Some(slice) = nalus.last_mut() {
@@ -222,6 +219,45 @@ impl VideoOut {
     }
 }
 
+impl VideoOut {
+    fn new(
+        peer: &mut Peer,
+        stream: &str,
+        spec: VideoSpec,
+        now: Instant,
+    ) -> anyhow::Result<VideoOut> {
+        anyhow::ensure!(spec.codec != Codec::Opus, "video must be VP8 or H.264");
+        let track = format!("{stream}-video");
+        let ssrc = || rand::random_range(1..=u32::MAX);
+        let (outbound, layers) = if spec.simulcast {
+            anyhow::ensure!(spec.codec == Codec::Vp8, "simulcast is sent as VP8");
+            let rids: Vec<(String, u32)> = SIMULCAST_LAYERS
+                .iter()
+                .map(|(rid, _, _)| (rid.to_string(), ssrc()))
+                .collect();
+            let outbound = peer.add_simulcast_outbound(spec.codec, &rids, stream, &track)?;
+            let layers = SIMULCAST_LAYERS
+                .iter()
+                .map(|&(_, divisor, share)| VideoLayerOut::new(&spec, divisor, share))
+                .collect();
+            (outbound, layers)
+        } else {
+            let outbound = peer.add_outbound(spec.codec, ssrc(), stream, &track)?;
+            (outbound, vec![VideoLayerOut::new(&spec, 1, 1.0)])
+        };
+        Ok(VideoOut {
+            outbound,
+            layers,
+            spec,
+            frame: 0,
+            ts: rand::random(),
+            next: now,
+            last_keyframe: None,
+            keyframe_requested: true,
+        })
+    }
+}
+
 /// What arrived on one remote track.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteTrackStats {
@@ -240,6 +276,9 @@ pub struct RemoteTrackStats {
     pub frames_complete: u64,
     pub frames_incomplete: u64,
     pub keyframes: u64,
+    /// The picture size of the last VP8 keyframe (what a simulcast layer switch changes).
+    pub width: Option<u16>,
+    pub height: Option<u16>,
     pub audio_frames_decoded: u64,
     pub decode_errors: u64,
     pub tone_hz: Option<f64>,
@@ -294,6 +333,8 @@ impl RemoteTrack {
                 frames_complete: 0,
                 frames_incomplete: 0,
                 keyframes: 0,
+                width: None,
+                height: None,
                 audio_frames_decoded: 0,
                 decode_errors: 0,
                 tone_hz: None,
@@ -348,6 +389,10 @@ impl RemoteTrack {
         }
         if s.codec.is_keyframe_start(&p.payload) {
             s.keyframes += 1;
+            if let Some((w, h)) = metaclinic_sfu::media::vp8_keyframe_size(&p.payload) {
+                s.width = Some(w);
+                s.height = Some(h);
+            }
         }
         if s.codec == Codec::Opus || p.marker {
             s.frames += 1;
@@ -618,24 +663,30 @@ impl Participant {
                 let keyframe = v.keyframe_requested
                     || v.last_keyframe
                         .is_none_or(|t| now.duration_since(t) >= v.spec.keyframe_interval);
-                let packets = v.next_frame(keyframe);
-                let count = packets.len();
-                for (i, payload) in packets.into_iter().enumerate() {
-                    let len = payload.len();
-                    let pkt = RtpPacket {
-                        ssrc: 0,
-                        sequence_number: v.seq,
-                        timestamp: v.ts,
-                        payload_type: 0,
-                        marker: i + 1 == count,
-                        payload: Bytes::from(payload),
-                        audio_level: None,
-                    };
-                    if self.peer.send_rtp(now, v.outbound, &pkt, v.seq, v.ts) {
-                        self.sent_packets += 1;
-                        self.sent_bytes += len as u64;
+                for (index, layer) in v.layers.iter_mut().enumerate() {
+                    let packets = layer.next_frame(v.spec.codec, keyframe);
+                    let count = packets.len();
+                    for (i, payload) in packets.into_iter().enumerate() {
+                        let len = payload.len();
+                        let pkt = RtpPacket {
+                            ssrc: 0,
+                            sequence_number: layer.seq,
+                            timestamp: v.ts,
+                            payload_type: 0,
+                            marker: i + 1 == count,
+                            payload: Bytes::from(payload),
+                            audio_level: None,
+                        };
+                        if self
+                            .peer
+                            .send_rtp_on_layer(now, v.outbound, index, &pkt, layer.seq, v.ts)
+                        {
+                            self.sent_packets += 1;
+                            self.sent_bytes += len as u64;
+                        }
+                        layer.seq = layer.seq.wrapping_add(1);
                     }
-                    v.seq = v.seq.wrapping_add(1);
+                    layer.picture_id = (layer.picture_id + 1) & 0x7fff;
                 }
                 if keyframe {
                     v.keyframe_requested = false;
@@ -644,7 +695,6 @@ impl Participant {
                 }
                 v.frame += 1;
                 self.video_frames_sent += 1;
-                v.picture_id = (v.picture_id + 1) & 0x7fff;
                 v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
             }
         }
@@ -703,7 +753,9 @@ impl Participant {
                         t.stats.ended = true;
                     }
                 }
-                PeerOutput::Rtp { inbound, packet } => {
+                PeerOutput::Rtp {
+                    inbound, packet, ..
+                } => {
                     let since = now.duration_since(self.created).as_millis() as u64;
                     let arrival = marker::micros_at(now);
                     if let Some(t) = self.remote.get_mut(&inbound) {

@@ -134,6 +134,27 @@ impl SfuParticipant {
         self.driver.stats(self.key).await
     }
 
+    /// Say how this participant shows the video track `track` it receives (the track id of
+    /// its stats): the best quality its tile wants, and whether it is pinned.
+    pub async fn set_video_preference(
+        &self,
+        track: &str,
+        max_quality: Option<metaclinic_sfu::control::api::VideoQuality>,
+        pinned: bool,
+    ) -> anyhow::Result<()> {
+        let track = metaclinic_sfu::ids::TrackId::parse(track)
+            .ok_or_else(|| anyhow::anyhow!("not a track id: {track}"))?;
+        let preference = metaclinic_sfu::control::api::VideoPreference {
+            track,
+            max_quality,
+            pinned,
+        };
+        self.control
+            .set_video_preference(&self.room, &self.name, &preference)
+            .await?;
+        Ok(())
+    }
+
     /// Poll the stats until `done` holds, for at most `timeout`. Returns the last stats
     /// either way; the caller asserts.
     pub async fn wait_for(

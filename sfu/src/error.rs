@@ -11,6 +11,8 @@ pub enum ControlError {
     RoomNotFound,
     #[error("no such participant in this room")]
     ParticipantNotFound,
+    #[error("the participant receives no such video track")]
+    TrackNotFound,
     #[error("the room is full")]
     RoomFull,
     #[error("this node takes no more rooms")]
@@ -46,6 +48,7 @@ impl ControlError {
             ControlError::BadRequest(_) => "bad_request",
             ControlError::RoomNotFound => "room_not_found",
             ControlError::ParticipantNotFound => "participant_not_found",
+            ControlError::TrackNotFound => "track_not_found",
             ControlError::RoomFull => "room_full",
             ControlError::NodeFull => "node_full",
             ControlError::UnsupportedRoomKind => "unsupported_room_kind",
@@ -71,6 +74,7 @@ impl ControlError {
             | ControlError::UnsupportedRoomKind => 400,
             ControlError::RoomNotFound
             | ControlError::ParticipantNotFound
+            | ControlError::TrackNotFound
             | ControlError::NotFound => 404,
             ControlError::MethodNotAllowed => 405,
             ControlError::RoomFull

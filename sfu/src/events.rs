@@ -120,6 +120,26 @@ pub struct QualityReport {
     /// Packets the participant asked to be sent again (NACK), and the SFU's retransmissions.
     pub nacks: u64,
     pub retransmissions: u64,
+    /// The bandwidth the SFU estimates towards the participant (transport-wide feedback, or
+    /// REMB), kbit/s: what its video layers are chosen by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_kbps: Option<f64>,
+    /// Each video the participant receives: which layer of how many, or paused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub video: Vec<ReceivedVideo>,
+}
+
+/// One received video in a quality report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedVideo {
+    pub track: crate::ids::TrackId,
+    pub from: ParticipantId,
+    /// The quality being received, 0 the lowest, of `layers` being sent; absent when paused
+    /// for bandwidth or not started yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    pub layers: usize,
+    pub paused: bool,
 }
 
 impl RoomEvent {

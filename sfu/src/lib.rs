@@ -6,7 +6,8 @@
 //! - [`shard`]: a media thread: one UDP port, batched I/O, the demultiplexer, timers, and
 //!   the rooms placed on it. No locks or thread hops on the packet path.
 //! - [`room`], [`session`]: who is in a room, what they publish and receive.
-//! - [`forward`]: per-subscriber rewriting decisions (SSRC, sequence numbers, timestamps).
+//! - [`forward`]: per-subscriber rewriting decisions (SSRC, sequence numbers, timestamps,
+//!   simulcast layer switches); [`allocator`]: which layers fit a subscriber's bandwidth.
 //! - [`webrtc`]: the only module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O).
 //! - [`media`], [`events`], [`ids`]: our own vocabulary, free of library types.
 //! - [`config`], [`metrics`], [`error`]: the operator's side.
@@ -14,6 +15,7 @@
 //! Error policy: bad input is an error or a counted drop, never a panic; a panic inside the
 //! WebRTC stack closes only the session it happened in.
 
+pub mod allocator;
 pub mod config;
 pub mod control;
 pub mod error;

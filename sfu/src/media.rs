@@ -120,6 +120,36 @@ fn vp8_is_keyframe_start(p: &[u8]) -> bool {
     p.get(i).is_some_and(|&h| h & 0x01 == 0)
 }
 
+/// The picture size a VP8 keyframe's first packet declares (RFC 6386 §9.1), if this is one.
+pub fn vp8_keyframe_size(p: &[u8]) -> Option<(u16, u16)> {
+    if !vp8_is_keyframe_start(p) {
+        return None;
+    }
+    let b0 = *p.first()?;
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *p.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    // Frame tag (3 bytes), start code 9d 01 2a, then 14-bit width and height.
+    let h = p.get(i..i + 10)?;
+    if h[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([h[6], h[7]]) & 0x3fff;
+    let ht = u16::from_le_bytes([h[8], h[9]]) & 0x3fff;
+    Some((w, ht))
+}
+
 const H264_NAL_IDR: u8 = 5;
 const H264_NAL_SPS: u8 = 7;
 const H264_NAL_STAP_A: u8 = 24;
@@ -169,6 +199,19 @@ mod tests {
         // Truncated: no panic, no keyframe.
         assert!(!Codec::Vp8.is_keyframe_start(&[0x90, 0x80]));
         assert!(!Codec::Vp8.is_keyframe_start(&[]));
+    }
+
+    #[test]
+    fn vp8_keyframes_say_their_size() {
+        // Descriptor with a 15-bit picture id, frame tag, start code, 640x360.
+        let p = [
+            0x90, 0x80, 0x81, 0x23, 0x50, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_keyframe_size(&p), Some((640, 360)));
+        assert_eq!(vp8_keyframe_size(&p[..10]), None);
+        let mut wrong = p;
+        wrong[8] = 0;
+        assert_eq!(vp8_keyframe_size(&wrong), None);
     }
 
     #[test]

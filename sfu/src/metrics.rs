@@ -45,6 +45,8 @@ pub enum DropReason {
     SendFailed,
     /// The publisher is muted by a host.
     Muted,
+    /// Video paused for a subscriber whose bandwidth cannot carry it (audio goes on).
+    Paused,
     /// Audio the spatial mixer refused (too late, duplicate, a wild sequence jump).
     MixerRejected,
     /// A pose message on the data channel that does not parse (see `spatial::pose`).
@@ -54,7 +56,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Oversized,
         DropReason::Unclassifiable,
         DropReason::MalformedStun,
@@ -72,6 +74,7 @@ impl DropReason {
         DropReason::SubscriberNotReady,
         DropReason::SendFailed,
         DropReason::Muted,
+        DropReason::Paused,
         DropReason::MixerRejected,
         DropReason::BadPose,
         DropReason::PoseRate,
@@ -96,6 +99,7 @@ impl DropReason {
             DropReason::SubscriberNotReady => "subscriber_not_ready",
             DropReason::SendFailed => "send_failed",
             DropReason::Muted => "muted",
+            DropReason::Paused => "paused_for_bandwidth",
             DropReason::MixerRejected => "mixer_rejected",
             DropReason::BadPose => "bad_pose",
             DropReason::PoseRate => "pose_rate",
@@ -130,6 +134,7 @@ pub struct Metrics {
     pub nacked_packets: IntCounter,
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
+    pub layer_switches: IntCounterVec,
 }
 
 impl Metrics {
@@ -240,6 +245,11 @@ impl Metrics {
             dominant_speaker_changes: counter(
                 "metaclinic_sfu_dominant_speaker_changes_total",
                 "Times a room's dominant speaker changed",
+            ),
+            layer_switches: counter_vec(
+                "metaclinic_sfu_layer_switches_total",
+                "Video layer changes the bandwidth allocator made for subscribers (a pause counts as down)",
+                &["direction"],
             ),
             registry,
         }

@@ -387,6 +387,21 @@ impl Node {
         .await
     }
 
+    pub async fn set_video_preference(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        preference: crate::control::api::VideoPreference,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::SetVideoPreference {
+            room: room.clone(),
+            participant: participant.clone(),
+            preference,
+            reply,
+        })
+        .await
+    }
+
     pub async fn describe_room(&self, room: &RoomId) -> Result<RoomInfo, ControlError> {
         self.ask(room, |reply| Command::DescribeRoom {
             room: room.clone(),

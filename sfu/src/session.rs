@@ -48,6 +48,8 @@ pub struct Session {
     pub mix: Option<MixOut>,
     /// When the last avatar pose was taken (poses are rate-limited).
     pub last_pose: Option<Instant>,
+    /// Which video layers fit this subscriber's bandwidth (see `shard::allocation`).
+    pub allocation: crate::shard::allocation::LayerAllocation,
 }
 
 /// A listener's spatial mix on its way out: our own sequence numbers and timestamps.
@@ -95,6 +97,7 @@ impl Session {
             quality_at: now,
             mix: None,
             last_pose: None,
+            allocation: crate::shard::allocation::LayerAllocation::new(now),
         }
     }
 }

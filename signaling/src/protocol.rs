@@ -56,6 +56,15 @@ pub enum ClientMessage {
     Ice {
         candidate: serde_json::Value,
     },
+    /// How this client shows a video it receives: the best quality its tile needs, and
+    /// whether it is pinned (reduced last when the client's bandwidth falls).
+    VideoPreference {
+        track: String,
+        #[serde(default)]
+        max_quality: Option<metaclinic_sfu::control::api::VideoQuality>,
+        #[serde(default)]
+        pinned: bool,
+    },
     /// Host: let someone in from the lobby.
     Admit {
         participant: String,

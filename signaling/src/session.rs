@@ -507,6 +507,39 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                 }
             }
         }
+        ClientMessage::VideoPreference {
+            track,
+            max_quality,
+            pinned,
+        } => {
+            if !in_call {
+                send_error(sink, "not_in_call", "wait to be admitted").await;
+                return Flow::Continue;
+            }
+            let Some(track) = metaclinic_sfu::ids::TrackId::parse(&track) else {
+                send_error(
+                    sink,
+                    "bad_message",
+                    "track must be a track id from track_published",
+                )
+                .await;
+                return Flow::Continue;
+            };
+            let preference = metaclinic_sfu::control::api::VideoPreference {
+                track,
+                max_quality,
+                pinned,
+            };
+            // Always the sender's own session: a client cannot set another's preferences.
+            if let Err(e) = c
+                .node
+                .control
+                .set_video_preference(&c.room, &j.participant, &preference)
+                .await
+            {
+                send_error(sink, &e.code, e.message).await;
+            }
+        }
         ClientMessage::Admit { participant } => {
             let now = deps.clock.now();
             let result = c.admit(&j.participant, &participant, now);

@@ -296,6 +296,7 @@ pub async fn run(args: LoadArgs, three_way: bool) -> anyhow::Result<super::repor
         probe: &dep.probe,
         rooms: args.rooms,
         video_kbps,
+        simulcast: args.simulcast,
         members: &members,
         figures: &figures,
         baseline_rss_kb: baseline,

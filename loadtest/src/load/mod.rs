@@ -68,6 +68,10 @@ pub struct LoadArgs {
     /// audio only. Default: 300 in consultations, 150 in the shared room.
     #[arg(long)]
     pub video_kbps: Option<u32>,
+    /// Send video as three simulcast layers (VP8: quarter, half and full size), as a
+    /// browser does; the SFU picks a layer per subscriber.
+    #[arg(long)]
+    pub simulcast: bool,
     /// Threads running the participants.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
@@ -215,6 +219,7 @@ impl LoadArgs {
         if video_kbps > 0 {
             spec = spec.with_video(VideoSpec {
                 kbps: video_kbps,
+                simulcast: self.simulcast,
                 ..VideoSpec::default()
             });
         }
@@ -246,6 +251,7 @@ pub struct Outcome<'a> {
     pub probe: &'a ServerProbe,
     pub rooms: usize,
     pub video_kbps: u32,
+    pub simulcast: bool,
     pub members: &'a [Member],
     pub figures: &'a Figures,
     /// Server memory before anyone joined.
@@ -304,6 +310,7 @@ pub async fn report(o: Outcome<'_>) -> Report {
         server_figures_from: o.probe.source().into(),
         rooms: o.rooms,
         video_kbps: o.video_kbps,
+        simulcast: o.simulcast,
         joins_measured: join_ms.len(),
         received_pkts: f.received,
         lost_pkts: f.lost,

@@ -125,6 +125,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         probe: &dep.probe,
         rooms,
         video_kbps,
+        simulcast: args.simulcast,
         members: &members,
         figures: &figures,
         baseline_rss_kb: baseline,

@@ -44,6 +44,8 @@ pub struct Report {
     pub server_figures_from: String,
     pub rooms: usize,
     pub video_kbps: u32,
+    /// Video sent as three simulcast layers.
+    pub simulcast: bool,
     pub joins_measured: usize,
     pub received_pkts: u64,
     pub lost_pkts: u64,
@@ -124,12 +126,13 @@ pub fn summary(r: &Report) -> String {
         (
             "scenario",
             format!(
-                "{} ({} room{}, {} participants, video {} kbit/s) against {}",
+                "{} ({} room{}, {} participants, video {} kbit/s{}) against {}",
                 r.scenario,
                 r.rooms,
                 if r.rooms == 1 { "" } else { "s" },
                 r.participants,
                 r.video_kbps,
+                if r.simulcast { " in simulcast" } else { "" },
                 r.target
             ),
         ),

@@ -212,6 +212,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         probe: &probe,
         rooms: 1,
         video_kbps,
+        simulcast: args.simulcast,
         members: &members,
         figures: &figures,
         baseline_rss_kb: baseline,

@@ -86,6 +86,39 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
+/// How good a video a subscriber wants at most: what its tile on screen can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoQuality {
+    Low,
+    Medium,
+    High,
+}
+
+impl VideoQuality {
+    /// As an index into a publication's layers, lowest first (clamped to what is sent).
+    pub fn rank(self) -> usize {
+        match self {
+            VideoQuality::Low => 0,
+            VideoQuality::Medium => 1,
+            VideoQuality::High => usize::MAX,
+        }
+    }
+}
+
+/// `POST .../participants/{p}/video`: how the participant wants one video it receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoPreference {
+    pub track: TrackId,
+    /// The best quality wanted (`high` when absent).
+    #[serde(default)]
+    pub max_quality: Option<VideoQuality>,
+    /// A pinned video is reduced last when bandwidth falls.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
 /// `POST .../mute`: a host mutes or unmutes a participant's audio or video at the SFU.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

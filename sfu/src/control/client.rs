@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::api::{
     CreateRoom, ErrorBody, IceCandidate, NodeInfo, OpenSession, RoomCreated, RoomInfo,
-    SessionDescription, SessionOpened, SetMuted,
+    SessionDescription, SessionOpened, SetMuted, VideoPreference,
 };
 use crate::events::{Rights, RoomEventEnvelope};
 use crate::ids::{ParticipantId, RoomId};
@@ -254,6 +254,22 @@ impl SfuControl {
             Self::participant_path(room, participant)
         ));
         self.send(self.http.post(url).json(&SetMuted { kind, muted }))
+            .await
+            .map(|_| ())
+    }
+
+    /// How `participant` wants one video it receives (the best quality, pinned or not).
+    pub async fn set_video_preference(
+        &self,
+        room: &str,
+        participant: &str,
+        preference: &VideoPreference,
+    ) -> Result<(), ApiError> {
+        let url = self.url(&format!(
+            "{}/video",
+            Self::participant_path(room, participant)
+        ));
+        self.send(self.http.post(url).json(preference))
             .await
             .map(|_| ())
     }

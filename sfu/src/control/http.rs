@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::api::{
     CreateRoom, ErrorBody, ErrorDetail, IceCandidate, OpenSession, SessionDescription, SetMuted,
+    VideoPreference,
 };
 use crate::error::ControlError;
 use crate::events::{RoomEvent, RoomEventEnvelope};
@@ -199,6 +200,7 @@ fn route_name(segments: &[&str]) -> &'static str {
         ["v1", "rooms", _, "participants", _, "sdp"] => "sdp",
         ["v1", "rooms", _, "participants", _, "candidates"] => "candidates",
         ["v1", "rooms", _, "participants", _, "mute"] => "mute",
+        ["v1", "rooms", _, "participants", _, "video"] => "video",
         _ => "unknown",
     }
 }
@@ -282,6 +284,12 @@ async fn v1(
             let (room, p) = (room_id(room)?, participant_id(p)?);
             let m: SetMuted = body_json(req).await?;
             node.set_muted(&room, &p, m.kind, m.muted).await?;
+            Ok(no_content())
+        }
+        (Method::POST, ["rooms", room, "participants", p, "video"]) => {
+            let (room, p) = (room_id(room)?, participant_id(p)?);
+            let v: VideoPreference = body_json(req).await?;
+            node.set_video_preference(&room, &p, v).await?;
             Ok(no_content())
         }
         (_, ["node" | "rooms"] | ["rooms", _] | ["rooms", _, "events" | "participants"])

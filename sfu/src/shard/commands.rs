@@ -76,6 +76,12 @@ pub enum Command {
         muted: bool,
         reply: Reply<()>,
     },
+    SetVideoPreference {
+        room: RoomId,
+        participant: ParticipantId,
+        preference: crate::control::api::VideoPreference,
+        reply: Reply<()>,
+    },
     DescribeRoom {
         room: RoomId,
         reply: Reply<RoomInfo>,
@@ -171,6 +177,14 @@ impl Shard {
                     reply,
                 } => {
                     let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
+                }
+                Command::SetVideoPreference {
+                    room,
+                    participant,
+                    preference,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_video_preference(&room, &participant, preference));
                 }
                 Command::DescribeRoom { room, reply } => {
                     let _ = reply.send(self.describe_room(&room));
@@ -448,6 +462,32 @@ impl Shard {
                 self.request_keyframe(track, now);
             }
         }
+        Ok(())
+    }
+
+    /// A subscriber says how it shows one video (its tile's size, pinned or not); the next
+    /// allocation applies it.
+    fn set_video_preference(
+        &mut self,
+        room: &RoomId,
+        participant: &ParticipantId,
+        preference: crate::control::api::VideoPreference,
+    ) -> Result<(), ControlError> {
+        let key = self.session_key(room, participant)?;
+        let s = &mut self.sessions[key];
+        if !s.subscriptions.values().any(|t| *t == preference.track) {
+            return Err(ControlError::TrackNotFound);
+        }
+        let sub = self.rooms[s.room]
+            .tracks
+            .get_mut(&preference.track)
+            .filter(|p| p.codec.kind() == MediaKind::Video)
+            .and_then(|p| p.subscribers.iter_mut().find(|sub| sub.session == key))
+            .ok_or(ControlError::TrackNotFound)?;
+        sub.max_quality = preference.max_quality.map(|q| q.rank());
+        sub.pinned = preference.pinned;
+        // Decide at the next housekeeping turn rather than waiting out the interval.
+        s.allocation.decide_soon();
         Ok(())
     }
 

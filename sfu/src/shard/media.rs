@@ -36,7 +36,11 @@ impl Shard {
                     }
                 };
             match out {
-                PeerOutput::Rtp { inbound, packet } => self.forward(key, inbound, &packet, now),
+                PeerOutput::Rtp {
+                    inbound,
+                    layer,
+                    packet,
+                } => self.forward(key, inbound, layer, &packet, now),
                 PeerOutput::State(state) => self.on_state(key, state, now),
                 PeerOutput::TrackOpened { inbound, codec, .. } => {
                     self.publish(key, inbound, codec, now)
@@ -66,7 +70,14 @@ impl Shard {
     }
 
     /// Fan one publisher packet out to every subscriber of its publication.
-    fn forward(&mut self, key: SessionKey, inbound: InboundId, packet: &RtpPacket, now: Instant) {
+    fn forward(
+        &mut self,
+        key: SessionKey,
+        inbound: InboundId,
+        layer: u8,
+        packet: &RtpPacket,
+        now: Instant,
+    ) {
         self.tally.rtp_packets_received += 1;
         let Shard {
             sessions,
@@ -93,6 +104,7 @@ impl Shard {
             tally.drop(DropReason::Muted);
             return;
         }
+        publication.on_packet(layer, &packet.payload, now);
         if let Some(level) = packet.audio_level {
             room.speaker.on_level(&publication.participant, level, now);
         }
@@ -115,7 +127,8 @@ impl Shard {
         // interval ends (video arrives every few tens of milliseconds).
         if publication.take_pending_keyframe_request(now)
             && let Some(p) = sessions.get_mut(key)
-            && p.peer.request_keyframe(now, inbound)
+            && p.peer
+                .request_keyframe(now, inbound, publication.wanted_layers())
             && !p.dirty
         {
             p.dirty = true;
@@ -129,15 +142,28 @@ impl Shard {
                 tally.drop(DropReason::SubscriberNotReady);
                 continue;
             }
-            match sub.down.decide(packet) {
+            match sub.down.decide(packet, layer, now) {
+                Forward::Skip => {}
                 Forward::Drop(reason) => tally.drop(reason),
                 Forward::Send {
                     sequence_number,
                     timestamp,
+                    payload,
                 } => {
+                    let rewritten;
+                    let out = match payload {
+                        Some(payload) => {
+                            rewritten = RtpPacket {
+                                payload,
+                                ..packet.clone()
+                            };
+                            &rewritten
+                        }
+                        None => packet,
+                    };
                     if ss
                         .peer
-                        .send_rtp(now, sub.outbound, packet, sequence_number, timestamp)
+                        .send_rtp(now, sub.outbound, out, sequence_number, timestamp)
                     {
                         tally.rtp_packets_forwarded += 1;
                         if !ss.dirty {
@@ -210,6 +236,7 @@ impl Shard {
             MediaKind::Video => s.video_muted,
         };
         let (rkey, participant) = (s.room, s.participant.clone());
+        let interpreter = s.role.as_deref() == Some("interpreter");
         let mut publication = Publication::new(
             track,
             key,
@@ -217,8 +244,10 @@ impl Shard {
             inbound,
             codec,
             self.settings.keyframe_request_interval,
+            now,
         );
         publication.muted = muted;
+        publication.interpreter = interpreter;
         let room = &mut self.rooms[rkey];
         room.tracks.insert(track, publication);
         room.emit(RoomEvent::TrackPublished {
@@ -254,7 +283,7 @@ impl Shard {
     }
 
     /// Give session `key` its own outbound copy of `track`. The next offer carries it.
-    pub(super) fn subscribe(&mut self, key: SessionKey, track: TrackId, _now: Instant) {
+    pub(super) fn subscribe(&mut self, key: SessionKey, track: TrackId, now: Instant) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
@@ -270,7 +299,11 @@ impl Shard {
         let mut rng = rand::rng();
         // Zero is a valid SSRC, but some stacks treat it as "unset".
         let ssrc = rng.random_range(1..=u32::MAX);
-        let down = DownTrack::new(publication.codec, ssrc, rng.random(), rng.random());
+        let mut down = DownTrack::new(publication.codec, ssrc, rng.random(), rng.random());
+        // The best layer being sent; the allocator adjusts it to the subscriber's bandwidth.
+        if let Some(&best) = publication.ranked_layers(now).last() {
+            down.set_target(Some(best));
+        }
         let outbound = match s.peer.add_outbound(
             publication.codec,
             ssrc,
@@ -288,6 +321,8 @@ impl Shard {
             outbound,
             down,
             ready: false,
+            max_quality: None,
+            pinned: false,
         });
         s.subscriptions.insert(outbound, track);
         s.needs_offer = true;
@@ -351,8 +386,9 @@ impl Shard {
             return;
         }
         let (publisher, inbound) = (publication.publisher, publication.inbound);
+        let layers = publication.wanted_layers();
         if let Some(p) = sessions.get_mut(publisher)
-            && p.peer.request_keyframe(now, inbound)
+            && p.peer.request_keyframe(now, inbound, layers)
         {
             self.mark_dirty(publisher);
         }

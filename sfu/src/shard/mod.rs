@@ -10,6 +10,7 @@
 //! - `commands.rs`: what the control plane asks of a shard
 //! - `media.rs`: peer outputs, forwarding, publications and subscriptions
 
+pub mod allocation;
 mod commands;
 pub mod demux;
 mod media;
@@ -315,8 +316,8 @@ impl Shard {
                 if let Some(ssrc) = demux::rtp_ssrc(data)
                     && self
                         .sessions
-                        .get(key)
-                        .is_some_and(|s| !s.peer.expects_inbound_ssrc(ssrc))
+                        .get_mut(key)
+                        .is_some_and(|s| !s.peer.admits_inbound_rtp(ssrc, data))
                 {
                     self.tally.drop(DropReason::UnknownSsrc);
                     return;
@@ -494,6 +495,7 @@ impl Shard {
             self.close_session(key, reason, now);
         }
         self.retry_keyframes(now);
+        self.allocate_layers(now);
         self.report_quality(now);
         self.decide_speakers(now);
         self.load.rooms.store(self.rooms.len(), Ordering::Relaxed);

@@ -34,7 +34,7 @@ impl Shard {
             metrics,
             ..
         } = self;
-        for (_, s) in sessions.iter_mut() {
+        for (key, s) in sessions.iter_mut() {
             if !s.connected_once || now < s.quality_at + QUALITY_EVERY {
                 continue;
             }
@@ -62,7 +62,37 @@ impl Shard {
                 kbps_down: kbps(c.bytes_sent.saturating_sub(before.bytes_sent)),
                 nacks,
                 retransmissions,
+                bandwidth_kbps: s
+                    .peer
+                    .bandwidth_estimate()
+                    .map(|b| round1(b as f64 / 1000.0)),
+                video: Vec::new(),
             };
+            let mut quality = quality;
+            if let Some(room) = rooms.get(s.room) {
+                for track in s.subscriptions.values() {
+                    let Some(p) = room.tracks.get(track) else {
+                        continue;
+                    };
+                    if p.codec.kind() != crate::media::MediaKind::Video {
+                        continue;
+                    }
+                    let Some(sub) = p.subscribers.iter().find(|sub| sub.session == key) else {
+                        continue;
+                    };
+                    let ranked = p.ranked_layers(now);
+                    quality.video.push(crate::events::ReceivedVideo {
+                        track: *track,
+                        from: p.participant.clone(),
+                        layer: sub
+                            .down
+                            .current_layer()
+                            .and_then(|l| ranked.iter().position(|&r| r == l)),
+                        layers: ranked.len(),
+                        paused: sub.down.target().is_none(),
+                    });
+                }
+            }
             if let Some(room) = rooms.get_mut(s.room) {
                 room.emit(RoomEvent::Quality {
                     participant: s.participant.clone(),

@@ -115,14 +115,59 @@ pub enum Side {
     Client,
 }
 
-pub(super) fn build(side: &Side, now: Instant) -> Result<RTCPeerConnection, PeerError> {
+/// Where the send-side bandwidth estimate starts, and its floor and ceiling (bits per second).
+/// It starts where a home broadband line sits so that a call opens at a good layer; a
+/// weaker line brings it down within a second or two of feedback.
+pub const INITIAL_ESTIMATE_BPS: f64 = 1_000_000.0;
+const MIN_ESTIMATE_BPS: f64 = 64_000.0;
+const MAX_ESTIMATE_BPS: f64 = 20_000_000.0;
+
+pub(super) fn build(
+    side: &Side,
+    now: Instant,
+    shared: std::sync::Arc<super::feedback::ChainShared>,
+) -> Result<RTCPeerConnection, PeerError> {
+    use rtc::interceptor::{CongestionControlBuilder, Slot, TwccSenderBuilder};
     let mut engine = media_engine()?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)
-        .map_err(PeerError::setup)?
-        .with(
-            rtc::interceptor::Slot::Custom(super::feedback::SLOT),
-            super::feedback::DeliverFeedback::default(),
-        );
+    // The defaults: NACK both ways, sender and receiver reports, the simulcast header
+    // extensions, and transport-wide feedback for what we receive (publishers' estimates).
+    let registry =
+        register_default_interceptors(Registry::new(), &mut engine).map_err(PeerError::setup)?;
+    // Transport-wide sequence numbers on what we send, so the remote's feedback reports it.
+    let registry = registry.with(Slot::TwccSender, TwccSenderBuilder::new().build());
+    // The SFU estimates the bandwidth towards each subscriber (see `estimator`) to choose
+    // its layers. No
+    // pacer: the SFU forwards what publishers paced already, and the allocator keeps the
+    // rate under the estimate by choosing layers, not by queueing packets.
+    let registry = match side {
+        Side::Server { .. } => {
+            shared.bandwidth.target_bps.store(
+                INITIAL_ESTIMATE_BPS as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            registry.with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(super::estimator::SfuEstimator::new(
+                    INITIAL_ESTIMATE_BPS,
+                    MIN_ESTIMATE_BPS,
+                    MAX_ESTIMATE_BPS,
+                    shared.bandwidth.queue_delay_ms.clone(),
+                    shared.bandwidth.delivered_bps.clone(),
+                ))
+                .build(),
+            )
+        }
+        Side::Client => registry,
+    };
+    // Answer NACKs, but never into a storm (see `nack_filter`).
+    let registry = registry.with(
+        Slot::Custom(super::nack_filter::SLOT),
+        super::nack_filter::NackFilter::new(shared.clone()),
+    );
+    let registry = registry.with(
+        Slot::Custom(super::feedback::SLOT),
+        super::feedback::DeliverFeedback::new(shared),
+    );
     let settings = match side {
         Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
             .with_lite(true)

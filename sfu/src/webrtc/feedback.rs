@@ -1,5 +1,8 @@
-//! The RTCP the application acts on: keyframe requests (PLI, FIR), the reports quality
-//! figures are read from, and NACKs (answered by rtc's responder; we count them).
+//! The RTCP the application acts on: keyframe requests (PLI, FIR) and the reports quality
+//! figures are read from (NACKs are answered inside the chain, see `nack_filter`). It also
+//! reads the bandwidth towards the remote side off the chain: the send-side estimate (GCC
+//! over transport-wide feedback) as the congestion controller announces it, and the
+//! remote's REMB where it sends that instead.
 //!
 //! rtc 0.21 ends its interceptor chain with a terminus that drops every inbound RTCP packet
 //! unless an interceptor marked it `DeliverToApplication`, and none of its own interceptors
@@ -8,23 +11,103 @@
 //! interceptors that consume feedback themselves (NACK, TWCC), and passes everything on.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::sansio::Protocol;
 
 /// Its place in the chain: after every built-in slot (the highest is 13 000).
 pub(super) const SLOT: usize = 20_000;
 
+/// What the interceptor chain tells the peer: the bandwidth towards the remote side, and
+/// the NACKs it received.
+#[derive(Debug, Default)]
+pub(super) struct ChainShared {
+    pub bandwidth: BandwidthShared,
+    pub nacks: super::nack_filter::NackCounters,
+}
+
+/// What the chain learned about the bandwidth towards the remote side.
+#[derive(Debug, Default)]
+pub(super) struct BandwidthShared {
+    /// The congestion controller's target, bits per second.
+    pub target_bps: AtomicU64,
+    /// The remote sends transport-wide feedback: the target is a measurement.
+    pub twcc_seen: AtomicBool,
+    /// The remote's latest REMB, bits per second (0: none).
+    pub remb_bps: AtomicU64,
+    /// The queue building up on the path towards the remote, milliseconds (from the
+    /// transport-wide feedback's arrival times).
+    pub queue_delay_ms: Arc<AtomicU64>,
+    /// What the remote reported as arrived over the last second, bits per second.
+    pub delivered_bps: Arc<AtomicU64>,
+}
+
+impl BandwidthShared {
+    /// The estimate to allocate by: GCC's once feedback flows, else REMB, else none.
+    pub fn estimate_bps(&self) -> Option<u64> {
+        if self.twcc_seen.load(Ordering::Relaxed) {
+            return Some(self.target_bps.load(Ordering::Relaxed));
+        }
+        Some(self.remb_bps.load(Ordering::Relaxed)).filter(|&b| b > 0)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct DeliverFeedback {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    shared: Arc<ChainShared>,
+}
+
+impl DeliverFeedback {
+    pub fn new(shared: Arc<ChainShared>) -> Self {
+        DeliverFeedback {
+            shared,
+            ..Default::default()
+        }
+    }
+
+    fn observe(&self, msg: &TaggedPacket) {
+        if let Some(Attribute::TargetBitrateChanged { bits_per_second }) =
+            msg.message.get(&Attribute::TargetBitrateChanged {
+                bits_per_second: 0.0,
+            })
+        {
+            self.shared
+                .bandwidth
+                .target_bps
+                .store(bits_per_second.max(0.0) as u64, Ordering::Relaxed);
+        }
+        let Packet::Rtcp(packets) = &msg.message.packet else {
+            return;
+        };
+        for p in packets {
+            let p = p.as_any();
+            if p.downcast_ref::<TransportLayerCc>().is_some() {
+                self.shared
+                    .bandwidth
+                    .twcc_seen
+                    .store(true, Ordering::Relaxed);
+            } else if let Some(remb) = p.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                let bps = f64::from(remb.bitrate);
+                if bps.is_finite() && bps > 0.0 {
+                    self.shared
+                        .bandwidth
+                        .remb_bps
+                        .store(bps.min(1e10) as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 fn wanted(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
@@ -34,7 +117,6 @@ fn wanted(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || p.downcast_ref::<FullIntraRequest>().is_some()
             || p.downcast_ref::<ReceiverReport>().is_some()
             || p.downcast_ref::<SenderReport>().is_some()
-            || p.downcast_ref::<TransportLayerNack>().is_some()
     })
 }
 
@@ -46,6 +128,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverFeedback {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.observe(&msg);
         if let Packet::Rtcp(packets) = &msg.message.packet
             && wanted(packets)
         {

@@ -5,8 +5,12 @@
 //! (ICE-lite, fixed credentials, one shared UDP port) and the client library's participants
 //! (full ICE, controlling), so tests and load runs exercise exactly this stack.
 
+mod dtls_replay;
 mod engine;
+mod estimator;
 mod feedback;
+mod nack_filter;
+mod simulcast;
 pub mod stun;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,7 +30,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
@@ -35,6 +39,7 @@ use rtc::rtp_transceiver::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use dtls_replay::FlightReplay;
 pub use engine::{H264_FMTP, Side};
 
 use crate::media::{Codec, Feedback, MediaKind, RtpPacket};
@@ -97,6 +102,9 @@ pub enum PeerOutput {
     },
     Rtp {
         inbound: InboundId,
+        /// The simulcast layer (RID) it belongs to, by the remote's `a=simulcast` order; 0
+        /// for a track without simulcast.
+        layer: u8,
         packet: RtpPacket,
     },
     /// RTP on a track whose codec we do not forward (or do not know).
@@ -131,7 +139,10 @@ pub struct Transmit {
 struct Inbound {
     id: InboundId,
     receiver: RTCRtpReceiverId,
-    ssrc: u32,
+    /// The media section's mid, which names its simulcast layers.
+    mid: Option<String>,
+    /// Each layer's SSRC and index (one entry, layer 0, without simulcast).
+    layers: Vec<(u32, u8)>,
     stream_id: String,
     /// Payload type to codec, learned per payload type from the receiver's parameters.
     codecs: Vec<(u8, Option<Codec>)>,
@@ -140,7 +151,11 @@ struct Inbound {
 
 struct Outbound {
     sender: RTCRtpSenderId,
-    ssrc: u32,
+    /// One SSRC per encoding: several for a simulcast track, each with its RID.
+    ssrcs: Vec<u32>,
+    rids: Vec<String>,
+    /// The media section's mid, written into simulcast packets with their RID.
+    mid: Option<Bytes>,
     codec: Codec,
     stream_id: String,
     track_id: String,
@@ -190,67 +205,6 @@ fn declared_ssrcs(sdp: &str) -> HashSet<u32> {
         .collect()
 }
 
-/// Works around a DTLS defect of rtc 0.21.1: when the remote side retransmits a handshake
-/// flight (because ours was lost), rtc does not send its own last flight again, so a single
-/// lost flight (say the server's certificate flight on a patient's lossy Wi-Fi) stalls the
-/// handshake for good. Until it is fixed upstream, the peer remembers its last flight and
-/// replays it when a retransmission comes in.
-#[derive(Default)]
-struct FlightReplay {
-    last_flight: Vec<(SocketAddr, BytesMut)>,
-    /// The next DTLS datagram we send starts a new flight.
-    new_flight: bool,
-    /// The highest handshake message_seq received so far.
-    max_received_seq: Option<u16>,
-    replays: u32,
-    pending: VecDeque<(SocketAddr, BytesMut)>,
-}
-
-/// Replays per connection at most; a handshake that needs more is not going to finish. The
-/// state is kept after our side completes (the remote may still be missing our last flight)
-/// until encrypted traffic from the remote proves it completed too.
-const MAX_FLIGHT_REPLAYS: u32 = 16;
-
-/// The message_seq of the first handshake message of a DTLS datagram in epoch 0.
-fn dtls_handshake_seq(d: &[u8]) -> Option<u16> {
-    // Record: type(1) version(2) epoch(2) seq(6) length(2); handshake: type(1) length(3) seq(2).
-    if d.len() < 19 || d[0] != 22 || d[3] != 0 || d[4] != 0 {
-        return None;
-    }
-    Some(u16::from_be_bytes([d[17], d[18]]))
-}
-
-impl FlightReplay {
-    fn on_received(&mut self, d: &[u8]) {
-        let Some(seq) = dtls_handshake_seq(d) else {
-            return;
-        };
-        match self.max_received_seq {
-            Some(max) if seq <= max => {
-                if self.replays < MAX_FLIGHT_REPLAYS && !self.last_flight.is_empty() {
-                    self.replays += 1;
-                    self.pending.extend(self.last_flight.iter().cloned());
-                }
-            }
-            _ => {
-                self.max_received_seq = Some(seq);
-                self.new_flight = true;
-            }
-        }
-    }
-
-    fn on_sent(&mut self, to: SocketAddr, d: &BytesMut) {
-        if !matches!(d.first(), Some(20..=63)) {
-            return;
-        }
-        if self.new_flight {
-            self.last_flight.clear();
-            self.new_flight = false;
-        }
-        self.last_flight.push((to, d.clone()));
-    }
-}
-
 /// One WebRTC peer connection.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -275,19 +229,20 @@ pub struct Peer {
     open_channels: HashSet<usize>,
     /// SSRCs the remote side declared (`a=ssrc`) in its last description.
     remote_ssrcs: HashSet<u32>,
+    /// Simulcast layers the remote's description announces, and their SSRCs seen so far.
+    simulcast: simulcast::SimulcastSdp,
+    learned_ssrcs: simulcast::LearnedSsrcs,
     /// The negotiated id of the audio-level header extension, if any.
     audio_level_ext: Option<u8>,
     /// Round trip measured from the remote side's receiver reports, smoothed.
     rtt_ms: Option<f64>,
-    /// Packets the remote side NACKed so far (each once), and the recent ones, to tell a
-    /// repeated request from a new one.
-    nacked_packets: u64,
-    nacked_seen: HashSet<(u32, u16)>,
-    nacked_order: VecDeque<(u32, u16)>,
     /// RTP packets we handed to the stack to send.
     rtp_written: u64,
     /// Until the connection is up; then dropped.
     replay: Option<Box<FlightReplay>>,
+    /// The bandwidth towards the remote side, and the NACKs received, as the interceptor
+    /// chain tells them.
+    chain: std::sync::Arc<feedback::ChainShared>,
     state: ConnectionState,
 }
 
@@ -295,8 +250,10 @@ impl Peer {
     /// `local_candidate` is the address the remote side reaches us at: on a server the
     /// node's announced address and the shard's port; on a client its own socket.
     pub fn new(side: Side, local_candidate: SocketAddr, now: Instant) -> Result<Peer, PeerError> {
+        let chain = std::sync::Arc::new(feedback::ChainShared::default());
         Ok(Peer {
-            pc: engine::build(&side, now)?,
+            pc: engine::build(&side, now, chain.clone())?,
+            chain,
             side,
             local_candidate,
             tcp_candidate: None,
@@ -312,11 +269,10 @@ impl Peer {
             pending: VecDeque::new(),
             open_channels: HashSet::new(),
             remote_ssrcs: HashSet::new(),
+            simulcast: Default::default(),
+            learned_ssrcs: Default::default(),
             audio_level_ext: None,
             rtt_ms: None,
-            nacked_packets: 0,
-            nacked_seen: HashSet::new(),
-            nacked_order: VecDeque::new(),
             rtp_written: 0,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
@@ -325,6 +281,25 @@ impl Peer {
 
     pub fn state(&self) -> ConnectionState {
         self.state
+    }
+
+    /// The bandwidth towards the remote side in bits per second: the send-side estimate
+    /// (GCC) once the remote reports transport-wide feedback, else its REMB, else unknown.
+    pub fn bandwidth_estimate(&self) -> Option<u64> {
+        self.chain.bandwidth.estimate_bps()
+    }
+
+    /// The path towards the remote side as the transport-wide feedback shows it: the queue
+    /// building up on it (milliseconds) and the rate arriving (bits per second).
+    pub fn path_feedback(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = &self.chain.bandwidth;
+        b.twcc_seen.load(Relaxed).then(|| {
+            (
+                b.queue_delay_ms.load(Relaxed),
+                b.delivered_bps.load(Relaxed),
+            )
+        })
     }
 
     fn ensure_candidate(&mut self) -> Result<(), PeerError> {
@@ -469,14 +444,23 @@ impl Peer {
         self.end_unreceived_tracks();
         let remote = self.pc.remote_description().map(|d| d.sdp.clone());
         self.remote_ssrcs = remote.as_deref().map(declared_ssrcs).unwrap_or_default();
+        self.simulcast = remote
+            .as_deref()
+            .map(simulcast::SimulcastSdp::parse)
+            .unwrap_or_default();
         self.audio_level_ext = remote
             .as_deref()
             .and_then(|sdp| extmap_id(sdp, AUDIO_LEVEL_URI));
     }
 
-    /// Did the remote side declare this SSRC? RTP on any other is dropped before decryption.
-    pub fn expects_inbound_ssrc(&self, ssrc: u32) -> bool {
+    /// May RTP on `ssrc` come in? Yes if the remote side declared the SSRC, or if the packet's
+    /// plaintext header names a simulcast layer its description announced (browsers declare
+    /// no SSRCs for those). Anything else is dropped before decryption.
+    pub fn admits_inbound_rtp(&mut self, ssrc: u32, packet: &[u8]) -> bool {
         self.remote_ssrcs.contains(&ssrc)
+            || (!self.simulcast.is_empty()
+                && (self.learned_ssrcs.contains(ssrc)
+                    || self.learned_ssrcs.admit(&self.simulcast, packet, ssrc)))
     }
 
     /// The library raises no event when a renegotiation stops a remote track; a track whose
@@ -535,6 +519,33 @@ impl Peer {
         stream_id: &str,
         track_id: &str,
     ) -> Result<OutboundId, PeerError> {
+        self.add_outbound_encodings(codec, &[(String::new(), ssrc)], stream_id, track_id)
+    }
+
+    /// Start sending a simulcast track: one encoding per `(rid, ssrc)`, lowest quality first
+    /// by convention (the receiver ranks them by what it measures anyway).
+    pub fn add_simulcast_outbound(
+        &mut self,
+        codec: Codec,
+        layers: &[(String, u32)],
+        stream_id: &str,
+        track_id: &str,
+    ) -> Result<OutboundId, PeerError> {
+        if layers.len() < 2 || layers.iter().any(|(rid, _)| rid.is_empty()) {
+            return Err(PeerError::Setup(
+                "simulcast needs two or more named layers".into(),
+            ));
+        }
+        self.add_outbound_encodings(codec, layers, stream_id, track_id)
+    }
+
+    fn add_outbound_encodings(
+        &mut self,
+        codec: Codec,
+        layers: &[(String, u32)],
+        stream_id: &str,
+        track_id: &str,
+    ) -> Result<OutboundId, PeerError> {
         let kind = match codec.kind() {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
@@ -544,16 +555,10 @@ impl Peer {
             track_id.to_owned(),
             track_id.to_owned(),
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                // No codec here on purpose: a codec on the encoding narrows the m-line to
-                // it, and rtc then refuses every other codec of that kind on this connection
-                // for good. The m-line offers all our codecs; packets carry `codec`'s type.
-                ..Default::default()
-            }],
+            // No codec here on purpose: a codec on the encoding narrows the m-line to it,
+            // and rtc then refuses every other codec of that kind on this connection for
+            // good. The m-line offers all our codecs; packets carry `codec`'s type.
+            encodings(layers, None),
         );
         // A send-only transceiver of its own: `add_track` would reuse a transceiver that
         // receives (say, the remote's camera) and fail when the codecs differ.
@@ -573,7 +578,9 @@ impl Peer {
             id,
             Outbound {
                 sender,
-                ssrc,
+                ssrcs: layers.iter().map(|(_, ssrc)| *ssrc).collect(),
+                rids: layers.iter().map(|(rid, _)| rid.clone()).collect(),
+                mid: None,
                 codec,
                 stream_id: stream_id.to_owned(),
                 track_id: track_id.to_owned(),
@@ -598,19 +605,18 @@ impl Peer {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
             };
+            let layers: Vec<(String, u32)> = out
+                .rids
+                .iter()
+                .cloned()
+                .zip(out.ssrcs.iter().copied())
+                .collect();
             let track = MediaStreamTrack::new(
                 out.stream_id.clone(),
                 out.track_id.clone(),
                 out.track_id.clone(),
                 kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(out.ssrc),
-                        ..Default::default()
-                    },
-                    codec: engine::rtp_codec(out.codec),
-                    ..Default::default()
-                }],
+                encodings(&layers, Some(engine::rtp_codec(out.codec))),
             );
             if let Some(mut sender) = self.pc.rtp_sender(out.sender)
                 && sender.replace_track(track).is_ok()
@@ -645,8 +651,13 @@ impl Peer {
             .iter()
             .find(|c| Codec::from_mime_type(&c.rtp_codec.mime_type) == Some(codec))
             .map(|c| c.payload_type)?;
+        let mid = self
+            .pc
+            .rtp_transceiver(RTCRtpTransceiverId::from(sender))
+            .and_then(|t| t.mid().clone());
         if let Some(out) = self.outbound.get_mut(&id) {
             out.payload_type = Some(pt);
+            out.mid = mid.map(Bytes::from);
         }
         Some(pt)
     }
@@ -668,6 +679,19 @@ impl Peer {
         sequence_number: u16,
         timestamp: u32,
     ) -> bool {
+        self.send_rtp_on_layer(now, id, 0, packet, sequence_number, timestamp)
+    }
+
+    /// Send one packet on layer `layer` (an index into the encodings) of an outbound track.
+    pub fn send_rtp_on_layer(
+        &mut self,
+        now: Instant,
+        id: OutboundId,
+        layer: usize,
+        packet: &RtpPacket,
+        sequence_number: u16,
+        timestamp: u32,
+    ) -> bool {
         if !self.outbound_ready(id) {
             return false;
         }
@@ -677,15 +701,27 @@ impl Peer {
         let Some(payload_type) = out.payload_type else {
             return false;
         };
+        let Some(&ssrc) = out.ssrcs.get(layer) else {
+            return false;
+        };
         let mut header = rtc::rtp::header::Header {
             version: 2,
             marker: packet.marker,
             payload_type,
             sequence_number,
             timestamp,
-            ssrc: out.ssrc,
+            ssrc,
             ..Default::default()
         };
+        if out.rids.len() > 1 {
+            // Simulcast: the receiver learns each layer's SSRC from these (RFC 8852).
+            if let (Some(ext), Some(mid)) = (self.simulcast.mid_ext, &out.mid) {
+                let _ = header.set_extension(ext, mid.clone());
+            }
+            if let Some(ext) = self.simulcast.rid_ext {
+                let _ = header.set_extension(ext, Bytes::from(out.rids[layer].clone()));
+            }
+        }
         if let (Some(id), Some(level)) = (self.audio_level_ext, packet.audio_level)
             && out.codec == Codec::Opus
         {
@@ -709,23 +745,31 @@ impl Peer {
         written
     }
 
-    /// Ask the remote sender of `inbound` for a keyframe (PLI).
-    pub fn request_keyframe(&mut self, now: Instant, inbound: InboundId) -> bool {
+    /// Ask the remote sender of `inbound` for a keyframe (PLI) on the simulcast layers in
+    /// `layers` (bit `i` for layer `i`; `u8::MAX` for all of them).
+    pub fn request_keyframe(&mut self, now: Instant, inbound: InboundId, layers: u8) -> bool {
         let Some(track) = self.inbound.values().find(|t| t.id == inbound) else {
             return false;
         };
-        let (receiver, media_ssrc) = (track.receiver, track.ssrc);
+        let receiver = track.receiver;
+        let plis: Vec<Box<dyn rtc::rtcp::Packet>> = track
+            .layers
+            .iter()
+            .filter(|(_, l)| *l >= 8 || layers & (1 << l) != 0)
+            .map(|&(media_ssrc, _)| {
+                Box::new(PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                }) as Box<dyn rtc::rtcp::Packet>
+            })
+            .collect();
+        if plis.is_empty() {
+            return false;
+        }
         let Some(mut rx) = self.pc.rtp_receiver(receiver) else {
             return false;
         };
-        rx.write_rtcp(
-            now,
-            vec![Box::new(PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc,
-            })],
-        )
-        .is_ok()
+        rx.write_rtcp(now, plis).is_ok()
     }
 
     /// RFC 3550 §6.4.1: a receiver report echoes our last sender report's time (LSR) and
@@ -762,35 +806,6 @@ impl Peer {
         }
     }
 
-    /// Packets the remote side asked us to send again (each NACK names a packet and a
-    /// bitmask of the 16 after it).
-    fn count_nacks(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
-        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-        for p in packets {
-            let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() else {
-                continue;
-            };
-            for pair in &nack.nacks {
-                let lost = (0..16u16)
-                    .filter(|b| pair.lost_packets & (1 << b) != 0)
-                    .map(|b| pair.packet_id.wrapping_add(b + 1));
-                for seq in std::iter::once(pair.packet_id).chain(lost) {
-                    // A receiver asks again until the packet arrives: count each packet once.
-                    let key = (nack.media_ssrc, seq);
-                    if self.nacked_seen.insert(key) {
-                        self.nacked_packets += 1;
-                        self.nacked_order.push_back(key);
-                        if self.nacked_order.len() > 2048
-                            && let Some(old) = self.nacked_order.pop_front()
-                        {
-                            self.nacked_seen.remove(&old);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// The connection's counters so far, from the stack's statistics (RTCP reports and its
     /// own bookkeeping). Cumulative; the caller takes differences over its interval.
     pub fn link_counters(&mut self, now: Instant) -> LinkCounters {
@@ -817,7 +832,11 @@ impl Peer {
         // rtc counts only RTX as retransmissions; plain NACK answers show up as packets sent
         // that we never wrote.
         c.retransmissions = packets_sent.saturating_sub(self.rtp_written);
-        c.nacked_packets = self.nacked_packets;
+        c.nacked_packets = self
+            .chain
+            .nacks
+            .named
+            .load(std::sync::atomic::Ordering::Relaxed);
         for e in report.iter() {
             if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {
                 let lost = r.fraction_lost * 100.0;
@@ -991,18 +1010,39 @@ impl Peer {
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                if self.inbound.contains_key(&init.track_id) {
+                if let Some(track) = self.inbound.get(&init.track_id) {
+                    // Another simulcast layer of a track we know.
+                    let (mid, receiver) = (track.mid.clone(), track.receiver);
+                    let rid = init.rid.as_deref();
+                    let layer = self.layer_index(mid.as_deref(), receiver, init.ssrc, rid);
+                    if let Some(track) = self.inbound.get_mut(&init.track_id)
+                        && !track.layers.iter().any(|(s, _)| *s == init.ssrc)
+                        && track.layers.len() < 8
+                    {
+                        track.layers.push((init.ssrc, layer));
+                    }
                     return;
                 }
                 let id = InboundId(self.next_inbound);
                 self.next_inbound += 1;
                 let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
+                let mid = self
+                    .pc
+                    .rtp_transceiver(RTCRtpTransceiverId::from(init.receiver_id))
+                    .and_then(|t| t.mid().clone());
+                let layer = self.layer_index(
+                    mid.as_deref(),
+                    init.receiver_id,
+                    init.ssrc,
+                    init.rid.as_deref(),
+                );
                 self.inbound.insert(
                     init.track_id,
                     Inbound {
                         id,
                         receiver: init.receiver_id,
-                        ssrc: init.ssrc,
+                        mid,
+                        layers: vec![(init.ssrc, layer)],
                         stream_id,
                         codecs: Vec::new(),
                         announced: false,
@@ -1045,7 +1085,6 @@ impl Peer {
             RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(&track_id, pkt),
             RTCMessage::RtcpPacket(track_id, packets) => {
                 self.measure_rtt(&packets);
-                self.count_nacks(&packets);
                 let Some(&outbound) = self.outbound_by_track.get(&track_id) else {
                     return;
                 };
@@ -1120,8 +1159,27 @@ impl Peer {
             _ => None,
         };
         let h = pkt.header;
+        let layer = match track.layers.iter().find(|(s, _)| *s == h.ssrc) {
+            Some(&(_, layer)) => layer,
+            None => {
+                // A layer whose first packet came before its open event.
+                let (mid, receiver, id) = (track.mid.clone(), track.receiver, track.id);
+                let layer = self.layer_index(mid.as_deref(), receiver, h.ssrc, None);
+                if let Some(track) = self.inbound.get_mut(track_id)
+                    && track.layers.len() < 8
+                {
+                    track.layers.push((h.ssrc, layer));
+                }
+                let _ = id;
+                layer
+            }
+        };
+        let Some(track) = self.inbound.get(track_id) else {
+            return;
+        };
         self.pending.push_back(PeerOutput::Rtp {
             inbound: track.id,
+            layer,
             packet: RtpPacket {
                 ssrc: h.ssrc,
                 sequence_number: h.sequence_number,
@@ -1132,6 +1190,31 @@ impl Peer {
                 audio_level,
             },
         });
+    }
+
+    /// The layer index of an inbound SSRC: its RID's place in the remote's `a=simulcast`
+    /// order (asking the receiver for the RID if the caller does not know it), else 0.
+    fn layer_index(
+        &mut self,
+        mid: Option<&str>,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<&str>,
+    ) -> u8 {
+        let rid = match rid {
+            Some(r) => Some(r.to_owned()),
+            None => self
+                .pc
+                .rtp_receiver(receiver)
+                .and_then(|rx| rx.track().rid(ssrc).map(|r| r.to_string())),
+        };
+        match (mid, rid) {
+            (Some(mid), Some(rid)) => self
+                .simulcast
+                .layer_of(mid, &rid)
+                .map_or(0, |l| l.min(u8::MAX as usize) as u8),
+            _ => 0,
+        }
     }
 
     /// Send RTP on an SSRC this peer never declared, through its own SRTP context. Only for
@@ -1166,6 +1249,25 @@ impl Peer {
     pub fn side(&self) -> &Side {
         &self.side
     }
+}
+
+/// One encoding per `(rid, ssrc)`; the rid stays empty without simulcast.
+fn encodings(
+    layers: &[(String, u32)],
+    codec: Option<RTCRtpCodec>,
+) -> Vec<RTCRtpEncodingParameters> {
+    layers
+        .iter()
+        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: rid.clone(),
+                ssrc: Some(*ssrc),
+                ..Default::default()
+            },
+            codec: codec.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1410,12 +1512,106 @@ mod feedback_tests {
                 _ => None,
             })
             .expect("the server sees the track");
-        assert!(server.request_keyframe(now, inbound));
+        assert!(server.request_keyframe(now, inbound, u8::MAX));
         pump(&mut client, &mut server, &mut now, 10, &mut outs);
         assert!(
             outs.iter().any(|(c, o)| *c && matches!(o, PeerOutput::Feedback { outbound, feedback: Feedback::KeyframeRequest } if *outbound == video)),
             "the client never heard the keyframe request"
         );
+    }
+}
+
+#[cfg(test)]
+mod congestion_feedback_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn pump(client: &mut Peer, server: &mut Peer, now: &mut Instant, steps: usize) {
+        for _ in 0..steps {
+            while let Some(t) = client.poll_transmit() {
+                server.handle_datagram(*now, addr(50000), &t.data);
+            }
+            while let Some(t) = server.poll_transmit() {
+                client.handle_datagram(*now, addr(40000), &t.data);
+            }
+            while client.poll_output().is_some() {}
+            while server.poll_output().is_some() {}
+            *now += Duration::from_millis(5);
+            for p in [&mut *client, &mut *server] {
+                if p.next_timeout().is_some_and(|t| t <= *now) {
+                    p.handle_timeout(*now);
+                }
+            }
+        }
+    }
+
+    fn packet(seq: u16) -> RtpPacket {
+        RtpPacket {
+            ssrc: 0,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 3000,
+            payload_type: 0,
+            marker: true,
+            payload: Bytes::from(vec![0x10u8; 900]),
+            audio_level: None,
+        }
+    }
+
+    /// Transport-wide feedback flows both ways: the SFU reports what a publisher sends (for
+    /// the publisher's own estimate), and estimates the bandwidth towards a subscriber from
+    /// the subscriber's reports.
+    #[test]
+    fn transport_wide_feedback_reaches_both_sides() {
+        let mut now = Instant::now();
+        let mut server = Peer::new(
+            Side::Server {
+                ufrag: "srvufrag".into(),
+                pwd: "serverpasswordserverpass".into(),
+            },
+            addr(40000),
+            now,
+        )
+        .unwrap();
+        let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+        let up = client
+            .add_outbound(Codec::Vp8, 4321, "c", "c-video")
+            .unwrap();
+        let offer = client.create_offer(now).unwrap();
+        assert!(offer.contains("transport-wide-cc"), "{offer}");
+        let answer = server.accept_offer(now, &offer).unwrap();
+        client.accept_answer(now, &answer).unwrap();
+        pump(&mut client, &mut server, &mut now, 100);
+        assert_eq!(server.state(), ConnectionState::Connected);
+        // The SFU sends a track of its own to the client.
+        let down = server
+            .add_outbound(Codec::Vp8, 9876, "s", "s-video")
+            .unwrap();
+        let offer = server.create_offer(now).unwrap();
+        let answer = client.accept_offer(now, &offer).unwrap();
+        server.accept_answer(now, &answer).unwrap();
+        pump(&mut client, &mut server, &mut now, 20);
+        assert_eq!(server.bandwidth_estimate(), None, "no feedback yet");
+        for seq in 0..300u16 {
+            client.send_rtp(now, up, &packet(seq), seq, u32::from(seq) * 3000);
+            server.send_rtp(now, down, &packet(seq), seq, u32::from(seq) * 3000);
+            pump(&mut client, &mut server, &mut now, 2);
+        }
+        assert!(
+            client.path_feedback().is_some(),
+            "the publisher gets the SFU's transport-wide feedback"
+        );
+        let estimate = server.bandwidth_estimate();
+        assert!(
+            estimate.is_some_and(|e| e >= 64_000),
+            "the SFU estimates the subscriber's bandwidth: {estimate:?}"
+        );
+        let (queue_ms, delivered) = server.path_feedback().unwrap();
+        assert!(queue_ms < 50, "no queue in memory: {queue_ms} ms");
+        assert!(delivered > 100_000, "delivered {delivered} bit/s");
     }
 }
 

@@ -24,6 +24,8 @@ pub struct ParticipantKey(usize);
 
 const WAKER: Token = Token(usize::MAX);
 const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read from one socket before the participant's outputs are taken.
+const READ_BATCH: usize = 32;
 
 type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
 
@@ -297,9 +299,9 @@ struct Worker {
     timers: BinaryHeap<Reverse<Wake>>,
     /// The one wake-up each participant has in the heap.
     scheduled: HashMap<usize, Instant>,
-    /// Encoded tones (by frequency and tenths of dBFS), shared by every participant that
-    /// sends the same one.
-    tones: HashMap<(u32, i32), Arc<ToneLoop>>,
+    /// Encoded tones and speech (by frequency, tenths of dBFS, speech or not), shared by
+    /// every participant that sends the same one.
+    tones: HashMap<(u32, i32, bool), Arc<ToneLoop>>,
     buf: Vec<u8>,
 }
 
@@ -357,22 +359,31 @@ impl Worker {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let Some(p) = self.participants.get_mut(key) else {
-            return;
-        };
+        // A backlog (a starved thread) is taken a batch at a time, each followed by the
+        // participant's outputs: the WebRTC stack's queues grow with what one call holds,
+        // and keep that size.
         loop {
-            match p.socket.recv_from(&mut self.buf) {
-                // A network that blocks UDP lets nothing in.
-                Ok(_) if p.spec.tcp_only => {}
-                Ok((n, from)) => match &mut p.downlink {
-                    Some(link) => link.push(now, from, self.buf[..n].to_vec()),
-                    None => p.peer.handle_datagram(now, from, &self.buf[..n]),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
+            let Some(p) = self.participants.get_mut(key) else {
+                return;
+            };
+            let mut read = 0;
+            while read < READ_BATCH {
+                match p.socket.recv_from(&mut self.buf) {
+                    // A network that blocks UDP lets nothing in.
+                    Ok(_) if p.spec.tcp_only => {}
+                    Ok((n, from)) => match &mut p.downlink {
+                        Some(link) => link.push(now, from, self.buf[..n].to_vec()),
+                        None => p.peer.handle_datagram(now, from, &self.buf[..n]),
+                    },
+                    Err(_) => break,
+                }
+                read += 1;
+            }
+            self.service(key, now);
+            if read < READ_BATCH {
+                return; // drained (WouldBlock) or the socket failed
             }
         }
-        self.service(key, now);
     }
 
     /// Frames from the participant's ICE-TCP connection, or its end.
@@ -562,13 +573,13 @@ impl Worker {
                     level_dbfs,
                     reply,
                 } => {
-                    let hz = self
+                    let voice = self
                         .participants
                         .get(key.0)
                         .and_then(|p| p.spec.publish.audio.as_ref())
-                        .map(|a| a.hz);
-                    let r = match hz {
-                        Some(hz) => self.tone(hz, level_dbfs).and_then(|t| {
+                        .map(|a| (a.hz, a.speech));
+                    let r = match voice {
+                        Some((hz, speech)) => self.tone(hz, level_dbfs, speech).and_then(|t| {
                             self.with(key, |p| {
                                 p.set_tone(t);
                                 Ok(())
@@ -620,7 +631,7 @@ impl Worker {
             .participants
             .get_mut(key.0)
             .ok_or_else(|| anyhow::anyhow!("no such participant"))?;
-        let (mut socket, local) = crate::participant::bind_socket()?;
+        let (mut socket, local) = crate::participant::bind_socket(p.spec.bind_ip)?;
         self.poll
             .registry()
             .register(&mut socket, Token(key.0), Interest::READABLE)?;
@@ -629,13 +640,17 @@ impl Worker {
         Ok(p.peer.restart_ice(now, local)?)
     }
 
-    /// The encoded tone of this frequency and level (encoded once per driver).
-    fn tone(&mut self, hz: u32, level_dbfs: f64) -> anyhow::Result<Arc<ToneLoop>> {
-        let key = (hz, (level_dbfs * 10.0).round() as i32);
+    /// The encoded tone (or speech) of this frequency and level, encoded once per driver.
+    fn tone(&mut self, hz: u32, level_dbfs: f64, speech: bool) -> anyhow::Result<Arc<ToneLoop>> {
+        let key = (hz, (level_dbfs * 10.0).round() as i32, speech);
         if let Some(t) = self.tones.get(&key) {
             return Ok(t.clone());
         }
-        let t = Arc::new(ToneLoop::new(hz, level_dbfs)?);
+        let t = Arc::new(if speech {
+            ToneLoop::speech(hz, level_dbfs)?
+        } else {
+            ToneLoop::new(hz, level_dbfs)?
+        });
         self.tones.insert(key, t.clone());
         Ok(t)
     }
@@ -658,7 +673,7 @@ impl Worker {
         now: Instant,
     ) -> anyhow::Result<(ParticipantKey, String)> {
         let tone = match &spec.publish.audio {
-            Some(a) => Some(self.tone(a.hz, a.level_dbfs)?),
+            Some(a) => Some(self.tone(a.hz, a.level_dbfs, a.speech)?),
             None => None,
         };
         let mut p = Participant::new(spec, tone, now)?;

@@ -1,7 +1,10 @@
 //! `loadtest`: real WebRTC participants against a MetaClinic deployment, and the reports
 //! that say where the SFU stands.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+use metaclinic_loadtest::load::{self, LoadArgs};
 use metaclinic_loadtest::{forward, join};
 
 #[derive(Parser)]
@@ -17,12 +20,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consultations through signaling: per room a doctor who admits a patient from the
+    /// lobby, both talking (speech with pauses) and sending video.
+    Consult(LoadArgs),
+    /// Three-way consultations: doctor, patient and interpreter per room.
+    Interpreter(LoadArgs),
+    /// One shared room of walking, talking avatars (spatial audio mixed by the SFU).
+    SharedRoom(LoadArgs),
+    /// Add consultations step by step until quality breaks; reports the last good step.
+    Ramp(LoadArgs),
+    /// Write the appointments a consult/interpreter/ramp run uses into a folder, for a
+    /// `metaclinic dev --appointments DIR` started by hand (then run with --url).
+    Appointments(AppointmentsArgs),
     /// Forwarding benchmark: an SFU child process, rooms of publishers and subscribers, CPU
     /// per forwarded packet, loss and latency. Ends with one JSON line.
     Forward(forward::ForwardArgs),
     /// One participant joins a consultation through signaling (a dev token by default),
     /// sends a tone and prints what it hears: try `metaclinic dev` from a terminal.
     Join(join::JoinArgs),
+}
+
+#[derive(clap::Args)]
+struct AppointmentsArgs {
+    /// The folder to write into (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Three-way: an interpreter in every appointment.
+    #[arg(long)]
+    interpreter: bool,
+    /// Minutes from now the appointments end.
+    #[arg(long, default_value_t = 60)]
+    minutes: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +68,42 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let scenario = |args: LoadArgs, report: anyhow::Result<load::report::Report>| {
+        let report = report?;
+        println!("{}", load::report::summary(&report));
+        load::write_outputs(&args, &report)?;
+        anyhow::Ok(())
+    };
     match cli.command {
+        Command::Consult(args) => scenario(
+            args.clone(),
+            runtime.block_on(load::consult::run(args, false)),
+        )?,
+        Command::Interpreter(args) => scenario(
+            args.clone(),
+            runtime.block_on(load::consult::run(args, true)),
+        )?,
+        Command::SharedRoom(args) => {
+            scenario(args.clone(), runtime.block_on(load::shared::run(args)))?
+        }
+        Command::Ramp(args) => scenario(args.clone(), runtime.block_on(load::ramp::run(args)))?,
+        Command::Appointments(a) => {
+            anyhow::ensure!(
+                a.rooms <= load::HARD_CAP,
+                "--rooms must be at most {}",
+                load::HARD_CAP
+            );
+            std::fs::create_dir_all(&a.dir)?;
+            let patterns = load::rooms::RoomPatterns::default();
+            for n in 0..a.rooms {
+                load::rooms::write_appointment(
+                    &a.dir,
+                    &patterns.room(n, a.interpreter),
+                    a.minutes,
+                )?;
+            }
+            println!("{} appointments in {}", a.rooms, a.dir.display());
+        }
         Command::Forward(args) => {
             let json_path = args.json.clone();
             let report = runtime.block_on(forward::run(args))?;

@@ -13,6 +13,7 @@ use metaclinic_sfu::webrtc::{ConnectionState, InboundId, OutboundId, Peer, PeerO
 use serde::Serialize;
 
 use crate::media::audio::{FRAME_MS, FRAME_SAMPLES, ToneAnalyzer, ToneLoop};
+use crate::media::freeze::FreezeDetector;
 use crate::media::h264;
 use crate::media::marker;
 use crate::media::vp8::{self, Vp8Writer};
@@ -29,6 +30,8 @@ pub struct PublishSpec {
 pub struct AudioSpec {
     pub hz: u32,
     pub level_dbfs: f64,
+    /// Talk spurts and pauses (sent with DTX) instead of a steady tone.
+    pub speech: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +76,9 @@ pub struct ParticipantSpec {
     pub downlink: Option<LinkSpec>,
     /// The participant's network blocks UDP: it reaches the SFU over ICE-TCP only.
     pub tcp_only: bool,
+    /// The local address its socket binds to (and its host candidate names): loopback for
+    /// a server on this machine, the routed interface's address for one elsewhere.
+    pub bind_ip: std::net::IpAddr,
 }
 
 impl ParticipantSpec {
@@ -85,6 +91,7 @@ impl ParticipantSpec {
             uplink: None,
             downlink: None,
             tcp_only: false,
+            bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 
@@ -99,6 +106,18 @@ impl ParticipantSpec {
         self.publish.audio = Some(AudioSpec {
             hz,
             level_dbfs: -12.0,
+            speech: false,
+        });
+        self
+    }
+
+    /// Speak (talk spurts and pauses, with DTX) with a voice at `hz`, from a random point of
+    /// the talk pattern so that participants do not talk in step.
+    pub fn with_speech(mut self, hz: u32) -> Self {
+        self.publish.audio = Some(AudioSpec {
+            hz,
+            level_dbfs: -12.0,
+            speech: true,
         });
         self
     }
@@ -108,6 +127,12 @@ impl ParticipantSpec {
         self
     }
 }
+
+/// Media frames due longer ago than this are skipped, not sent in a burst: a sender starved
+/// of CPU must not snowball (bursts cost more CPU and memory, which makes it later still).
+/// Skipped frames are counted (`frames_skipped`): they say the load tool, not the SFU, was
+/// the bottleneck.
+const MAX_MEDIA_LAG: Duration = Duration::from_millis(100);
 
 /// Payload bytes per RTP packet of synthetic video.
 const VIDEO_MTU: usize = 1100;
@@ -119,6 +144,8 @@ struct AudioOut {
     seq: u16,
     ts: u32,
     next: Instant,
+    /// The previous frame was not sent (DTX): the next one starts a talk spurt.
+    after_pause: bool,
 }
 
 /// The simulcast layers a publisher sends: RID, size divisor, share of the top bitrate.
@@ -139,6 +166,8 @@ struct VideoOut {
 /// One encoding of a video track: its own size, bitrate and numbering.
 struct VideoLayerOut {
     writer: Vp8Writer,
+    /// The writer's interframe and keyframe: they never change, so encode each once.
+    encoded: [Option<Vec<u8>>; 2],
     frame_bytes: usize,
     picture_id: u16,
     seq: u16,
@@ -152,6 +181,7 @@ impl VideoLayerOut {
                 (spec.width / divisor).max(16),
                 (spec.height / divisor).max(16),
             ),
+            encoded: [None, None],
             frame_bytes: (kbps as usize * 1000 / 8 / spec.fps.max(1) as usize)
                 .max(marker::MARKER_LEN + 16),
             picture_id: rand::random::<u16>() & 0x7fff,
@@ -176,7 +206,11 @@ impl VideoLayerOut {
                 h264::packetize(&nalus, VIDEO_MTU)
             }
             _ => {
-                let mut frame = self.writer.frame(keyframe, &[]);
+                let writer = &self.writer;
+                let encoded = self.encoded[usize::from(keyframe)]
+                    .get_or_insert_with(|| writer.frame(keyframe, &[]));
+                let mut frame = Vec::with_capacity(encoded.len().max(target));
+                frame.extend_from_slice(encoded);
                 frame.resize(frame.len().max(target), 0);
                 marker::write(&mut frame, marker::now_micros());
                 vp8::packetize(&frame, self.picture_id, VIDEO_MTU)
@@ -254,6 +288,12 @@ pub struct RemoteTrackStats {
     pub latency_samples: u64,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p99: Option<f64>,
+    /// Interarrival jitter (RFC 3550's estimator, on the sender's clock the media carries).
+    pub jitter_ms: f64,
+    /// Video freezes: a gap between complete frames longer than three average frame
+    /// intervals and at least 150 ms beyond one (WebRTC's definition), and their total length.
+    pub freezes: u64,
+    pub freeze_ms: u64,
     /// Since the participant was created.
     pub first_packet_ms: Option<u64>,
     pub last_packet_ms: Option<u64>,
@@ -267,6 +307,10 @@ struct RemoteTrack {
     highest_seq: u16,
     wraps: u64,
     frames: FrameAssembly,
+    /// Arrival minus send time of the previous marked packet, microseconds.
+    last_transit_us: Option<i64>,
+    jitter_us: f64,
+    freezes: FreezeDetector,
 }
 
 impl RemoteTrack {
@@ -299,16 +343,24 @@ impl RemoteTrack {
                 latency_samples: 0,
                 latency_ms_p50: None,
                 latency_ms_p99: None,
+                jitter_ms: 0.0,
+                freezes: 0,
+                freeze_ms: 0,
                 first_packet_ms: None,
                 last_packet_ms: None,
             },
             analyzer,
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)
+            // Two significant digits (1%): 20 KB per track where three would take 140 KB,
+            // which hundreds of participants of a load run would feel.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
                 .expect("static histogram bounds"),
             first_seq: None,
             highest_seq: 0,
             wraps: 0,
             frames: FrameAssembly::default(),
+            last_transit_us: None,
+            jitter_us: 0.0,
+            freezes: FreezeDetector::default(),
         }
     }
 
@@ -349,6 +401,11 @@ impl RemoteTrack {
             let start = frame_starts(s.codec, &p.payload);
             self.frames
                 .on_packet(p.timestamp, p.sequence_number, start, p.marker);
+            if self.frames.complete > s.frames_complete {
+                self.freezes.on_frame(arrival_us);
+                s.freezes = self.freezes.count;
+                s.freeze_ms = self.freezes.total_us / 1000;
+            }
             s.frames_complete = self.frames.complete;
             s.frames_incomplete = self.frames.incomplete;
         }
@@ -356,6 +413,13 @@ impl RemoteTrack {
             let _ = self
                 .latency_us
                 .record(arrival_us.saturating_sub(sent).max(1));
+            // Packets of one video frame share a send time, so this is the path's jitter.
+            let transit = arrival_us as i64 - sent as i64;
+            if let Some(last) = self.last_transit_us.replace(transit) {
+                let d = (transit - last).unsigned_abs() as f64;
+                self.jitter_us += (d - self.jitter_us) / 16.0;
+                s.jitter_ms = self.jitter_us / 1000.0;
+            }
         }
         if let Some(a) = &mut self.analyzer {
             a.push(&p.payload);
@@ -384,6 +448,9 @@ impl RemoteTrack {
 #[derive(Debug, Clone, Serialize)]
 pub struct ParticipantStats {
     pub name: String,
+    /// When the participant was created, on the process clock of `media::marker` (the
+    /// tracks' `first_packet_ms` count from here).
+    pub created_us: u64,
     pub connected: bool,
     /// From creation to the connection coming up.
     pub connect_ms: Option<u64>,
@@ -392,6 +459,8 @@ pub struct ParticipantStats {
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
     pub video_frames_sent: u64,
+    /// Audio and video frames not sent because this participant's thread was late.
+    pub frames_skipped: u64,
     pub uplink: Option<LinkStats>,
     pub downlink: Option<LinkStats>,
     pub remote: Vec<RemoteTrackStats>,
@@ -437,6 +506,7 @@ pub(crate) struct Participant {
     pub uplink: Option<Link>,
     pub downlink: Option<Link>,
     video_frames_sent: u64,
+    frames_skipped: u64,
     /// The data channel (avatar poses in shared rooms), if opened.
     channel: Option<metaclinic_sfu::webrtc::ChannelId>,
     /// The ICE-TCP connection, once the peer sent something over TCP.
@@ -449,7 +519,7 @@ impl Participant {
         tone: Option<Arc<ToneLoop>>,
         now: Instant,
     ) -> anyhow::Result<Participant> {
-        let (socket, local) = bind_socket()?;
+        let (socket, local) = bind_socket(spec.bind_ip)?;
         let mut peer = Peer::new(Side::Client, local, now)?;
         if spec.tcp_only {
             // An active TCP candidate: it connects, so it announces the discard port (RFC 6544).
@@ -465,13 +535,21 @@ impl Participant {
                     &stream,
                     &format!("{stream}-audio"),
                 )?;
+                // Speakers start at random points of the talk pattern: not all in step.
+                let speech = spec.publish.audio.as_ref().is_some_and(|a| a.speech);
+                let index = if speech {
+                    rand::random_range(0..tone.packets.len())
+                } else {
+                    0
+                };
                 Some(AudioOut {
                     outbound,
                     tone,
-                    index: 0,
+                    index,
                     seq: rand::random(),
                     ts: rand::random(),
                     next: now,
+                    after_pause: true,
                 })
             }
             _ => None,
@@ -506,6 +584,7 @@ impl Participant {
             uplink: spec_links.0.map(Link::new),
             downlink: spec_links.1.map(Link::new),
             video_frames_sent: 0,
+            frames_skipped: 0,
             channel,
             tcp: None,
         })
@@ -526,12 +605,27 @@ impl Participant {
         let connected = self.connected_at.is_some();
         if let Some(a) = &mut self.audio {
             while a.next <= now {
+                let late = now.duration_since(a.next) > MAX_MEDIA_LAG;
                 a.next += Duration::from_millis(FRAME_MS);
                 if !connected || !self.peer.outbound_ready(a.outbound) {
                     continue;
                 }
-                let mut payload = a.tone.packets[a.index % a.tone.packets.len()].clone();
+                let frame = a.index % a.tone.packets.len();
                 a.index += 1;
+                if late {
+                    // The thread fell behind: drop the frame, as a starved capture would.
+                    a.ts = a.ts.wrapping_add(FRAME_SAMPLES as u32);
+                    a.after_pause = true;
+                    self.frames_skipped += 1;
+                    continue;
+                }
+                let mut payload = a.tone.packets[frame].clone();
+                if payload.is_empty() {
+                    // DTX: a pause sends nothing; time moves on, sequence numbers do not.
+                    a.ts = a.ts.wrapping_add(FRAME_SAMPLES as u32);
+                    a.after_pause = true;
+                    continue;
+                }
                 marker::write(&mut payload, marker::now_micros());
                 let len = payload.len();
                 let pkt = RtpPacket {
@@ -539,10 +633,11 @@ impl Participant {
                     sequence_number: a.seq,
                     timestamp: a.ts,
                     payload_type: 0,
-                    marker: false,
+                    // RFC 3551: the first packet of a talk spurt.
+                    marker: std::mem::take(&mut a.after_pause),
                     payload: Bytes::from(payload),
                     // RFC 6464 level in -dBov, as a browser reports it.
-                    audio_level: Some((-a.tone.level_dbfs).round().clamp(0.0, 127.0) as u8),
+                    audio_level: Some(a.tone.levels[frame]),
                 };
                 if self.peer.send_rtp(now, a.outbound, &pkt, a.seq, a.ts) {
                     self.sent_packets += 1;
@@ -555,8 +650,14 @@ impl Participant {
         if let Some(v) = &mut self.video {
             let interval = Duration::from_secs(1) / v.spec.fps.max(1);
             while v.next <= now {
+                let late = now.duration_since(v.next) > MAX_MEDIA_LAG;
                 v.next += interval;
                 if !connected || !self.peer.outbound_ready(v.outbound) {
+                    continue;
+                }
+                if late {
+                    v.ts = v.ts.wrapping_add(90_000 / v.spec.fps.max(1));
+                    self.frames_skipped += 1;
                     continue;
                 }
                 let keyframe = v.keyframe_requested
@@ -685,6 +786,7 @@ impl Participant {
     pub fn stats(&self) -> ParticipantStats {
         ParticipantStats {
             name: self.spec.name.clone(),
+            created_us: marker::micros_at(self.created),
             connected: self.connected_at.is_some()
                 && self.peer.state() == ConnectionState::Connected,
             connect_ms: self
@@ -695,6 +797,7 @@ impl Participant {
             keyframes_sent: self.keyframes_sent,
             keyframe_requests: self.keyframe_requests,
             video_frames_sent: self.video_frames_sent,
+            frames_skipped: self.frames_skipped,
             uplink: self.uplink.as_ref().map(|l| l.stats),
             downlink: self.downlink.as_ref().map(|l| l.stats),
             remote: self
@@ -720,9 +823,11 @@ impl Participant {
     }
 }
 
-/// A participant's UDP socket on a free loopback port, and its address.
-pub(crate) fn bind_socket() -> std::io::Result<(mio::net::UdpSocket, std::net::SocketAddr)> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// A participant's UDP socket on a free port of `ip`, and its address.
+pub(crate) fn bind_socket(
+    ip: std::net::IpAddr,
+) -> std::io::Result<(mio::net::UdpSocket, std::net::SocketAddr)> {
+    let socket = std::net::UdpSocket::bind((ip, 0))?;
     socket.set_nonblocking(true)?;
     // Many participants share a thread; a burst must not overflow their sockets.
     metaclinic_sfu::shard::udp::enlarge_buffers(&socket, 1 << 20);

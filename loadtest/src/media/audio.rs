@@ -11,11 +11,15 @@ pub const FRAME_MS: u64 = 20;
 
 /// One second of a pure tone as Opus packets, each padded to leave room for the send-time
 /// marker. An integer frequency completes whole periods in a second, so the loop is seamless.
+/// (A speech-like loop, `media::speech`, has the same shape.)
 #[derive(Debug, Clone)]
 pub struct ToneLoop {
     pub hz: u32,
     pub level_dbfs: f64,
+    /// One per 20 ms frame; an empty one is not sent (DTX during a pause).
     pub packets: Vec<Vec<u8>>,
+    /// Each frame's RFC 6464 audio level, -dBov (127: silence).
+    pub levels: Vec<u8>,
 }
 
 impl ToneLoop {
@@ -48,9 +52,11 @@ impl ToneLoop {
                 }
             }
         }
+        let level = (-level_dbfs).round().clamp(0.0, 127.0) as u8;
         Ok(ToneLoop {
             hz,
             level_dbfs,
+            levels: vec![level; packets.len()],
             packets,
         })
     }

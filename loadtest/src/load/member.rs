@@ -1,0 +1,191 @@
+//! One participant of a load run, as a user would be: it asks to join (through signaling's
+//! WebSocket, or for a shared room through the SFU's API), a host admits whoever waits in its
+//! lobby, and while the run lasts it counts what signaling tells it (the SFU's NACK and
+//! retransmission figures, speaker changes, an unexpected end).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metaclinic_signaling::protocol::{ClientMessage, MemberState, ServerMessage};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::control::SfuControl;
+use crate::driver::{ClientDriver, ParticipantKey};
+use crate::media::marker;
+use crate::participant::{ParticipantSpec, ParticipantStats};
+use crate::sfu_client::SfuParticipant;
+use crate::signaling_client::{Phase, SignalingParticipant};
+
+/// What a member learnt from signaling, shared with the measuring side.
+#[derive(Default)]
+pub struct Tally {
+    pub nacks: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub speaker_changes: AtomicU64,
+    /// Why the session ended, if it did before the run let it go.
+    pub ended: Mutex<Option<String>>,
+    /// The media participant, once admitted.
+    pub key: Mutex<Option<ParticipantKey>>,
+}
+
+pub struct Member {
+    pub name: String,
+    /// Hosts enter first; their join time is not a joiner's (nobody is there to hear yet).
+    pub host: bool,
+    /// When it asked to join, on the media clock (`media::marker`).
+    pub requested_us: u64,
+    pub driver: ClientDriver,
+    pub tally: Arc<Tally>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// Shared-room members hold their SFU session here.
+    sfu: Option<SfuParticipant>,
+}
+
+impl Member {
+    /// Join `appointment` through signaling. Returns once signaling answered the join (a
+    /// patient is then in the lobby); a host admits everyone who waits, as long as it runs.
+    pub async fn join_signaling(
+        driver: &ClientDriver,
+        ws_url: &str,
+        appointment: &str,
+        token: &str,
+        host: bool,
+        spec: ParticipantSpec,
+    ) -> anyhow::Result<Member> {
+        let name = spec.name.clone();
+        let requested_us = marker::now_micros();
+        let me = SignalingParticipant::join(driver, ws_url, appointment, token, None, spec).await?;
+        if let Phase::Closed(code) = me.phase() {
+            anyhow::bail!("{name}: refused: {code}");
+        }
+        let tally = Arc::new(Tally::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(follow(me, host, tally.clone(), stopped));
+        Ok(Member {
+            name,
+            host,
+            requested_us,
+            driver: driver.clone(),
+            tally,
+            stop,
+            task,
+            sfu: None,
+        })
+    }
+
+    /// Enter shared room `room` through the SFU's control API (signaling has no shared
+    /// rooms yet).
+    pub async fn join_shared(
+        driver: &ClientDriver,
+        control: &SfuControl,
+        room: &str,
+        spec: ParticipantSpec,
+    ) -> anyhow::Result<Member> {
+        let name = spec.name.clone();
+        let requested_us = marker::now_micros();
+        let p = SfuParticipant::join(driver, control, room, None, spec).await?;
+        let tally = Arc::new(Tally::default());
+        *tally.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.key);
+        let (stop, _) = watch::channel(false);
+        Ok(Member {
+            name,
+            host: false,
+            requested_us,
+            driver: driver.clone(),
+            tally,
+            stop,
+            task: tokio::spawn(async {}),
+            sfu: Some(p),
+        })
+    }
+
+    pub fn key(&self) -> Option<ParticipantKey> {
+        *self.tally.key.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn ended(&self) -> Option<String> {
+        self.tally
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Media statistics, once admitted.
+    pub async fn stats(&self) -> Option<ParticipantStats> {
+        self.driver.stats(self.key()?).await.ok()
+    }
+
+    /// From asking to join to the first remote audio packet, in milliseconds.
+    pub fn join_ms(&self, stats: &ParticipantStats) -> Option<f64> {
+        let first = stats
+            .remote
+            .iter()
+            .filter(|t| t.codec == metaclinic_sfu::media::Codec::Opus)
+            .filter_map(|t| t.first_packet_ms)
+            .min()?;
+        let at_us = stats.created_us + first * 1000;
+        Some(at_us.saturating_sub(self.requested_us) as f64 / 1000.0)
+    }
+
+    /// Leave on purpose (bounded).
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        if let Some(p) = self.sfu {
+            let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;
+        }
+    }
+}
+
+/// The member's side of the session while the run lasts.
+async fn follow(
+    mut me: SignalingParticipant,
+    host: bool,
+    tally: Arc<Tally>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let note_key = |me: &SignalingParticipant| {
+        if let Phase::InCall(k) = me.phase() {
+            *tally.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
+        }
+    };
+    note_key(&me);
+    loop {
+        let msg = tokio::select! {
+            _ = stopped.changed() => break,
+            m = me.wait_for(Duration::from_millis(500), |_| true) => m,
+        };
+        if let Some(msg) = msg {
+            match msg {
+                ServerMessage::LobbyChanged { waiting } if host => {
+                    for w in waiting.iter().filter(|w| w.state == MemberState::Lobby) {
+                        me.send(ClientMessage::Admit {
+                            participant: w.participant.clone(),
+                        });
+                    }
+                }
+                ServerMessage::Joined { .. } => note_key(&me),
+                ServerMessage::Quality(q) => {
+                    tally.nacks.fetch_add(q.nacks, Ordering::Relaxed);
+                    tally
+                        .retransmissions
+                        .fetch_add(q.retransmissions, Ordering::Relaxed);
+                }
+                ServerMessage::ActiveSpeaker { .. } => {
+                    tally.speaker_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if let Phase::Closed(why) = me.phase() {
+            *tally.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            return;
+        }
+    }
+    me.leave().await;
+}

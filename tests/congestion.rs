@@ -99,24 +99,29 @@ async fn a_capped_subscriber_steps_down_alone_and_climbs_back_when_the_cap_lifts
     let width = width_from(&stepped, "patient");
     eprintln!("capped subscriber stepped down to width {width:?} after {took:?}");
     assert!(width.is_some_and(|w| w < 640), "{stepped:#?}");
-    // It stays down while the cap lasts, and its audio keeps arriving.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // It stays down while the cap lasts (a step up may be tried now and then, and is undone
+    // at once), and its audio keeps arriving.
+    let mut samples = Vec::new();
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = family.stats().await.unwrap();
+        samples.push(width_from(&s, "patient").unwrap_or(0));
+    }
     let during = family.stats().await.unwrap();
     let (p0, l0) = audio_from(&before, "patient");
     let (p1, l1) = audio_from(&during, "patient");
     let (packets, lost) = (p1 - p0, l1.saturating_sub(l0));
     let loss = lost as f64 * 100.0 / (packets + lost).max(1) as f64;
     let link = during.downlink.unwrap();
+    let down_share = samples.iter().filter(|&&w| w < 640).count() as f64 / samples.len() as f64;
     eprintln!(
-        "under the cap: {packets} audio packets, {lost} lost ({loss:.2}%); link dropped {} datagrams at the queue",
-        link.queue_drops
+        "under the cap: {packets} audio packets, {lost} lost ({loss:.2}%); link dropped {} datagrams at the queue; below the top layer {:.0}% of the time",
+        link.queue_drops,
+        down_share * 100.0
     );
     assert!(packets > 300, "audio must keep flowing: {packets} packets");
     assert!(loss < 1.0, "audio loss under the cap {loss:.2}%");
-    assert!(
-        width_from(&during, "patient").is_some_and(|w| w < 640),
-        "{during:#?}"
-    );
+    assert!(down_share >= 0.8, "widths under the cap: {samples:?}");
     // The uncapped subscriber kept the top layer all along.
     let d = doctor.stats().await.unwrap();
     assert_eq!(width_from(&d, "patient"), Some(640), "{d:#?}");

@@ -107,7 +107,9 @@ async fn join_browser(
     tokio::spawn(async move {
         while let Some(item) = events.next().await {
             if let StreamItem::Event(e) = item
-                && let RoomEvent::Offer { participant, sdp } = e.event
+                && let RoomEvent::Offer {
+                    participant, sdp, ..
+                } = e.event
                 && participant.as_str() == who
             {
                 let answer = page
@@ -200,7 +202,9 @@ async fn chromium_and_a_rust_participant_exchange_audio_and_video() {
     let relay = tokio::spawn(async move {
         while let Some(item) = events.next().await {
             if let StreamItem::Event(e) = item
-                && let RoomEvent::Offer { participant, sdp } = e.event
+                && let RoomEvent::Offer {
+                    participant, sdp, ..
+                } = e.event
                 && participant.as_str() == "browser-patient"
             {
                 let answer = relay_page

@@ -4,7 +4,10 @@
 //! room agree on one node; a node that dies has its rooms placed again and their members
 //! reconnect to the other node with media flowing; a node told to stop (SIGTERM) takes no
 //! new room, keeps its call until the call ends, then exits 0; a replica told to stop sends
-//! its clients elsewhere.
+//! its clients elsewhere. A consultation runs on one replica while its members connect to
+//! either: a patient waiting through one replica is admitted by a doctor on the other, and
+//! when the replica running the consultation dies, the other continues it without sending
+//! anyone back to the lobby.
 
 mod common;
 
@@ -19,6 +22,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(20);
 const DOCTOR: &str = "Practitioner/prac-77";
 const INTERPRETER: &str = "Practitioner/interp-9";
+const PATIENT: &str = "Patient/pat-1042";
 
 /// A booked telehealth appointment `id` (doctor, patient, interpreter) running now.
 fn appointment(id: &str) -> Value {
@@ -329,6 +333,15 @@ async fn a_draining_replica_sends_its_clients_to_another() {
     let mut c = Cluster::start(&["moving".into()]).await;
     let mut doctor = c.join(0, "moving", DOCTOR, 440).await;
     assert!(in_call(&mut doctor).await);
+    let mut patient = c.join(0, "moving", PATIENT, 660).await;
+    assert!(matches!(
+        patient.wait_phase(T, |p| *p == Phase::Lobby).await,
+        Phase::Lobby
+    ));
+    doctor.send(ClientMessage::Admit {
+        participant: PATIENT.into(),
+    });
+    assert!(in_call(&mut patient).await);
     let node = c.placed("moving").unwrap();
 
     c.replicas[0].proc.terminate();
@@ -355,7 +368,120 @@ async fn a_draining_replica_sends_its_clients_to_another() {
         doctor.phase()
     );
     assert_eq!(c.placed("moving").unwrap(), node);
+    // The other replica continues the consultation: the admitted patient is back in the
+    // call without waiting in the lobby again.
+    assert!(
+        eventually(T, || async {
+            patient.reconnects() == 1 && matches!(patient.phase(), Phase::InCall(_))
+        })
+        .await,
+        "{:?}",
+        patient.phase()
+    );
+    assert!(hears_more(&doctor, PATIENT, T).await);
     let mut interpreter = c.join(1, "moving", INTERPRETER, 880).await;
     assert!(in_call(&mut interpreter).await);
     assert!(hears_more(&doctor, INTERPRETER, T).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_any_member_and_a_dead_replicas_consultation_continues_elsewhere() {
+    let mut c = Cluster::start(&["across".into()]).await;
+    // The interpreter joins first, through sig-1: the consultation runs there.
+    let mut interpreter = c.join(0, "across", INTERPRETER, 880).await;
+    assert!(in_call(&mut interpreter).await);
+    assert_eq!(
+        c.prefix.get("signaling:home:across").as_deref(),
+        Some("sig-1")
+    );
+
+    // Patient and doctor connect through sig-2; the patient waits, the doctor sees them
+    // waiting and lets them in.
+    let mut patient = c.join(1, "across", PATIENT, 660).await;
+    assert!(matches!(
+        patient.wait_phase(T, |p| *p == Phase::Lobby).await,
+        Phase::Lobby
+    ));
+    let mut doctor = c.join(1, "across", DOCTOR, 440).await;
+    assert!(in_call(&mut doctor).await);
+    let waiting = doctor
+        .wait_for(T, |m| {
+            matches!(m, ServerMessage::LobbyChanged { waiting } if waiting.iter().any(|w| w.participant == PATIENT))
+        })
+        .await;
+    assert!(
+        waiting.is_some(),
+        "the doctor on sig-2 never saw the patient wait"
+    );
+    doctor.send(ClientMessage::Admit {
+        participant: PATIENT.into(),
+    });
+    assert!(in_call(&mut patient).await);
+    assert!(hears_more(&doctor, PATIENT, T).await);
+    assert!(hears_more(&patient, DOCTOR, T).await);
+    assert!(hears_more(&patient, INTERPRETER, T).await);
+    let m = get(&format!("{}/metrics", c.replicas[1].base)).await.1;
+    assert_eq!(
+        common::metric(&m, "metaclinic_signaling_piped_sessions", ""),
+        2.0,
+        "{m}"
+    );
+
+    // sig-1 dies. Doctor and patient are told to reconnect, sig-2 continues the
+    // consultation from its snapshot: the admitted patient is back in the call without the
+    // lobby, and media flows again.
+    let killed = Instant::now();
+    c.replicas[0].proc.kill();
+    let back = eventually(T, || async {
+        doctor.reconnects() >= 1
+            && patient.reconnects() >= 1
+            && matches!(doctor.phase(), Phase::InCall(_))
+            && matches!(patient.phase(), Phase::InCall(_))
+    })
+    .await;
+    assert!(back, "{:?} {:?}", doctor.phase(), patient.phase());
+    let flowing = eventually(T, || async {
+        heard(&doctor, PATIENT).await >= 10 && heard(&patient, DOCTOR).await >= 10
+    })
+    .await;
+    if !flowing {
+        patient
+            .wait_for(Duration::from_secs(1), |m| {
+                println!("patient got {m:?}");
+                false
+            })
+            .await;
+    }
+    assert!(
+        flowing,
+        "no media after the takeover: doctor {:#?} patient {:#?}",
+        doctor.stats().await.ok(),
+        patient.stats().await.ok()
+    );
+    println!(
+        "replica takeover: media flowing again {:?} after the replica was killed",
+        killed.elapsed()
+    );
+    assert_eq!(
+        c.prefix.get("signaling:home:across").as_deref(),
+        Some("sig-2")
+    );
+    let m = get(&format!("{}/metrics", c.replicas[1].base)).await.1;
+    assert_eq!(
+        common::metric(&m, "metaclinic_signaling_consultations_restored_total", ""),
+        1.0,
+        "{m}"
+    );
+    // The patient never waited again: the doctor was not asked to admit anyone.
+    let asked = doctor
+        .wait_for(
+            Duration::from_millis(500),
+            |m| matches!(m, ServerMessage::LobbyChanged { waiting } if !waiting.is_empty()),
+        )
+        .await;
+    assert!(asked.is_none(), "{asked:?}");
+    // The interpreter, whose connection died with sig-1, comes back through sig-2.
+    let mut interpreter = c.join(1, "across", INTERPRETER, 880).await;
+    assert!(in_call(&mut interpreter).await);
+    assert!(hears_more(&interpreter, PATIENT, T).await);
 }

@@ -61,7 +61,9 @@ impl SfuParticipant {
                     continue;
                 };
                 match env.event {
-                    RoomEvent::Offer { participant, sdp } if participant.as_str() == n => {
+                    RoomEvent::Offer {
+                        participant, sdp, ..
+                    } if participant.as_str() == n => {
                         let _exchange = lock.lock().await;
                         match d.accept_offer(key, sdp).await {
                             Ok(answer) => {

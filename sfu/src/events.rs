@@ -84,6 +84,10 @@ pub enum RoomEvent {
     /// `POST .../sdp {"type":"answer"}`.
     Offer {
         participant: ParticipantId,
+        /// The session it is for (`SessionOpened.session`): an offer of a session since
+        /// replaced (a reconnect) is stale and must not reach the new one.
+        #[serde(default)]
+        session: u64,
         sdp: String,
     },
     /// How the participant's connection is doing (every few seconds), for its connection

@@ -335,7 +335,7 @@ impl Node {
             ));
         }
         let participant = req.participant.clone();
-        let replaced = self
+        let (replaced, session) = self
             .ask(room, |reply| Command::OpenSession {
                 room: room.clone(),
                 participant: req.participant,
@@ -349,6 +349,7 @@ impl Node {
             participant,
             node: self.config.node.id.clone(),
             replaced,
+            session,
         })
     }
 

@@ -12,7 +12,7 @@ use crate::policy::{self, Access, Caller, Denial, InviteGrant};
 use crate::state::Deps;
 
 /// Where a request came from, for the audit log.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,

@@ -168,6 +168,9 @@ pub struct RedisSection {
     pub timeout_ms: u64,
     /// Milliseconds between reads of the node registry (dead nodes are found this often).
     pub registry_poll_ms: u64,
+    /// This replica's id among the signaling replicas; empty: the host name and a random
+    /// suffix.
+    pub replica_id: String,
 }
 
 impl Default for DrainSection {
@@ -186,6 +189,7 @@ impl Default for RedisSection {
             key_prefix: "metaclinic:".into(),
             timeout_ms: 1000,
             registry_poll_ms: 1000,
+            replica_id: String::new(),
         }
     }
 }
@@ -445,6 +449,16 @@ impl SignalingConfig {
             r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("rediss://");
         if !redis_url_ok {
             return invalid("redis.url", "a redis:// or rediss:// URL, or empty");
+        }
+        let id_ok = r.replica_id.len() <= 64
+            && r.replica_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !id_ok {
+            return invalid(
+                "redis.replica_id",
+                "at most 64 letters, digits, '.', '_' or '-'",
+            );
         }
         if r.key_prefix.is_empty() || r.key_prefix.len() > 64 {
             return invalid("redis.key_prefix", "1 to 64 characters");

@@ -125,7 +125,7 @@ async fn websocket(
             }
         })
         .on_upgrade(move |socket| async move {
-            crate::session::run(state.clone(), socket, client).await;
+            crate::home::route(state.clone(), socket, client).await;
             state.sessions.fetch_sub(1, Ordering::SeqCst);
         })
 }
@@ -191,6 +191,12 @@ async fn ready(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     match state.cluster.ready().await {
+        // Clients of other replicas could not be piped here yet.
+        Ok(()) if !state.homes.listening() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not listening for piped clients\n",
+        )
+            .into_response(),
         Ok(()) => "ready\n".into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }

@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use metaclinic_sfu::control::client::StreamItem;
 use metaclinic_sfu::events::{LeaveReason, RoomEvent};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::audit::AuditEvent;
 use crate::cluster::PlacedNode;
 use crate::consultation::Consultation;
+use crate::consultation::snapshot::Snapshot;
 use crate::protocol::{Description, EndReason, SdpKind, ServerMessage};
 use crate::state::{AppState, Deps};
 
@@ -52,9 +53,23 @@ impl Hub {
             return Ok(c.clone());
         }
         let room = crate::consultation::room_for(appointment_id);
+        // Another replica ran it before (it died or drained): continue from its snapshot.
+        let snapshot = deps
+            .homes
+            .load(appointment_id)
+            .await
+            .and_then(|text| Snapshot::from_json(&text));
+        let closes_at = snapshot.as_ref().map_or(closes_at, |s| s.closes_at);
         let ttl = placement_ttl(deps, closes_at);
         let node = open_room(deps, &room, None, ttl).await?;
-        let c = Arc::new(Consultation::new(appointment_id, node, closes_at));
+        let c = Arc::new(match snapshot {
+            Some(s) => {
+                deps.metrics.consultations_restored.inc();
+                info!(appointment = %appointment_id, members = s.members.len(), "consultation continued from another replica's snapshot");
+                Consultation::restore(appointment_id, node, s, deps.clock.now())
+            }
+            None => Consultation::new(appointment_id, node, closes_at),
+        });
         follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
         map.insert(appointment_id.to_owned(), c.clone());
@@ -114,6 +129,62 @@ impl Hub {
             warn!(room = %c.room, "closing the SFU room: {e}");
         }
         deps.cluster.release(&c.room, &node.id).await;
+        deps.homes.forget(&c.appointment_id).await;
+        deps.homes.release(&c.appointment_id).await;
+    }
+
+    /// Stop running `c` here without ending it: another replica continues it (from its
+    /// snapshot) and its clients are told to reconnect.
+    async fn hand_over(&self, deps: &Deps, c: &Arc<Consultation>, after_ms: u64) -> usize {
+        {
+            let mut map = self.consultations.lock().await;
+            if map
+                .get(&c.appointment_id)
+                .is_some_and(|x| Arc::ptr_eq(x, c))
+            {
+                map.remove(&c.appointment_id);
+            }
+            deps.metrics.consultations.set(map.len() as i64);
+        }
+        let told = c.hand_over(after_ms);
+        deps.metrics
+            .reconnect_hints
+            .with_label_values(&["handed_over"])
+            .inc_by(told as u64);
+        told
+    }
+
+    /// Draining with shared state: store every consultation's snapshot, give up the
+    /// leases, and send their clients to the other replicas. Returns how many were told.
+    pub async fn hand_over_all(&self, deps: &Deps, after_ms: u64) -> usize {
+        let all: Vec<Arc<Consultation>> =
+            self.consultations.lock().await.values().cloned().collect();
+        let mut told = 0;
+        for c in all {
+            save_snapshot(deps, &c).await;
+            deps.homes.release(&c.appointment_id).await;
+            told += self.hand_over(deps, &c, after_ms).await;
+        }
+        if told > 0 {
+            info!(
+                clients = told,
+                "consultations handed over to other replicas"
+            );
+        }
+        told
+    }
+
+    /// Keep the leases of the consultations this replica runs; one whose lease another
+    /// replica took (this one was cut off from Redis for a while) is handed over.
+    pub async fn renew_homes(&self, deps: &Deps) {
+        let ids: Vec<String> = self.consultations.lock().await.keys().cloned().collect();
+        for lost in deps.homes.renew(&ids).await {
+            let Some(c) = self.get(&lost).await else {
+                continue;
+            };
+            warn!(appointment = %lost, "another replica runs this consultation now; handing it over");
+            self.hand_over(deps, &c, 0).await;
+        }
     }
 
     /// Close every consultation (shutdown of the only instance).
@@ -151,6 +222,24 @@ impl Hub {
             let lost = lost.to_owned();
             tokio::spawn(async move { move_room(&deps, &c, &lost).await });
         }
+    }
+}
+
+/// Store the consultation's snapshot for whoever continues it.
+async fn save_snapshot(deps: &Deps, c: &Consultation) {
+    let ttl = placement_ttl(deps, c.closes_at());
+    deps.homes
+        .save(&c.appointment_id, c.snapshot().to_json(), ttl)
+        .await;
+}
+
+/// Renew this replica's consultation leases every second, for as long as the service runs.
+pub async fn keep_homes(deps: std::sync::Weak<Deps>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let Some(d) = deps.upgrade() else { return };
+        d.hub.renew_homes(&d).await;
     }
 }
 
@@ -317,7 +406,15 @@ async fn relay(
             }
         };
         match env.event {
-            RoomEvent::Offer { participant, sdp } => {
+            RoomEvent::Offer {
+                participant,
+                session,
+                sdp,
+            } => {
+                if !c.offer_is_current(participant.as_str(), session) {
+                    debug!(room = %c.room, "dropping an offer made for a replaced session");
+                    continue;
+                }
                 c.send(
                     participant.as_str(),
                     ServerMessage::Sdp {
@@ -391,12 +488,22 @@ async fn watch(deps: AppState, c: std::sync::Weak<Consultation>) {
     let recheck = chrono::Duration::seconds(p.recheck_interval_s as i64);
     let mut next_recheck = deps.clock.now() + recheck;
     let mut empty_since: Option<DateTime<Utc>> = None;
+    let mut saved = String::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
         let Some(c) = c.upgrade() else { return };
-        if c.ended().is_some() {
+        if c.ended().is_some() || c.handed_over() {
             return;
+        }
+        // What another replica would continue from, stored when it changed.
+        let snapshot = c.snapshot().to_json();
+        if snapshot != saved {
+            let ttl = placement_ttl(&deps, c.closes_at());
+            deps.homes
+                .save(&c.appointment_id, snapshot.clone(), ttl)
+                .await;
+            saved = snapshot;
         }
         let now = deps.clock.now();
         let tick = c.tick(now, warn_before, grace);

@@ -21,6 +21,7 @@ pub mod config;
 pub mod consultation;
 pub mod dev;
 pub mod fhir;
+pub mod home;
 pub mod http;
 pub mod hub;
 pub mod identity;
@@ -151,20 +152,33 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         grace: chrono::Duration::minutes(p.grace_min as i64),
         interpreters_direct: p.interpreters_direct,
     };
-    let (cluster, shared): (Arc<dyn cluster::Cluster>, bool) = if config.redis.url.is_empty() {
+    type Shared = (Arc<dyn cluster::Cluster>, Arc<dyn home::Homes>, bool);
+    let (cluster, homes, shared): Shared = if config.redis.url.is_empty() {
         (
             Arc::new(cluster::fixed::FixedNodes::new(&config.sfu.nodes)),
+            Arc::new(home::local::LocalHomes::default()),
             false,
         )
     } else {
         let c = cluster::redis::RedisCluster::new(&config.redis, &config.sfu.credential)
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         c.spawn_watcher(Duration::from_millis(config.redis.registry_poll_ms));
-        (c, true)
+        let replica = replica_id(&config.redis.replica_id);
+        tracing::info!(replica = %replica, "signaling replica; consultations shared through Redis");
+        let homes = home::redis::RedisHomes::start(
+            &config.redis.url,
+            c.connection(),
+            &config.redis.key_prefix,
+            &replica,
+            Duration::from_millis(config.redis.timeout_ms),
+        )
+        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        (c, homes, true)
     };
     Ok(Arc::new(Deps {
         cluster,
         shared,
+        homes,
         config,
         policy,
         verifier,
@@ -189,6 +203,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::spawn(hub::follow_lost_nodes(Arc::downgrade(&state)));
+    tokio::spawn(hub::keep_homes(Arc::downgrade(&state)));
+    tokio::spawn(home::serve_incoming(Arc::downgrade(&state)));
     let app = http::router(state.clone(), http::Dev(dev));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
@@ -223,6 +239,17 @@ async fn drain(state: &AppState) {
         sessions = state.sessions.load(Ordering::SeqCst),
         "draining: no new WebSockets; asking clients to reconnect"
     );
+    if state.shared {
+        // Other replicas continue this one's consultations from their snapshots; clients
+        // connected here whose consultations run elsewhere reconnect to another replica.
+        let mut told = state.homes.drain(after_ms).await;
+        told += state.hub.hand_over_all(state, after_ms).await;
+        state
+            .metrics
+            .reconnect_hints
+            .with_label_values(&["drain"])
+            .inc_by(told as u64);
+    }
     loop {
         // Again each round: a session that was still joining lands in a consultation later.
         let told = state.hub.ask_all_to_reconnect(after_ms).await;
@@ -246,4 +273,18 @@ async fn drain(state: &AppState) {
         // Nobody else holds these consultations: they end with this process.
         state.hub.finish_all(state).await;
     }
+}
+
+/// This replica's id: configured, or the host name (the pod's, on Kubernetes) with a random
+/// suffix, so a restarted replica never mistakes an old lease for its own.
+fn replica_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "signaling".into());
+    let suffix: u32 = rand::random();
+    format!("{host}-{suffix:08x}")
 }

@@ -17,8 +17,12 @@ pub struct Metrics {
     pub jwks_fetches: IntCounter,
     /// Rooms moved off a lost SFU node, by outcome (moved, no_node).
     pub room_moves: IntCounterVec,
-    /// Clients told to reconnect, by cause (drain, room_moved).
+    /// Clients told to reconnect, by cause (drain, room_moved, home_lost, handed_over).
     pub reconnect_hints: IntCounterVec,
+    /// Clients connected here whose consultation runs on another replica.
+    pub piped_sessions: IntGauge,
+    /// Consultations this replica took over from another one's snapshot.
+    pub consultations_restored: IntCounter,
     pub draining: IntGauge,
 }
 
@@ -99,6 +103,22 @@ impl Metrics {
                 "metaclinic_signaling_reconnect_hints_total",
                 "Clients told to reconnect, by cause",
                 &["cause"],
+            ),
+            piped_sessions: reg(
+                &registry,
+                IntGauge::new(
+                    "metaclinic_signaling_piped_sessions",
+                    "WebSockets connected here whose consultation runs on another replica",
+                )
+                .expect("static metric"),
+            ),
+            consultations_restored: reg(
+                &registry,
+                IntCounter::new(
+                    "metaclinic_signaling_consultations_restored_total",
+                    "Consultations continued here from another replica's snapshot",
+                )
+                .expect("static metric"),
             ),
             draining: reg(
                 &registry,

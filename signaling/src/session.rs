@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
+use std::pin::Pin;
+
+use axum::extract::ws::Message;
 use futures_util::{SinkExt, StreamExt};
 use metaclinic_sfu::control::api::IceCandidate;
 use metaclinic_sfu::media::MediaKind as SfuMediaKind;
@@ -61,14 +63,14 @@ impl RateLimit {
 }
 
 /// Why an incoming frame is not a message we act on.
-enum Incoming {
+pub(crate) enum Incoming {
     Message(ClientMessage),
     /// Answer with this error code and carry on.
     Bad(&'static str, String),
     Closed,
 }
 
-fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
+pub(crate) fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
     let text = match frame {
         None | Some(Ok(Message::Close(_))) => return Incoming::Closed,
         Some(Err(e)) => {
@@ -97,7 +99,54 @@ fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
     }
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+/// Where a session writes: the client's WebSocket, or a pipe to the replica it is connected
+/// to (crate::home).
+pub type FrameSink = Pin<Box<dyn futures_util::Sink<Message, Error = axum::Error> + Send>>;
+/// What a session reads: the same, the other way.
+pub type FrameStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<Message, axum::Error>> + Send>>;
+type Sink = FrameSink;
+
+/// The client's first frame (pings skipped), or none within the join timeout.
+pub enum FirstFrame {
+    TimedOut,
+    Frame(Option<Result<Message, axum::Error>>),
+}
+
+impl FirstFrame {
+    /// The appointment a well-formed join asks for (where its consultation runs decides
+    /// where the session runs).
+    pub fn joins(&self) -> Option<String> {
+        let FirstFrame::Frame(Some(Ok(Message::Text(t)))) = self else {
+            return None;
+        };
+        match serde_json::from_str::<ClientMessage>(t) {
+            Ok(ClientMessage::Join { appointment, .. }) => {
+                crate::booking::appointment_id(&appointment).map(str::to_owned)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            FirstFrame::Frame(Some(Ok(Message::Text(t)))) => Some(t.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Read the first frame a client sends, skipping pings, within `timeout`.
+pub async fn first_frame(stream: &mut FrameStream, timeout: Duration) -> FirstFrame {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return FirstFrame::TimedOut,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(frame) => return FirstFrame::Frame(frame),
+        }
+    }
+}
 
 async fn send(sink: &mut Sink, msg: &ServerMessage) -> bool {
     match serde_json::to_string(msg) {
@@ -151,10 +200,17 @@ impl Joined {
     }
 }
 
-pub async fn run(deps: AppState, socket: WebSocket, client: ClientInfo) {
+/// Serve one client from its first frame on, here: this replica runs (or now opened) the
+/// consultation it joins.
+pub async fn run(
+    deps: AppState,
+    first: FirstFrame,
+    mut stream: FrameStream,
+    mut sink: FrameSink,
+    client: ClientInfo,
+) {
     deps.metrics.ws_sessions.inc();
-    let (mut sink, mut stream) = socket.split();
-    if let Some(joined) = join(&deps, &mut sink, &mut stream, client).await {
+    if let Some(joined) = join(&deps, &mut sink, first, client).await {
         serve(&deps, &mut sink, &mut stream, joined.0, joined.1).await;
     }
     let _ = sink.close().await;
@@ -165,27 +221,24 @@ pub async fn run(deps: AppState, socket: WebSocket, client: ClientInfo) {
 async fn join(
     deps: &AppState,
     sink: &mut Sink,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    first: FirstFrame,
     client: ClientInfo,
 ) -> Option<(Joined, mpsc::UnboundedReceiver<Outbound>)> {
-    let timeout = Duration::from_secs(deps.config.limits.join_timeout_s);
-    let first = loop {
-        match tokio::time::timeout(timeout, stream.next()).await {
-            Err(_) => {
-                send_error(sink, "join_timeout", "send a join message first").await;
+    let first = match first {
+        FirstFrame::TimedOut => {
+            send_error(sink, "join_timeout", "send a join message first").await;
+            return None;
+        }
+        FirstFrame::Frame(frame) => match parse(frame) {
+            Incoming::Closed => return None,
+            Incoming::Bad(code, msg) => {
+                let code = if code.is_empty() { "bad_message" } else { code };
+                deps.metrics.ws_refused.with_label_values(&[code]).inc();
+                send_error(sink, code, msg).await;
                 return None;
             }
-            Ok(frame) => match parse(frame) {
-                Incoming::Closed => return None,
-                Incoming::Bad("", _) => continue,
-                Incoming::Bad(code, msg) => {
-                    deps.metrics.ws_refused.with_label_values(&[code]).inc();
-                    send_error(sink, code, msg).await;
-                    return None;
-                }
-                Incoming::Message(m) => break m,
-            },
-        }
+            Incoming::Message(m) => m,
+        },
     };
     let ClientMessage::Join {
         v,
@@ -312,6 +365,10 @@ async fn join(
         client,
     };
     match entry {
+        Entry::Refused("handed_over") => {
+            send(sink, &ServerMessage::Reconnect { after_ms: 0 }).await;
+            return None;
+        }
         Entry::Refused(code) => {
             let _ = deps
                 .audit
@@ -373,7 +430,10 @@ async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: 
         )
         .await
     {
-        Ok(_) => true,
+        Ok(opened) => {
+            c.media_opened(participant, opened.session);
+            true
+        }
         Err(e) => {
             warn!(room = %c.room, "opening an SFU session failed: {e}");
             false
@@ -384,7 +444,7 @@ async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: 
 async fn serve(
     deps: &AppState,
     sink: &mut Sink,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut FrameStream,
     joined: Joined,
     mut inbox: mpsc::UnboundedReceiver<Outbound>,
 ) {

@@ -9,6 +9,7 @@ use crate::audit::AuditLog;
 use crate::booking::BookingSystem;
 use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
+use crate::home::Homes;
 use crate::hub::Hub;
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
@@ -49,6 +50,8 @@ pub struct Deps {
     /// Several replicas share the placement (Redis): a draining replica leaves its
     /// consultations running for the others.
     pub shared: bool,
+    /// Which replica runs which consultation, and the pipes to it.
+    pub homes: Arc<dyn Homes>,
     pub hub: Hub,
     pub metrics: Metrics,
     pub clock: Clock,

@@ -305,6 +305,7 @@ reconnect_after_ms = 100
 url = "{redis}"
 key_prefix = "{prefix}"
 registry_poll_ms = 200
+replica_id = "{name}"
 "#,
         issuer = shared.idp.issuer,
         audience = shared.idp.audience,

@@ -63,6 +63,9 @@ pub struct SessionOpened {
     pub node: String,
     /// True when an earlier session of the same participant was replaced (a reconnect).
     pub replaced: bool,
+    /// This session's id in the room's events (`offer.session`).
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// `POST /v1/rooms/{room}/participants/{participant}/sdp`, and the answer to an offer.

@@ -44,7 +44,8 @@ pub enum Command {
         participant: ParticipantId,
         role: Option<String>,
         rights: Rights,
-        reply: Reply<bool>,
+        /// Whether an earlier session was replaced, and the new session's id.
+        reply: Reply<(bool, u64)>,
     },
     CloseSession {
         room: RoomId,
@@ -279,7 +280,7 @@ impl Shard {
         role: Option<String>,
         rights: Rights,
         now: Instant,
-    ) -> Result<bool, ControlError> {
+    ) -> Result<(bool, u64), ControlError> {
         let rkey = *self
             .room_index
             .get(room)
@@ -360,7 +361,7 @@ impl Shard {
         });
         self.metrics.participants.inc();
         info!(shard = self.index, room = %room, participant = %participant, replaced, "session opened");
-        Ok(replaced)
+        Ok((replaced, uid))
     }
 
     fn remote_offer(

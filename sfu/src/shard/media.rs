@@ -434,7 +434,12 @@ impl Shard {
         match s.peer.create_offer(now) {
             Ok(sdp) => {
                 let participant = s.participant.clone();
-                self.rooms[s.room].emit(RoomEvent::Offer { participant, sdp });
+                let session = s.uid;
+                self.rooms[s.room].emit(RoomEvent::Offer {
+                    participant,
+                    session,
+                    sdp,
+                });
             }
             Err(e) => {
                 warn!(shard = self.index, room = %s.room_id, participant = %s.participant, "cannot create an offer: {e}")

@@ -16,9 +16,12 @@ use rand::RngExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub mod snapshot;
+
 use crate::cluster::PlacedNode;
 use crate::policy::Role;
 use crate::protocol::{EndReason, Member, MemberState, ServerMessage};
+use snapshot::{InviteSnapshot, MemberSnapshot, SNAPSHOT_VERSION, Snapshot};
 
 /// A connection's mailbox: what the consultation wants said to that client.
 pub type Mailbox = mpsc::UnboundedSender<Outbound>;
@@ -50,6 +53,8 @@ struct MemberEntry {
     connection: Option<Connection>,
     /// When they entered the lobby (for the wait-time metric).
     waiting_since: Option<DateTime<Utc>>,
+    /// Their current SFU session (its id in the room's events).
+    sfu_session: Option<u64>,
 }
 
 /// A host's single-use interpreter invite: the first person to use it owns it (and may use
@@ -72,6 +77,8 @@ struct State {
     next_connection: u64,
     /// The SFU's latest dominant speaker, so that whoever enters later learns it too.
     active_speaker: Option<String>,
+    /// Another replica continues the consultation: this copy does nothing more.
+    handed_over: bool,
 }
 
 pub struct Consultation {
@@ -247,8 +254,108 @@ impl Consultation {
                 ended: None,
                 next_connection: 1,
                 active_speaker: None,
+                handed_over: false,
             }),
         }
+    }
+
+    /// A consultation another replica ran, continued here from its snapshot: members who
+    /// were in the call are away as of `now` (they come back within the reconnect grace
+    /// without the lobby); those who waited wait again when they reconnect.
+    pub fn restore(
+        appointment_id: &str,
+        node: PlacedNode,
+        snapshot: Snapshot,
+        now: DateTime<Utc>,
+    ) -> Consultation {
+        let c = Consultation::new(appointment_id, node, snapshot.closes_at);
+        {
+            let mut s = c.lock();
+            s.extended_min = snapshot.extended_min;
+            s.warned = snapshot.warned;
+            s.removed = snapshot.removed;
+            for m in snapshot.members {
+                let presence = if m.in_call {
+                    Presence::Away(m.away_since.unwrap_or(now))
+                } else {
+                    Presence::Lobby
+                };
+                s.members.insert(
+                    m.participant,
+                    MemberEntry {
+                        role: m.role,
+                        presence,
+                        connection: None,
+                        waiting_since: None,
+                        sfu_session: None,
+                    },
+                );
+            }
+            for i in snapshot.invites {
+                s.invites.insert(
+                    i.code,
+                    Invite {
+                        slot: i.slot,
+                        expires_at: i.expires_at,
+                        used_by: i.used_by,
+                    },
+                );
+            }
+        }
+        c
+    }
+
+    /// What another replica needs to continue this consultation (see [`snapshot`]).
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.lock();
+        let mut members: Vec<MemberSnapshot> = s
+            .members
+            .iter()
+            .map(|(p, m)| MemberSnapshot {
+                participant: p.clone(),
+                role: m.role,
+                in_call: matches!(m.presence, Presence::InCall | Presence::Away(_)),
+                away_since: match m.presence {
+                    Presence::Away(t) => Some(t),
+                    _ => None,
+                },
+            })
+            .collect();
+        members.sort_by(|a, b| a.participant.cmp(&b.participant));
+        let mut invites: Vec<InviteSnapshot> = s
+            .invites
+            .iter()
+            .map(|(code, i)| InviteSnapshot {
+                code: code.clone(),
+                slot: i.slot,
+                expires_at: i.expires_at,
+                used_by: i.used_by.clone(),
+            })
+            .collect();
+        invites.sort_by(|a, b| a.code.cmp(&b.code));
+        Snapshot {
+            v: SNAPSHOT_VERSION,
+            closes_at: s.closes_at,
+            extended_min: s.extended_min,
+            warned: s.warned,
+            members,
+            removed: s.removed.clone(),
+            invites,
+        }
+    }
+
+    /// Let go of the consultation without ending it (another replica continues it): close
+    /// every connection with a reconnect hint, and forget the members here.
+    pub fn hand_over(&self, after_ms: u64) -> usize {
+        let told = self.ask_to_reconnect(after_ms, false);
+        let mut s = self.lock();
+        s.members.clear();
+        s.handed_over = true;
+        told
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.lock().handed_over
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -308,6 +415,10 @@ impl Consultation {
         if s.ended.is_some() {
             return (Entry::Refused("consultation_ended"), 0);
         }
+        if s.handed_over {
+            // Raced with a hand-over: the client's next join finds the new home.
+            return (Entry::Refused("handed_over"), 0);
+        }
         if s.removed.iter().any(|r| r == participant) {
             return (Entry::Refused("removed_by_host"), 0);
         }
@@ -351,6 +462,7 @@ impl Consultation {
                         presence,
                         connection: Some(Connection { id, mailbox }),
                         waiting_since: (!direct).then_some(now),
+                        sfu_session: None,
                     },
                 );
                 if direct { Entry::InCall } else { Entry::Lobby }
@@ -403,6 +515,22 @@ impl Consultation {
 
     pub fn broadcast_in_call(&self, msg: &ServerMessage) {
         self.lock().broadcast_in_call(msg);
+    }
+
+    /// The member's SFU session was opened (or replaced) with this id.
+    pub fn media_opened(&self, participant: &str, session: u64) {
+        if let Some(m) = self.lock().members.get_mut(participant) {
+            m.sfu_session = Some(session);
+        }
+    }
+
+    /// Whether an SFU offer for `session` is for the member's current session: one made
+    /// for a session since replaced (they reconnected) would break the new connection.
+    pub fn offer_is_current(&self, participant: &str, session: u64) -> bool {
+        self.lock()
+            .members
+            .get(participant)
+            .is_some_and(|m| m.sfu_session == Some(session))
     }
 
     pub fn presence(&self, participant: &str) -> Option<Presence> {
@@ -754,7 +882,7 @@ pub struct Tick {
 impl Drop for Consultation {
     fn drop(&mut self) {
         let s = self.lock();
-        if s.ended.is_none() && !s.members.is_empty() {
+        if s.ended.is_none() && !s.handed_over && !s.members.is_empty() {
             warn!(appointment = %self.appointment_id, "consultation dropped with members");
         }
     }

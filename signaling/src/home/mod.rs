@@ -1,0 +1,303 @@
+//! Where a consultation runs. Each appointment's consultation (lobby, members, host
+//! controls) lives in the memory of one signaling replica at a time, its *home*, so its
+//! decisions need no cross-replica locking. A client may connect to any replica (its
+//! *edge*): when the consultation's home is elsewhere, the edge pipes the client's
+//! WebSocket frames to the home and the home's answers back, and the session runs at the
+//! home as if the client were connected there.
+//!
+//! The home keeps a lease on the consultation and stores a [`Snapshot`] of what must outlive
+//! it; a replica that dies or drains loses its leases, the next join claims the
+//! consultation elsewhere and continues it from the snapshot (clients are told to
+//! reconnect, admitted members come back into the call).
+//!
+//! One interface, two implementations: [`local::LocalHomes`] (one process: every
+//! consultation is at home here) and [`redis::RedisHomes`] (leases, snapshots and pipes in
+//! Redis).
+//!
+//! [`Snapshot`]: crate::consultation::snapshot::Snapshot
+
+pub mod local;
+pub mod redis;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::access::ClientInfo;
+use crate::protocol::ServerMessage;
+use crate::session::{self, FirstFrame, FrameSink, FrameStream};
+use crate::state::AppState;
+
+/// Where an appointment's consultation runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    Here,
+    /// On the replica with this id.
+    Elsewhere(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HomeError {
+    #[error("the shared state (Redis) is unavailable: {0}")]
+    Store(String),
+    #[error("the replica running the consultation does not answer")]
+    HomeGone,
+}
+
+/// One frame of a piped client connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PipeOp {
+    /// Edge to home: a client connected; its first frame.
+    Open {
+        client: ClientInfo,
+        text: String,
+    },
+    Text {
+        text: String,
+    },
+    /// Edge to home: the client sent a binary frame (not part of the protocol; the session
+    /// at the home answers it as it would on a direct connection).
+    Binary,
+    /// Either way: the connection ends.
+    Close,
+}
+
+/// One side of a pipe: its id, and the replica at the other side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeEnd {
+    pub id: String,
+    pub peer: String,
+    /// This side is the edge (it sends towards the home).
+    pub at_edge: bool,
+}
+
+/// A client of another replica whose consultation runs here.
+pub struct IncomingPipe {
+    pub end: PipeEnd,
+    pub client: ClientInfo,
+    pub first: String,
+    pub frames: mpsc::UnboundedReceiver<PipeOp>,
+}
+
+pub trait Homes: Send + Sync {
+    /// This replica's id.
+    fn replica(&self) -> &str;
+
+    /// Whether other replicas can pipe clients here (`/readyz`).
+    fn listening(&self) -> bool;
+
+    /// Where `appointment`'s consultation runs: the live replica holding its lease, or this
+    /// one, which takes the lease now if nobody live holds it.
+    fn claim<'a>(&'a self, appointment: &'a str) -> BoxFuture<'a, Result<Home, HomeError>>;
+
+    /// Extend this replica's leases; answers the appointments whose lease another replica
+    /// holds now (their consultations must be handed over).
+    fn renew<'a>(&'a self, appointments: &'a [String]) -> BoxFuture<'a, Vec<String>>;
+
+    /// Give up the lease (the consultation ended, or this replica drains).
+    fn release<'a>(&'a self, appointment: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Store what another replica needs to continue the consultation, for `ttl`.
+    fn save<'a>(
+        &'a self,
+        appointment: &'a str,
+        snapshot: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, ()>;
+
+    /// The consultation's stored snapshot, if any.
+    fn load<'a>(&'a self, appointment: &'a str) -> BoxFuture<'a, Option<String>>;
+
+    /// The consultation ended: its snapshot goes.
+    fn forget<'a>(&'a self, appointment: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Open a pipe to `home` for a client whose first frame is `first`; what the home
+    /// answers arrives on the receiver, which ends (without a `Close`) if the home is lost.
+    fn open_pipe<'a>(
+        &'a self,
+        home: &'a str,
+        client: ClientInfo,
+        first: String,
+    ) -> BoxFuture<'a, Result<(PipeEnd, mpsc::UnboundedReceiver<PipeOp>), HomeError>>;
+
+    /// Send `op` to the other side of a pipe; false if it cannot arrive.
+    fn send<'a>(&'a self, end: &'a PipeEnd, op: PipeOp) -> BoxFuture<'a, bool>;
+
+    /// This side is done with the pipe.
+    fn close_pipe(&self, end: &PipeEnd);
+
+    /// The pipes other replicas open to this one (taken once, by the service).
+    fn incoming(&self) -> Option<mpsc::UnboundedReceiver<IncomingPipe>>;
+
+    /// Draining: other replicas stop sending clients here, and every client connected here
+    /// whose consultation runs elsewhere is told to reconnect. Returns how many were told.
+    fn drain(&self, after_ms: u64) -> BoxFuture<'_, usize>;
+}
+
+/// Serve one WebSocket: read the join, find where its consultation runs, and run the
+/// session here or pipe it there.
+pub async fn route(deps: AppState, socket: WebSocket, client: ClientInfo) {
+    let (sink, stream) = socket.split();
+    let mut sink: FrameSink = Box::pin(sink);
+    let mut stream: FrameStream = Box::pin(stream);
+    let timeout = Duration::from_secs(deps.config.limits.join_timeout_s);
+    let first = session::first_frame(&mut stream, timeout).await;
+    let home = match first.joins() {
+        Some(appointment) => match deps.homes.claim(&appointment).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot find where the consultation runs: {e}");
+                deps.metrics
+                    .ws_refused
+                    .with_label_values(&["state_unavailable"])
+                    .inc();
+                let _ = send(&mut sink, &state_unavailable()).await;
+                let _ = sink.close().await;
+                return;
+            }
+        },
+        // Not a join: the session here answers it.
+        None => Home::Here,
+    };
+    match (home, first.text()) {
+        (Home::Elsewhere(replica), Some(text)) => {
+            let text = text.to_owned();
+            edge(&deps, &replica, text, stream, sink, client).await;
+        }
+        _ => session::run(deps, first, stream, sink, client).await,
+    }
+}
+
+fn state_unavailable() -> ServerMessage {
+    ServerMessage::Error {
+        code: "state_unavailable".into(),
+        message: "the service cannot reach its shared state; try again shortly".into(),
+    }
+}
+
+async fn send(sink: &mut FrameSink, msg: &ServerMessage) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(text) => sink.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The edge of a pipe: the client's frames to the home, the home's to the client. If the
+/// home is lost the client is told to reconnect (its next join finds the new home).
+async fn edge(
+    deps: &AppState,
+    home: &str,
+    first: String,
+    mut stream: FrameStream,
+    mut sink: FrameSink,
+    client: ClientInfo,
+) {
+    let reconnect = ServerMessage::Reconnect { after_ms: 0 };
+    let (end, mut from_home) = match deps.homes.open_pipe(home, client, first).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(
+                home,
+                "cannot reach the replica running the consultation: {e}"
+            );
+            let _ = send(&mut sink, &reconnect).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    deps.metrics.piped_sessions.inc();
+    debug!(pipe = %end.id, home, "client piped to the consultation's replica");
+    let mut home_lost = false;
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let op = match frame {
+                    Some(Ok(Message::Text(t))) => PipeOp::Text { text: t.to_string() },
+                    Some(Ok(Message::Binary(_))) => PipeOp::Binary,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // Closed, or broken (an oversized frame ends here too).
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                };
+                if !deps.homes.send(&end, op).await {
+                    home_lost = true;
+                    break;
+                }
+            }
+            op = from_home.recv() => match op {
+                Some(PipeOp::Text { text }) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() { break; }
+                }
+                Some(PipeOp::Close) => break,
+                Some(_) => {}
+                None => { home_lost = true; break; }
+            }
+        }
+    }
+    if home_lost {
+        deps.metrics
+            .reconnect_hints
+            .with_label_values(&["home_lost"])
+            .inc();
+        let _ = send(&mut sink, &reconnect).await;
+    } else {
+        deps.homes.send(&end, PipeOp::Close).await;
+    }
+    deps.homes.close_pipe(&end);
+    let _ = sink.close().await;
+    deps.metrics.piped_sessions.dec();
+}
+
+/// Run the sessions other replicas pipe here, for as long as the service runs.
+pub async fn serve_incoming(deps: std::sync::Weak<crate::state::Deps>) {
+    let Some(mut incoming) = deps.upgrade().and_then(|d| d.homes.incoming()) else {
+        return;
+    };
+    while let Some(pipe) = incoming.recv().await {
+        let Some(d) = deps.upgrade() else { return };
+        tokio::spawn(home_side(d, pipe));
+    }
+}
+
+/// The home of a pipe: the session, reading the edge's frames and writing back to it.
+async fn home_side(deps: AppState, pipe: IncomingPipe) {
+    deps.sessions.fetch_add(1, Ordering::SeqCst);
+    let end = pipe.end.clone();
+    let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(pipe.frames)
+        .take_while(|op| std::future::ready(*op != PipeOp::Close))
+        .filter_map(|op| {
+            std::future::ready(match op {
+                PipeOp::Text { text } => Some(Ok(Message::Text(text.into()))),
+                PipeOp::Binary => Some(Ok(Message::Binary(Default::default()))),
+                PipeOp::Open { .. } | PipeOp::Close => None,
+            })
+        });
+    let stream: FrameStream = Box::pin(frames);
+    let sink: FrameSink = Box::pin(futures_util::sink::unfold(
+        (deps.clone(), end.clone()),
+        |(deps, end), msg: Message| async move {
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                _ => return Ok((deps, end)),
+            };
+            if deps.homes.send(&end, PipeOp::Text { text }).await {
+                Ok((deps, end))
+            } else {
+                Err(axum::Error::new(std::io::Error::other(
+                    "the client's replica is gone",
+                )))
+            }
+        },
+    ));
+    let first = FirstFrame::Frame(Some(Ok(Message::Text(pipe.first.into()))));
+    session::run(deps.clone(), first, stream, sink, pipe.client).await;
+    deps.homes.send(&end, PipeOp::Close).await;
+    deps.homes.close_pipe(&end);
+    deps.sessions.fetch_sub(1, Ordering::SeqCst);
+}

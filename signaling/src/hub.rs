@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metaclinic_sfu::control::client::StreamItem;
 use metaclinic_sfu::events::{LeaveReason, RoomEvent};
+use metaclinic_sfu::room::RoomKind;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -43,6 +44,7 @@ impl Hub {
         &self,
         deps: &AppState,
         appointment_id: &str,
+        kind: RoomKind,
         closes_at: DateTime<Utc>,
     ) -> Result<Arc<Consultation>, HubError> {
         let mut map = self.consultations.lock().await;
@@ -53,8 +55,8 @@ impl Hub {
         }
         let room = crate::consultation::room_for(appointment_id);
         let ttl = placement_ttl(deps, closes_at);
-        let node = open_room(deps, &room, None, ttl).await?;
-        let c = Arc::new(Consultation::new(appointment_id, node, closes_at));
+        let node = open_room(deps, &room, kind, None, ttl).await?;
+        let c = Arc::new(Consultation::new(appointment_id, kind, node, closes_at));
         follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
         map.insert(appointment_id.to_owned(), c.clone());
@@ -165,6 +167,7 @@ fn placement_ttl(deps: &Deps, closes_at: DateTime<Utc>) -> Duration {
 async fn open_room(
     deps: &Deps,
     room: &str,
+    kind: RoomKind,
     lost: Option<&str>,
     ttl: Duration,
 ) -> Result<PlacedNode, HubError> {
@@ -177,7 +180,7 @@ async fn open_room(
         HubError::NoSfu
     })?;
     for _ in 0..3 {
-        match node.control.create_room(room).await {
+        match node.control.create_room_of_kind(room, kind).await {
             Ok(_) => return Ok(node),
             Err(e) => {
                 warn!(room, node = %node.id, "cannot create the room: {e}");
@@ -216,7 +219,7 @@ async fn move_room(deps: &AppState, c: &Arc<Consultation>, lost: &str) {
         return; // moved already (by a lost stream and the registry both noticing)
     }
     let ttl = placement_ttl(deps, c.closes_at());
-    match open_room(deps, &c.room, Some(lost), ttl).await {
+    match open_room(deps, &c.room, c.kind, Some(lost), ttl).await {
         Ok(node) => {
             info!(room = %c.room, from = %lost, to = %node.id, "room moved to another SFU node");
             c.set_node(node);

@@ -2,8 +2,8 @@
 //! `signaling/PROTOCOL.md`. Unknown types and unknown fields are refused, so a client
 //! cannot smuggle a target (say, another participant's SDP) past the server.
 
-use serde::{Deserialize, Serialize};
 use metaclinic_sfu::room::RoomKind;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Role;
 

@@ -4,7 +4,7 @@
 //! doctor walks their avatar with the arrow keys from the patient's left to the patient's
 //! right, the patient's map shows it there and the patient's received stereo balance
 //! (measured with Web Audio on the received stream) moves from the left ear to the right.
-//! A screenshot goes to target/artifacts/web-shared-room.png.
+//! Screenshots go to target/artifacts/web-shared-room.png (and -phone.png).
 
 mod common;
 
@@ -250,4 +250,10 @@ async fn shared_room() {
         "a voice on the right must be louder in the right ear: {right}"
     );
     screenshot(patient, "web-shared-room.png", 1000, 760).await;
+    // At phone width the map fits the screen and the description follows it.
+    screenshot(patient, "web-shared-room-phone.png", 390, 800).await;
+    let fits = patient
+        .eval("document.getElementById('room-map').getBoundingClientRect().right <= window.innerWidth")
+        .await;
+    assert_eq!(fits, json!(true), "the map is wider than a phone");
 }

@@ -247,7 +247,8 @@ fn print_dev_banner(
          \x20 audit log    {}  (check it: metaclinic audit verify <path>)\n\n\
          Open {public}/ in two browser windows: pick the doctor in one and the patient in\n\
          the other (the doctor lets the patient in from the waiting room).\n\n\
-         Demo appointments: demo-consult, demo-interpreter-invite. Demo identities:\n",
+         Demo appointments: demo-consult, demo-interpreter-invite, demo-group (a shared room:\n\
+         \x20 spatial audio, avatars on a map). Demo identities:\n",
         appointments.display(),
         audit.display()
     );

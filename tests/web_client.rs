@@ -6,141 +6,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::browser::{Browser, Page};
-use serde_json::{Value, json};
-
-/// `metaclinic dev`; its banner must say what to open.
-async fn start_dev() -> (common::dev::DevProcess, String) {
-    let dev = common::dev::start_dev().await;
-    let base = dev.base.clone();
-    assert!(
-        dev.banner
-            .contains(&format!("Open {base}/ in two browser windows")),
-        "{}",
-        dev.banner
-    );
-    (dev, base)
-}
-
-async fn dev_token(base: &str, who: &str) -> String {
-    metaclinic_loadtest::join::dev_token(base, who)
-        .await
-        .unwrap()
-}
-
-/// Poll `expression` on `page` until it is truthy (not false, null, 0 or "").
-async fn wait_for(browser: &Browser, page: &Page, expression: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = page.eval(expression).await;
-        let truthy = match &v {
-            Value::Null | Value::Bool(false) => false,
-            Value::Number(n) => n.as_f64() != Some(0.0),
-            Value::String(s) => !s.is_empty(),
-            _ => true,
-        };
-        if truthy {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let status = page.eval("metaclinic.status()").await;
-            panic!(
-                "waited {secs} s for `{expression}` (last {v}); page status {status}\nconsole: {:#?}",
-                browser.console.lock().unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn click(page: &Page, selector: &str) {
-    let found = page
-        .eval(&format!(
-            "(() => {{ const b = document.querySelector({}); if (b) b.click(); return !!b; }})()",
-            json!(selector)
-        ))
-        .await;
-    assert_eq!(found, json!(true), "nothing to click at {selector}");
-}
-
-/// What a page receives from `from`: (packets, framesDecoded) of that kind.
-async fn inbound(page: &Page, from: &str, kind: &str) -> (u64, u64) {
-    let stats = page.eval("metaclinic.stats()").await;
-    stats["inbound"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["kind"] == kind && s["participant"] == from)
-        .fold((0, 0), |(p, f), s| {
-            (
-                p + s["packets"].as_u64().unwrap_or(0),
-                f + s["framesDecoded"].as_u64().unwrap_or(0),
-            )
-        })
-}
-
-/// Wait until `page` decodes audio and video from `from`.
-async fn wait_for_media(browser: &Browser, page: &Page, from: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let (audio, _) = inbound(page, from, "audio").await;
-        let (video, frames) = inbound(page, from, "video").await;
-        if audio > 20 && video > 10 && frames > 5 {
-            return;
-        }
-        if Instant::now() > deadline {
-            let stats = page.eval("metaclinic.stats()").await;
-            panic!(
-                "no audio and video from {from} within {secs} s: {stats:#}\nconsole: {:#?}",
-                browser.console.lock().unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Open a join link, pass the pre-call check and join.
-async fn join_from_link(browser: &Browser, base: &str, token: &str) -> Page {
-    let page = browser
-        .open(&format!("{base}/?appointment=demo-consult#token={token}"))
-        .await;
-    join_from_precall(browser, &page).await;
-    page
-}
-
-async fn join_from_precall(browser: &Browser, page: &Page) {
-    wait_for(
-        browser,
-        page,
-        "metaclinic.view() === 'precall' && metaclinic.status().includes('ready')",
-        20,
-    )
-    .await;
-    click(page, "#join").await;
-}
-
-fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn screenshot(page: &Page, name: &str, width: u32, height: u32) {
-    page.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600 }),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let png = page.screenshot().await;
-    assert!(png.len() > 1000, "an empty screenshot");
-    let path = artifacts().join(name);
-    std::fs::write(&path, png).unwrap();
-    println!("screenshot: {}", path.display());
-}
+use common::browser::Browser;
+use common::web::{
+    click, dev_token, inbound, join_from_link, join_from_precall, screenshot, start_dev, wait_for,
+    wait_for_media,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_patient_and_interpreter_hold_a_consultation_in_the_browser() {
@@ -161,7 +33,7 @@ async fn consultation() {
 
     // The doctor joins from a link and is in the call at once.
     let doctor_token = dev_token(&base, "Practitioner/dr-demo").await;
-    let doctor = join_from_link(&browser, &base, &doctor_token).await;
+    let doctor = join_from_link(&browser, &base, "demo-consult", &doctor_token).await;
     wait_for(&browser, &doctor, "metaclinic.view() === 'call'", 20).await;
     assert_eq!(doctor.eval("metaclinic.role()").await, "host");
     // The token left the address bar.
@@ -258,7 +130,7 @@ async fn consultation() {
 
     // An interpreter joins as the third; the doctor lets them in.
     let interpreter_token = dev_token(&base, "Practitioner/interp-demo").await;
-    let interpreter = join_from_link(&browser, &base, &interpreter_token).await;
+    let interpreter = join_from_link(&browser, &base, "demo-consult", &interpreter_token).await;
     wait_for(&browser, &interpreter, "metaclinic.view() === 'lobby'", 20).await;
     wait_for(
         &browser,

@@ -207,6 +207,10 @@ pub struct Room {
     pub speaker: crate::speaker::SpeakerDetector,
     /// Shared rooms only: the spatial mixer, keyed by session.
     pub mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
+    /// Shared rooms: a pose, a participant or a listening channel changed since the room's
+    /// poses were last told back (see `shard::spatial`), and when that was.
+    pub poses_changed: bool,
+    pub poses_sent: Option<Instant>,
     events: broadcast::Sender<RoomEventEnvelope>,
     next_seq: u64,
 }
@@ -220,6 +224,8 @@ impl Room {
             tracks: HashMap::new(),
             speaker: Default::default(),
             mixer: None,
+            poses_changed: false,
+            poses_sent: None,
             events,
             next_seq: 0,
         }

@@ -48,6 +48,8 @@ pub struct Session {
     pub mix: Option<MixOut>,
     /// When the last avatar pose was taken (poses are rate-limited).
     pub last_pose: Option<Instant>,
+    /// Shared rooms: the open data channel the room's poses are told back on.
+    pub pose_channel: Option<crate::webrtc::ChannelId>,
     /// Which video layers fit this subscriber's bandwidth (see `shard::allocation`).
     pub allocation: crate::shard::allocation::LayerAllocation,
 }
@@ -97,6 +99,7 @@ impl Session {
             quality_at: now,
             mix: None,
             last_pose: None,
+            pose_channel: None,
             allocation: crate::shard::allocation::LayerAllocation::new(now),
         }
     }

@@ -19,6 +19,7 @@ pub struct SignalingConfig {
     pub identity: IdentitySection,
     pub booking: BookingSection,
     pub policy: PolicySection,
+    pub rooms: RoomsSection,
     pub sfu: SfuSection,
     pub audit: AuditSection,
     pub limits: LimitsSection,
@@ -127,6 +128,26 @@ pub struct PolicySection {
     pub reconnect_grace_s: u64,
     /// Minutes an interpreter invite stays valid (at most 30).
     pub invite_ttl_min: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsSection {
+    /// Appointments whose `appointmentType` or `serviceType` carries one of these codings
+    /// open a shared room (spatial audio, avatars): `"system|code"`, or `"code"` in any system.
+    pub shared_codes: Vec<String>,
+}
+
+/// The coding system of the default shared-room code, for booking systems without a code of
+/// their own for group sessions.
+pub const ROOM_KIND_SYSTEM: &str = "urn:metaclinic:room-kind";
+
+impl Default for RoomsSection {
+    fn default() -> Self {
+        RoomsSection {
+            shared_codes: vec![format!("{ROOM_KIND_SYSTEM}|shared")],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -443,6 +464,17 @@ impl SignalingConfig {
         }
         if p.recheck_interval_s == 0 {
             return invalid("policy.recheck_interval_s", "at least 1 second");
+        }
+        if let Some(c) = self
+            .rooms
+            .shared_codes
+            .iter()
+            .find(|c| !crate::rooms::is_code_pattern(c))
+        {
+            return invalid(
+                "rooms.shared_codes",
+                &format!("{c:?} is not \"system|code\" or \"code\""),
+            );
         }
         let r = &self.redis;
         let redis_url_ok =

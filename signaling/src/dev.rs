@@ -112,8 +112,9 @@ impl DevIssuer {
 }
 
 /// Write the demo appointments into `dir`, scheduled from a little before `now`:
-/// `demo-consult` (doctor, patient, interpreter, family member) and `demo-interpreter-invite`
-/// (an interpreter slot nobody holds yet: the doctor invites one).
+/// `demo-consult` (doctor, patient, interpreter, family member), `demo-interpreter-invite`
+/// (an interpreter slot nobody holds yet: the doctor invites one) and `demo-group` (the
+/// demo identities in a shared room).
 pub fn write_demo_appointments(dir: &Path, now: DateTime<Utc>) -> std::io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     let start =
@@ -149,8 +150,25 @@ pub fn write_demo_appointments(dir: &Path, now: DateTime<Utc>) -> std::io::Resul
             { "type": translator, "required": "required", "status": "needs-action" }
         ]
     });
+    // A group session in a shared room: everyone's voice comes from where their avatar
+    // stands. The code is rooms.shared_codes' default.
+    let group = serde_json::json!({
+        "resourceType": "Appointment",
+        "id": "demo-group",
+        "status": "booked",
+        "description": "Demo group session in a shared room (spatial audio, avatars on a map)",
+        "serviceType": [{ "coding": [{ "system": crate::config::ROOM_KIND_SYSTEM, "code": "shared" }] }],
+        "start": start,
+        "end": end,
+        "participant": [
+            { "type": attending, "actor": { "reference": "Practitioner/dr-demo" }, "required": "required", "status": "accepted" },
+            { "actor": { "reference": "Patient/pat-demo" }, "required": "required", "status": "accepted" },
+            { "actor": { "reference": "RelatedPerson/family-demo" }, "required": "optional", "status": "accepted" },
+            { "type": translator, "actor": { "reference": "Practitioner/interp-demo" }, "required": "optional", "status": "accepted" }
+        ]
+    });
     let mut ids = Vec::new();
-    for a in [consult, invite] {
+    for a in [consult, invite, group] {
         let id = a["id"].as_str().unwrap_or_default().to_owned();
         std::fs::write(
             dir.join(format!("{id}.json")),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metaclinic_sfu::control::client::StreamItem;
 use metaclinic_sfu::events::{LeaveReason, RoomEvent};
+use metaclinic_sfu::room::RoomKind;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -44,6 +45,7 @@ impl Hub {
         &self,
         deps: &AppState,
         appointment_id: &str,
+        kind: RoomKind,
         closes_at: DateTime<Utc>,
     ) -> Result<Arc<Consultation>, HubError> {
         let mut map = self.consultations.lock().await;
@@ -61,14 +63,14 @@ impl Hub {
             .and_then(|text| Snapshot::from_json(&text));
         let closes_at = snapshot.as_ref().map_or(closes_at, |s| s.closes_at);
         let ttl = placement_ttl(deps, closes_at);
-        let node = open_room(deps, &room, None, ttl).await?;
+        let node = open_room(deps, &room, kind, None, ttl).await?;
         let c = Arc::new(match snapshot {
             Some(s) => {
                 deps.metrics.consultations_restored.inc();
                 info!(appointment = %appointment_id, members = s.members.len(), "consultation continued from another replica's snapshot");
-                Consultation::restore(appointment_id, node, s, deps.clock.now())
+                Consultation::restore(appointment_id, kind, node, s, deps.clock.now())
             }
-            None => Consultation::new(appointment_id, node, closes_at),
+            None => Consultation::new(appointment_id, kind, node, closes_at),
         });
         follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
@@ -254,6 +256,7 @@ fn placement_ttl(deps: &Deps, closes_at: DateTime<Utc>) -> Duration {
 async fn open_room(
     deps: &Deps,
     room: &str,
+    kind: RoomKind,
     lost: Option<&str>,
     ttl: Duration,
 ) -> Result<PlacedNode, HubError> {
@@ -266,7 +269,7 @@ async fn open_room(
         HubError::NoSfu
     })?;
     for _ in 0..3 {
-        match node.control.create_room(room).await {
+        match node.control.create_room_of_kind(room, kind).await {
             Ok(_) => return Ok(node),
             Err(e) => {
                 warn!(room, node = %node.id, "cannot create the room: {e}");
@@ -305,7 +308,7 @@ async fn move_room(deps: &AppState, c: &Arc<Consultation>, lost: &str) {
         return; // moved already (by a lost stream and the registry both noticing)
     }
     let ttl = placement_ttl(deps, c.closes_at());
-    match open_room(deps, &c.room, Some(lost), ttl).await {
+    match open_room(deps, &c.room, c.kind, Some(lost), ttl).await {
         Ok(node) => {
             info!(room = %c.room, from = %lost, to = %node.id, "room moved to another SFU node");
             c.set_node(node);

@@ -8,6 +8,7 @@
 //! - [`booking`]: the hospital's booking system (FHIR R4 with SMART Backend Services, or files).
 //! - [`fhir`], [`policy`]: the Appointment as we read it, and who may join as whom (pure).
 //! - [`hub`], [`consultation`]: running consultations, lobby, host controls, hard stop.
+//! - [`rooms`]: which kind of SFU room an appointment opens (consultation or shared).
 //! - [`cluster`]: SFU nodes and room placement, in memory or shared through Redis.
 //! - [`audit`]: the append-only, hash-chained, durable audit log.
 //! - [`config`], [`metrics`], [`state`], [`dev`]: the operator's side.
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod rooms;
 pub mod session;
 pub mod state;
 pub mod web;

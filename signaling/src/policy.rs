@@ -366,6 +366,8 @@ mod tests {
             start: Some(at("2026-12-01T01:00:00Z")),
             end: Some(at("2026-12-01T01:30:00Z")),
             participant,
+            appointment_type: None,
+            service_type: Vec::new(),
         }
     }
 

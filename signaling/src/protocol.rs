@@ -2,6 +2,7 @@
 //! `signaling/PROTOCOL.md`. Unknown types and unknown fields are refused, so a client
 //! cannot smuggle a target (say, another participant's SDP) past the server.
 
+use metaclinic_sfu::room::RoomKind;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Role;
@@ -145,6 +146,9 @@ pub enum ServerMessage {
         /// When the call stops (appointment end plus grace and extensions), RFC 3339.
         closes_at: String,
         members: Vec<Member>,
+        /// `consultation`, or `shared`: a room with spatial audio (one stereo mix of
+        /// everyone, placed by their avatars' poses on the data channel).
+        room_kind: RoomKind,
     },
     /// Hosts: who is waiting.
     LobbyChanged {

@@ -340,7 +340,12 @@ async fn join(
     }
     let consultation = match deps
         .hub
-        .get_or_create(deps, &granted.appointment_id, granted.access.closes_at)
+        .get_or_create(
+            deps,
+            &granted.appointment_id,
+            crate::rooms::room_kind(&granted.appointment, &deps.config.rooms),
+            granted.access.closes_at,
+        )
         .await
     {
         Ok(c) => c,

@@ -23,7 +23,7 @@ const INDEX: Asset = Asset {
     body: include_str!("../web/index.html"),
 };
 
-const ASSETS: [Asset; 5] = [
+const ASSETS: [Asset; 6] = [
     INDEX,
     Asset {
         name: "app.js",
@@ -34,6 +34,11 @@ const ASSETS: [Asset; 5] = [
         name: "media.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../web/media.js"),
+    },
+    Asset {
+        name: "room.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/room.js"),
     },
     Asset {
         name: "session.js",

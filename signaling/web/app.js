@@ -2,13 +2,12 @@
 // wait in the lobby, hold the consultation. It speaks only the public session protocol
 // (signaling/PROTOCOL.md). No names are shown anywhere: people are FHIR references and
 // appear by role.
-//
-// TODO(shared room, issue 8 item 4): a top-down map of the room with avatars, moved with the
-// arrow keys or by dragging, poses sent over the data channel, and the stereo mix played.
-// Waits for the server side of shared rooms.
+// In a shared room (`room_kind` "shared") the call also shows the room from above
+// (room.js) and plays the SFU's stereo mix instead of everyone's own audio.
 
 import { Session } from './session.js';
 import { Call, levelMeter, openCamera, openDevices } from './media.js';
+import { RoomMap } from './room.js';
 
 const $ = (id) => document.getElementById(id);
 const ROLE = { host: 'Clinician', patient: 'Patient', interpreter: 'Interpreter', companion: 'Companion' };
@@ -47,7 +46,12 @@ const app = {
   trackKinds: new Map(), // track id -> kind
   quality: null,
   endedReason: null,
+  roomKind: 'consultation',
+  map: null,
 };
+
+/** The stream id of the shared room's mix (PROTOCOL.md, Shared rooms). */
+const MIX = 'spatial-mix';
 
 function show(view) {
   app.view = view;
@@ -190,6 +194,7 @@ function onMessage(m) {
       app.role = m.role;
       app.me = m.participant;
       app.closesAt = m.closes_at;
+      app.roomKind = m.room_kind || 'consultation';
       return enterCall(m.members);
     case 'members_changed':
       return setMembers(m.members);
@@ -268,20 +273,44 @@ function enterCall(members) {
   closeCall();
   show('call');
   $('host').hidden = app.role !== 'host';
-  announce(`In the consultation as ${roleLabel(app.role).toLowerCase()}, until ${time(app.closesAt)}.`);
+  const shared = app.roomKind === 'shared';
+  $('room').hidden = !shared;
+  announce(`In the ${shared ? 'shared room' : 'consultation'} as ${roleLabel(app.role).toLowerCase()}, until ${time(app.closesAt)}.`);
   app.call = new Call({
     send: (msg) => app.session.send(msg),
     onTrack: addTrack,
     onTrackRemoved: removeTrack,
     onConnection: onConnection,
+    shared,
+    onChannelOpen: () => app.map && app.map.flush(),
+    onChannelMessage: (data) => app.map && app.map.onMessage(data),
   });
+  if (shared) {
+    const call = app.call;
+    roomMap().enter(app.me, (buffer) => call === app.call && call.sendPose(buffer));
+  }
   app.call.start(app.local);
   setMembers(members);
   updateButtons();
 }
 
+/** The page's one map of the shared room, made on first use. */
+function roomMap() {
+  if (!app.map) {
+    const roleOf = (p) => (p === app.me ? app.role : (app.members.find((m) => m.participant === p) || {}).role);
+    app.map = new RoomMap({
+      canvas: $('room-map'),
+      list: $('room-list'),
+      label: (p) => roleLabel(roleOf(p)),
+      isInterpreter: (p) => roleOf(p) === 'interpreter',
+    });
+  }
+  return app.map;
+}
+
 function closeCall() {
   app.members = [];
+  $('mix').srcObject = null;
   if (!app.call) return;
   app.call.close();
   app.call = null;
@@ -316,6 +345,7 @@ function setMembers(members) {
   const self = tile(app.me, app.role).video;
   if (self.srcObject !== app.local) self.srcObject = app.local;
   for (const m of members) tile(m.participant, m.role);
+  if (app.roomKind === 'shared' && app.map) app.map.setPresent([...present]);
 }
 
 function tile(participant, role) {
@@ -382,6 +412,13 @@ function renderTile(participant) {
 }
 
 function addTrack(participant, track) {
+  if (participant === MIX) {
+    // Everyone's voice, mixed for us in stereo: played by an <audio> element (which also
+    // lets Web Audio read a remote stream in Chromium).
+    $('mix').srcObject = new MediaStream([track]);
+    $('mix').play().catch(() => {});
+    return;
+  }
   const t = app.tiles.get(participant) || tile(participant, (app.members.find((m) => m.participant === participant) || {}).role);
   t.stream.getTracks().filter((old) => old.kind === track.kind).forEach((old) => t.stream.removeTrack(old));
   t.stream.addTrack(track);
@@ -517,6 +554,12 @@ window.metaclinic = {
   endedText: () => $('ended-reason').textContent,
   tiles: () => [...app.tiles.values()].map((t) => ({ role: t.role, label: t.label.textContent, marked: !!t.label.querySelector('.badge'), speaking: t.el.classList.contains('speaking'), video: !t.el.classList.contains('no-video') })),
   stats: () => (app.call ? app.call.stats() : Promise.resolve(null)),
+  roomKind: () => app.roomKind,
+  /** The shared room's received mix (a MediaStream), for measuring what one hears. */
+  mixStream: () => $('mix').srcObject,
+  avatars: () => (app.map ? app.map.avatars() : []),
+  /** Put one's own avatar at (x, z) metres: what dragging it there does. */
+  place: (x, z) => app.map && app.map.placeAt(x, z),
 };
 
 start();

@@ -86,10 +86,18 @@ export function levelMeter(stream, meter) {
  * order, so `outstanding` tells which reply belongs to the offer we still hold.
  */
 export class Call {
-  constructor({ send, onTrack, onTrackRemoved, onConnection }) {
+  /**
+   * `shared`: a shared room (sfu/src/spatial/FORMAT.md): a data channel carries poses both
+   * ways (`onChannelOpen`, `onChannelMessage(data)`), and the one audio track received is
+   * the SFU's stereo mix.
+   */
+  constructor({ send, onTrack, onTrackRemoved, onConnection, shared = false, onChannelOpen = () => {}, onChannelMessage = () => {} }) {
     this.send = send;
     this.onTrack = onTrack;
     this.onConnection = onConnection;
+    this.shared = shared;
+    this.onChannelOpen = onChannelOpen;
+    this.onChannelMessage = onChannelMessage;
     this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
     this.chain = Promise.resolve();
     this.wantOffer = false;
@@ -115,9 +123,17 @@ export class Call {
   /** Publish these tracks and make the first offer. */
   start(stream) {
     for (const t of stream.getTracks()) this.pc.addTrack(t, stream);
-    // A connection needs one negotiated section for ICE and DTLS: publishing nothing, we open
-    // a data channel (the SFU's offers then add what we receive).
-    if (!stream.getTracks().length) this.pc.createDataChannel('poses');
+    if (this.shared) {
+      // Only the latest pose matters: unordered, never resent.
+      this.channel = this.pc.createDataChannel('poses', { ordered: false, maxRetransmits: 0 });
+      this.channel.binaryType = 'arraybuffer';
+      this.channel.onopen = () => this.onChannelOpen();
+      this.channel.onmessage = (e) => this.onChannelMessage(e.data);
+    } else if (!stream.getTracks().length) {
+      // A connection needs one negotiated section for ICE and DTLS: publishing nothing, we
+      // open a data channel (the SFU's offers then add what we receive).
+      this.pc.createDataChannel('poses');
+    }
     this.stream = stream;
     this.negotiate();
   }
@@ -135,10 +151,28 @@ export class Call {
   async maybeOffer() {
     if (!this.wantOffer || this.pc.signalingState !== 'stable' || this.closed) return;
     this.wantOffer = false;
-    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await this.pc.setLocalDescription(this.local(await this.pc.createOffer()));
     await this.gathered();
     this.outstanding += 1;
     this.sendDescription();
+  }
+
+  /**
+   * Our description as we send it. In a shared room it asks for stereo Opus: Chromium
+   * decodes the SFU's binaural mix in stereo only when its own description says `stereo=1`
+   * (it does not take that from the SFU's offer): without it both ears measure the same
+   * downmix (tests/web_shared_room.rs).
+   */
+  local(description) {
+    if (!this.shared) return description;
+    return { type: description.type, sdp: withStereoOpus(description.sdp) };
+  }
+
+  /** Send a pose on the shared room's channel; false if it is not open (yet). */
+  sendPose(buffer) {
+    if (!this.channel || this.channel.readyState !== 'open') return false;
+    this.channel.send(buffer);
+    return true;
   }
 
   /** Wait briefly for host candidates, so the first description carries them. */
@@ -171,7 +205,7 @@ export class Call {
           this.wantOffer = true;
         }
         await this.pc.setRemoteDescription(description);
-        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        await this.pc.setLocalDescription(this.local(await this.pc.createAnswer()));
         this.sendDescription();
       }
       await this.maybeOffer();
@@ -230,4 +264,24 @@ export class Call {
     this.closed = true;
     this.pc.close();
   }
+}
+
+/** `sdp` with `stereo=1` in the fmtp of every Opus payload type (added where missing). */
+export function withStereoOpus(sdp) {
+  const opus = new Set([...sdp.matchAll(/^a=rtpmap:(\d+) opus\/48000\/2\r?$/gim)].map((m) => m[1]));
+  if (!opus.size) return sdp;
+  const lines = sdp.split('\r\n');
+  const out = [];
+  for (const line of lines) {
+    const fmtp = /^a=fmtp:(\d+) (.*)$/.exec(line);
+    if (fmtp && opus.has(fmtp[1])) {
+      const params = fmtp[2].split(';').map((p) => p.trim()).filter((p) => p && !/^stereo=/.test(p));
+      out.push(`a=fmtp:${fmtp[1]} ${[...params, 'stereo=1'].join(';')}`);
+      continue;
+    }
+    out.push(line);
+    const rtpmap = /^a=rtpmap:(\d+) opus\/48000\/2$/i.exec(line);
+    if (rtpmap && !lines.some((l) => l.startsWith(`a=fmtp:${rtpmap[1]} `))) out.push(`a=fmtp:${rtpmap[1]} stereo=1`);
+  }
+  return out.join('\r\n');
 }

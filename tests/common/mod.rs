@@ -53,3 +53,4 @@ pub mod browser;
 pub mod cluster;
 pub mod dev;
 pub mod signaling;
+pub mod web;

@@ -1,6 +1,6 @@
 //! `shared-room`: N avatars in one shared room, walking about and talking. The SFU mixes what
 //! each hears into one binaural stream (so its CPU is the mixer's), poses travel on the data
-//! channel. Signaling has no shared rooms yet, so avatars enter through the SFU's control API:
+//! channel. Avatars enter through the SFU's control API (not signaling's shared rooms):
 //! a `metaclinic sfu` started here, or a deployment's SFU given by `--sfu-control`.
 
 use std::time::{Duration, Instant};

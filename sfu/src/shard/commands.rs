@@ -349,6 +349,7 @@ impl Shard {
                 tracing::warn!(shard = self.index, room = %room, "the spatial mix refused a participant: {e}");
                 return Err(ControlError::RoomFull);
             }
+            self.rooms[rkey].poses_changed = true;
         }
         self.by_uid.insert(uid, key);
         self.demux.add_session(ufrag, key);

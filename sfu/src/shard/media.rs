@@ -68,7 +68,16 @@ impl Shard {
                 PeerOutput::ChannelMessage { data, text, .. } => {
                     self.on_pose(key, &data, text, now)
                 }
-                PeerOutput::ChannelOpened { .. } | PeerOutput::ChannelClosed { .. } => {}
+                PeerOutput::ChannelOpened { channel, .. } => self.on_channel(key, Some(channel)),
+                PeerOutput::ChannelClosed { channel } => {
+                    let ours = self
+                        .sessions
+                        .get(key)
+                        .is_some_and(|s| s.pose_channel == Some(channel));
+                    if ours {
+                        self.on_channel(key, None);
+                    }
+                }
             }
         }
     }
@@ -465,6 +474,7 @@ impl Shard {
             }
             if let Some(m) = room.mixer.as_mut() {
                 m.remove_participant(key);
+                room.poses_changed = true;
             }
             for p in room.tracks.values_mut() {
                 p.subscribers.retain(|sub| sub.session != key);

@@ -1,5 +1,6 @@
 //! Shared rooms on a shard: each listener's spatial mix leaves every 20 ms on its own
-//! outbound track, and avatar poses arrive over the data channel.
+//! outbound track, avatar poses arrive over the data channel, and the room's poses go back
+//! out on it (`spatial::roster`) so that clients can show where everyone is.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use super::demux::SessionKey;
 use crate::media::{Codec, RtpPacket};
 use crate::metrics::DropReason;
 use crate::session::MixOut;
+use crate::spatial::{RosterEntry, encode_roster};
+use crate::webrtc::ChannelId;
 
 /// The mixer's tick: one Opus frame per listener.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
@@ -19,6 +22,11 @@ pub(crate) const TICK: Duration = Duration::from_millis(20);
 const MAX_POSE_RATE_HZ: u64 = 40;
 /// Samples per tick at 48 kHz: the RTP timestamp step of the mix.
 const TICK_SAMPLES: u32 = 960;
+/// Others' avatars move on a map at 10 Hz at most: smooth enough to follow, and a tenth of
+/// the messages a 30 Hz relay would cost a crowded room.
+const POSE_RELAY_INTERVAL: Duration = Duration::from_millis(100);
+/// Every room's poses are sent again this often even when nothing moved.
+const POSE_REFRESH: Duration = Duration::from_secs(1);
 
 impl Shard {
     /// Give a listener in a shared room the outbound track its mix travels on.
@@ -109,6 +117,7 @@ impl Shard {
             Some(t) if now < t + TICK * 5 => t + TICK,
             _ => now + TICK,
         });
+        self.relay_poses(now);
     }
 
     /// A data-channel message: in a shared room, the sender's avatar pose (at most
@@ -123,11 +132,89 @@ impl Shard {
             return;
         }
         s.last_pose = Some(now);
-        let Some(mixer) = self.rooms.get_mut(s.room).and_then(|r| r.mixer.as_mut()) else {
+        let Some(room) = self.rooms.get_mut(s.room) else {
+            return;
+        };
+        let Some(mixer) = room.mixer.as_mut() else {
             return;
         };
         if text || mixer.set_pose_bytes(key, data).is_err() {
             self.tally.drop(DropReason::BadPose);
+        } else {
+            room.poses_changed = true;
+        }
+    }
+
+    /// A data channel opened (`Some`) or the pose channel closed (`None`). In a shared room
+    /// the room's poses are told back on the participant's (latest) channel.
+    pub(super) fn on_channel(&mut self, key: SessionKey, channel: Option<ChannelId>) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(s.room).filter(|r| r.mixer.is_some()) else {
+            return;
+        };
+        s.pose_channel = channel;
+        room.poses_changed = true;
+    }
+
+    /// Tell every participant of each shared room where everyone stands (the poses the
+    /// mixer uses, defaults included): at most every [`POSE_RELAY_INTERVAL`] when something
+    /// changed, and every [`POSE_REFRESH`] regardless, since poses travel on a channel that
+    /// may lose messages.
+    fn relay_poses(&mut self, now: Instant) {
+        let Shard {
+            rooms,
+            sessions,
+            dirty,
+            tally,
+            ..
+        } = self;
+        for (_, room) in rooms.iter_mut() {
+            let Some(mixer) = room.mixer.as_ref() else {
+                continue;
+            };
+            let due = room.poses_sent.is_none_or(|t| {
+                let since = now.saturating_duration_since(t);
+                (room.poses_changed && since >= POSE_RELAY_INTERVAL) || since >= POSE_REFRESH
+            });
+            if !due {
+                continue;
+            }
+            room.poses_sent = Some(now);
+            room.poses_changed = false;
+            let entries: Vec<RosterEntry> = room
+                .sessions
+                .iter()
+                .filter_map(|(p, &k)| {
+                    Some(RosterEntry {
+                        participant: p.to_string(),
+                        pose: mixer.pose(k)?,
+                    })
+                })
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let messages = encode_roster(&entries);
+            for &k in room.sessions.values() {
+                let Some(s) = sessions.get_mut(k) else {
+                    continue;
+                };
+                let Some(channel) = s.pose_channel.filter(|&c| s.peer.channel_is_open(c)) else {
+                    continue;
+                };
+                for m in &messages {
+                    if !s.peer.send_channel(now, channel, m, false) {
+                        tally.drop(DropReason::SendFailed);
+                        break;
+                    }
+                }
+                if !s.dirty {
+                    s.dirty = true;
+                    dirty.push(k);
+                }
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod hrtf;
 pub mod jitter;
 mod mixer;
 pub mod pose;
+pub mod roster;
 mod source;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use hrtf::{HrtfSet, bundled_sofa_path};
 pub use jitter::{DropReason, JitterStats};
 pub use mixer::{MixedFrame, MixerStats, Role, SpatialMixer};
 pub use pose::{Direction, Pose, PoseError, Quat, default_pose};
+pub use roster::{RosterEntry, decode_roster, encode_roster};
 pub use source::AudioPacket;
 
 /// The mixer's sample rate (Hz): Opus's native rate.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metaclinic_sfu::events::Rights;
+use metaclinic_sfu::room::RoomKind;
 use rand::RngExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -85,6 +86,8 @@ pub struct Consultation {
     pub appointment_id: String,
     /// The SFU room: one per appointment.
     pub room: String,
+    /// A consultation room, or a shared one (spatial audio), as the appointment's codes say.
+    pub kind: RoomKind,
     /// The node carrying the room; another one after a failover.
     node: Mutex<PlacedNode>,
     state: Mutex<State>,
@@ -239,10 +242,16 @@ impl State {
 }
 
 impl Consultation {
-    pub fn new(appointment_id: &str, node: PlacedNode, closes_at: DateTime<Utc>) -> Consultation {
+    pub fn new(
+        appointment_id: &str,
+        kind: RoomKind,
+        node: PlacedNode,
+        closes_at: DateTime<Utc>,
+    ) -> Consultation {
         Consultation {
             appointment_id: appointment_id.to_owned(),
             room: room_for(appointment_id),
+            kind,
             node: Mutex::new(node),
             state: Mutex::new(State {
                 members: HashMap::new(),
@@ -264,11 +273,12 @@ impl Consultation {
     /// without the lobby); those who waited wait again when they reconnect.
     pub fn restore(
         appointment_id: &str,
+        kind: RoomKind,
         node: PlacedNode,
         snapshot: Snapshot,
         now: DateTime<Utc>,
     ) -> Consultation {
-        let c = Consultation::new(appointment_id, node, snapshot.closes_at);
+        let c = Consultation::new(appointment_id, kind, node, snapshot.closes_at);
         {
             let mut s = c.lock();
             s.extended_min = snapshot.extended_min;
@@ -493,6 +503,7 @@ impl Consultation {
             participant: participant.to_owned(),
             closes_at: rfc3339(s.closes_at),
             members: s.members_in_call(),
+            room_kind: self.kind,
         }];
         if let Some(speaker) = &s.active_speaker {
             v.push(ServerMessage::ActiveSpeaker {

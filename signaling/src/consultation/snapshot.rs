@@ -61,6 +61,7 @@ mod tests {
     use std::time::Duration;
 
     use metaclinic_sfu::control::client::SfuControl;
+    use metaclinic_sfu::room::RoomKind;
     use tokio::sync::mpsc;
 
     use super::*;
@@ -79,7 +80,7 @@ mod tests {
         let now = Utc::now();
         let grace = Duration::from_secs(60);
         let closes = now + chrono::Duration::minutes(30);
-        let c = Consultation::new("a1", node(), closes);
+        let c = Consultation::new("a1", RoomKind::Consultation, node(), closes);
         let (tx, _rx) = mpsc::unbounded_channel();
         let doctor = "Practitioner/dr";
         c.enter(doctor, Role::Host, true, tx.clone(), now, grace);
@@ -109,6 +110,7 @@ mod tests {
         assert!(!text.contains("mailbox"), "{text}");
         let restored = Consultation::restore(
             "a1",
+            RoomKind::Consultation,
             node(),
             Snapshot::from_json(&text).unwrap(),
             now + chrono::Duration::seconds(5),

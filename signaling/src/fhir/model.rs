@@ -19,6 +19,12 @@ pub struct Appointment {
     pub end: Option<DateTime<Utc>>,
     #[serde(default)]
     pub participant: Vec<AppointmentParticipant>,
+    /// The style of appointment (R4 `appointmentType`): read to tell a shared room.
+    #[serde(rename = "appointmentType", default)]
+    pub appointment_type: Option<CodeableConcept>,
+    /// The services it provides (R4 `serviceType`): read to tell a shared room.
+    #[serde(rename = "serviceType", default)]
+    pub service_type: Vec<CodeableConcept>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

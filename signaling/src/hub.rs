@@ -90,16 +90,7 @@ impl Hub {
         by: Option<&str>,
     ) {
         let first = c.claim_end(reason);
-        {
-            let mut map = self.consultations.lock().await;
-            if map
-                .get(&c.appointment_id)
-                .is_some_and(|x| Arc::ptr_eq(x, c))
-            {
-                map.remove(&c.appointment_id);
-            }
-            deps.metrics.consultations.set(map.len() as i64);
-        }
+        self.forget_here(deps, c).await;
         if !first {
             return;
         }
@@ -135,19 +126,22 @@ impl Hub {
         deps.homes.release(&c.appointment_id).await;
     }
 
+    /// Take `c` out of this replica's consultations (if it is still the one listed).
+    async fn forget_here(&self, deps: &Deps, c: &Arc<Consultation>) {
+        let mut map = self.consultations.lock().await;
+        if map
+            .get(&c.appointment_id)
+            .is_some_and(|x| Arc::ptr_eq(x, c))
+        {
+            map.remove(&c.appointment_id);
+        }
+        deps.metrics.consultations.set(map.len() as i64);
+    }
+
     /// Stop running `c` here without ending it: another replica continues it (from its
     /// snapshot) and its clients are told to reconnect.
     async fn hand_over(&self, deps: &Deps, c: &Arc<Consultation>, after_ms: u64) -> usize {
-        {
-            let mut map = self.consultations.lock().await;
-            if map
-                .get(&c.appointment_id)
-                .is_some_and(|x| Arc::ptr_eq(x, c))
-            {
-                map.remove(&c.appointment_id);
-            }
-            deps.metrics.consultations.set(map.len() as i64);
-        }
+        self.forget_here(deps, c).await;
         let told = c.hand_over(after_ms);
         deps.metrics
             .reconnect_hints
@@ -163,7 +157,7 @@ impl Hub {
             self.consultations.lock().await.values().cloned().collect();
         let mut told = 0;
         for c in all {
-            save_snapshot(deps, &c).await;
+            save_snapshot(deps, &c, c.snapshot().to_json()).await;
             deps.homes.release(&c.appointment_id).await;
             told += self.hand_over(deps, &c, after_ms).await;
         }
@@ -227,12 +221,10 @@ impl Hub {
     }
 }
 
-/// Store the consultation's snapshot for whoever continues it.
-async fn save_snapshot(deps: &Deps, c: &Consultation) {
+/// Store the consultation's snapshot (`text`) for whoever continues it.
+async fn save_snapshot(deps: &Deps, c: &Consultation, text: String) {
     let ttl = placement_ttl(deps, c.closes_at());
-    deps.homes
-        .save(&c.appointment_id, c.snapshot().to_json(), ttl)
-        .await;
+    deps.homes.save(&c.appointment_id, text, ttl).await;
 }
 
 /// Renew this replica's consultation leases every second, for as long as the service runs.
@@ -502,10 +494,7 @@ async fn watch(deps: AppState, c: std::sync::Weak<Consultation>) {
         // What another replica would continue from, stored when it changed.
         let snapshot = c.snapshot().to_json();
         if snapshot != saved {
-            let ttl = placement_ttl(&deps, c.closes_at());
-            deps.homes
-                .save(&c.appointment_id, snapshot.clone(), ttl)
-                .await;
+            save_snapshot(&deps, &c, snapshot.clone()).await;
             saved = snapshot;
         }
         let now = deps.clock.now();

@@ -76,8 +76,9 @@ enum AuditCommand {
 fn init_logs(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("METACLINIC_LOG").unwrap_or_else(|_| {
+            // sofar warns about harmless layout quirks of the KEMAR SOFA file at every load.
             tracing_subscriber::EnvFilter::new(
-                "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn",
+                "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,sofar=error",
             )
         });
     let builder = tracing_subscriber::fmt()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use metaclinic_loadtest::participant::ParticipantStats;
 use metaclinic_loadtest::{ClientDriver, ParticipantSpec, SfuParticipant};
+use metaclinic_sfu::events::Rights;
 use metaclinic_sfu::room::RoomKind;
 use metaclinic_sfu::spatial::Pose;
 
@@ -152,4 +153,44 @@ async fn a_voice_moves_from_the_left_ear_to_the_right_as_its_avatar_walks() {
         after >= before + 15,
         "the mix must go on: {before} -> {after}"
     );
+}
+
+/// A waiting hall holds more people than a consultation: the shared room's cap is its
+/// mixer's (`spatial.max_participants`), not `rooms.max_participants`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_room_holds_more_than_a_consultation() {
+    let sfu = common::start_sfu_with(
+        1,
+        &[
+            ("METACLINIC_SFU__ROOMS__MAX_PARTICIPANTS", "2"),
+            ("METACLINIC_SFU__SPATIAL__MAX_PARTICIPANTS", "3"),
+        ],
+    );
+    let c = &sfu.control;
+    c.create_room_of_kind("consult", RoomKind::Consultation)
+        .await
+        .unwrap();
+    c.create_room_of_kind("hall", RoomKind::Shared)
+        .await
+        .unwrap();
+    for who in ["a", "b"] {
+        c.open_session("consult", who, None, Rights::default())
+            .await
+            .unwrap();
+    }
+    let full = c
+        .open_session("consult", "c", None, Rights::default())
+        .await
+        .unwrap_err();
+    assert_eq!(full.code, "room_full", "{full:?}");
+    for who in ["a", "b", "c"] {
+        c.open_session("hall", who, None, Rights::default())
+            .await
+            .unwrap_or_else(|e| panic!("{who} enters the hall: {e:?}"));
+    }
+    let full = c
+        .open_session("hall", "d", None, Rights::default())
+        .await
+        .unwrap_err();
+    assert_eq!(full.code, "room_full", "{full:?}");
 }

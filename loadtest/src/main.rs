@@ -29,8 +29,9 @@ enum Command {
     SharedRoom(LoadArgs),
     /// Add consultations step by step until quality breaks; reports the last good step.
     Ramp(LoadArgs),
-    /// Write the appointments a consult/interpreter/ramp run uses into a folder, for a
-    /// `metaclinic dev --appointments DIR` started by hand (then run with --url).
+    /// Write the appointments a run uses (consultations, and the shared room's group
+    /// session) into a folder, for a `metaclinic dev --appointments DIR` started by hand
+    /// (then run with --url).
     Appointments(AppointmentsArgs),
     /// Forwarding benchmark: an SFU child process, rooms of publishers and subscribers, CPU
     /// per forwarded packet, loss and latency. Ends with one JSON line.
@@ -50,6 +51,9 @@ struct AppointmentsArgs {
     /// Three-way: an interpreter in every appointment.
     #[arg(long)]
     interpreter: bool,
+    /// People in the shared room's appointment (`lt-hall`: its host and avatars); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    avatars: usize,
     /// Minutes from now the appointments end.
     #[arg(long, default_value_t = 60)]
     minutes: i64,
@@ -101,6 +105,18 @@ fn main() -> anyhow::Result<()> {
                     &patterns.room(n, a.interpreter),
                     a.minutes,
                 )?;
+            }
+            if a.avatars > 0 {
+                anyhow::ensure!(
+                    (2..=load::HARD_CAP).contains(&a.avatars),
+                    "--avatars must be 2..={}",
+                    load::HARD_CAP
+                );
+                use load::rooms::{AVATAR_PATTERN, SHARED_APPOINTMENT, SHARED_HOST, SharedPlan};
+                let plan =
+                    SharedPlan::new(SHARED_APPOINTMENT, SHARED_HOST, AVATAR_PATTERN, a.avatars)?;
+                load::rooms::write_shared_appointment(&a.dir, &plan, a.minutes)?;
+                println!("shared room {SHARED_APPOINTMENT} for {} avatars", a.avatars);
             }
             println!("{} appointments in {}", a.rooms, a.dir.display());
         }

@@ -54,6 +54,7 @@ impl Node {
             connect_timeout: config.connect_timeout(),
             idle_timeout: config.idle_timeout(),
             max_participants: config.rooms.max_participants,
+            max_shared_participants: config.spatial.max_participants,
             keyframe_request_interval: std::time::Duration::from_millis(
                 config.rtc.keyframe_request_interval_ms,
             ),

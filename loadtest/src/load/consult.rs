@@ -10,13 +10,21 @@ use futures_util::StreamExt;
 use super::member::Member;
 use super::probe::ServerProbe;
 use super::progress::Progress;
-use super::rooms::{RoomPatterns, RoomPlan, write_appointment};
+use super::rooms::{
+    RoomPatterns, RoomPlan, SharedPlan, write_appointment, write_shared_appointment,
+};
 use super::target::DevChild;
 use super::token::{TokenSigner, Tokens};
 use super::window::{Figures, Sampler, Window, media_totals};
 use super::{LoadArgs, Outcome, report, start_drivers};
 use crate::driver::ClientDriver;
 use crate::media::marker;
+
+/// What a run books: consultation rooms, or one shared room.
+pub enum Booking<'a> {
+    Consultations { rooms: usize, three_way: bool },
+    Shared(&'a SharedPlan),
+}
 
 /// The signaling deployment a run talks to, and how it is measured.
 pub struct Deployment {
@@ -29,8 +37,9 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// `--url`, or `metaclinic dev` started here serving `rooms` generated appointments.
-    pub async fn open(args: &LoadArgs, rooms: usize, three_way: bool) -> anyhow::Result<Self> {
+    /// `--url`, or `metaclinic dev` started here serving the appointments of `booking`,
+    /// generated for the run.
+    pub async fn open(args: &LoadArgs, booking: Booking<'_>) -> anyhow::Result<Self> {
         let tokens_for = |base: &str| -> anyhow::Result<Tokens> {
             Ok(match &args.token_key {
                 Some(key) => Tokens::Signed(Box::new(TokenSigner::from_pem_file(
@@ -47,7 +56,9 @@ impl Deployment {
         };
         if let Some(url) = &args.url {
             let patterns = args.patterns();
-            patterns.check(three_way)?;
+            if let Booking::Consultations { three_way, .. } = booking {
+                patterns.check(three_way)?;
+            }
             let base = url.trim_end_matches('/').to_owned();
             return Ok(Deployment {
                 probe: ServerProbe::Prometheus {
@@ -70,12 +81,17 @@ impl Deployment {
         std::fs::create_dir_all(&dir)?;
         // Long enough for the run, and the whole run inside the join window.
         let minutes = 30 + (args.duration as i64 * 4) / 60;
-        for n in 0..rooms {
-            write_appointment(
-                &dir,
-                &patterns.room(args.first_room + n, three_way),
-                minutes,
-            )?;
+        match booking {
+            Booking::Consultations { rooms, three_way } => {
+                for n in 0..rooms {
+                    write_appointment(
+                        &dir,
+                        &patterns.room(args.first_room + n, three_way),
+                        minutes,
+                    )?;
+                }
+            }
+            Booking::Shared(plan) => write_shared_appointment(&dir, plan, minutes)?,
         }
         let dev = DevChild::start(&args.binary()?, &dir, args.sfu_threads)?;
         Ok(Deployment {
@@ -262,7 +278,14 @@ pub async fn run(args: LoadArgs, three_way: bool) -> anyhow::Result<super::repor
     );
     let video_kbps = args.video_kbps.unwrap_or(300);
     let progress = Progress::new();
-    let dep = Deployment::open(&args, args.rooms, three_way).await?;
+    let dep = Deployment::open(
+        &args,
+        Booking::Consultations {
+            rooms: args.rooms,
+            three_way,
+        },
+    )
+    .await?;
     let drivers = start_drivers(args.client_threads)?;
     let sampler = Sampler::start(dep.probe.clone());
     let baseline = dep.probe.read().await.rss_kb;

@@ -126,10 +126,15 @@ pub struct LoadArgs {
     /// A remote SFU's Prometheus endpoint (with METACLINIC_SFU_CREDENTIAL if it asks).
     #[arg(long)]
     pub sfu_metrics: Option<String>,
-    /// The shared room on a deployment: its SFU's control API (signaling has no shared
-    /// rooms yet), with the service credential in METACLINIC_SFU_CREDENTIAL.
-    #[arg(long)]
-    pub sfu_control: Option<String>,
+
+    /// Shared room on a deployment: the group session's appointment (booked as a shared
+    /// room), its host, who admits the others, and the other avatars ({n}: 1, 2, ...).
+    #[arg(long, default_value = rooms::SHARED_APPOINTMENT)]
+    pub shared_appointment: String,
+    #[arg(long, default_value = rooms::SHARED_HOST)]
+    pub shared_host: String,
+    #[arg(long, default_value = rooms::AVATAR_PATTERN)]
+    pub avatar_pattern: String,
 
     /// Ramp: rooms added per step.
     #[arg(long, default_value_t = 5)]
@@ -173,7 +178,7 @@ impl LoadArgs {
         if let Some(url) = &self.url {
             target::check_target(url, self.allow_remote)?;
         }
-        for url in self.sfu_metrics.iter().chain(&self.sfu_control) {
+        if let Some(url) = &self.sfu_metrics {
             target::check_target(url, self.allow_remote)?;
         }
         Ok(())
@@ -195,6 +200,16 @@ impl LoadArgs {
         }
     }
 
+    /// The shared room of a `shared-room` run, with `--avatars` people.
+    pub fn shared_plan(&self) -> anyhow::Result<rooms::SharedPlan> {
+        rooms::SharedPlan::new(
+            &self.shared_appointment,
+            &self.shared_host,
+            &self.avatar_pattern,
+            self.avatars,
+        )
+    }
+
     pub fn binary(&self) -> anyhow::Result<PathBuf> {
         match &self.bin {
             Some(b) => Ok(b.clone()),
@@ -204,7 +219,7 @@ impl LoadArgs {
 
     /// The address participants bind to: the one that routes to the target.
     pub fn route_ip(&self) -> anyhow::Result<std::net::IpAddr> {
-        match self.url.as_ref().or(self.sfu_control.as_ref()) {
+        match &self.url {
             Some(url) => target::local_ip_towards(url),
             None => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
         }

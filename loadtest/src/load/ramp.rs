@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::consult::{Deployment, Run, leave_all};
+use super::consult::{Booking, Deployment, Run, leave_all};
 use super::progress::Progress;
 use super::report::{RampStep, Report};
 use super::rooms::RoomPlan;
@@ -46,7 +46,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     );
     let video_kbps = args.video_kbps.unwrap_or(300);
     let progress = Progress::new();
-    let dep = Deployment::open(&args, ceiling, false).await?;
+    let dep = Deployment::open(
+        &args,
+        Booking::Consultations {
+            rooms: ceiling,
+            three_way: false,
+        },
+    )
+    .await?;
     let drivers = start_drivers(args.client_threads)?;
     let sampler = Sampler::start(dep.probe.clone());
     let baseline = dep.probe.read().await.rss_kb;

@@ -67,37 +67,118 @@ impl RoomPatterns {
     }
 }
 
-/// Write `room`'s appointment into `dir` as `<id>.json`: booked, from a few minutes ago to
+/// The shared room's defaults, for a local run and `loadtest appointments`.
+pub const SHARED_APPOINTMENT: &str = "lt-hall";
+pub const SHARED_HOST: &str = "Practitioner/lt-hall-host";
+pub const AVATAR_PATTERN: &str = "Patient/lt-avatar-{n}";
+
+/// The shared room of a `shared-room` run: one group-session appointment whose host (the
+/// first avatar) admits the others from the lobby.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPlan {
+    pub appointment: String,
+    pub host: String,
+    pub guests: Vec<String>,
+}
+
+impl SharedPlan {
+    /// `avatars` people: the host, and guests named by `guest_pattern` with `{n}` = 1, 2, ...
+    pub fn new(
+        appointment: &str,
+        host: &str,
+        guest_pattern: &str,
+        avatars: usize,
+    ) -> anyhow::Result<SharedPlan> {
+        anyhow::ensure!(
+            guest_pattern.contains("{n}"),
+            "pattern {guest_pattern:?} lacks {{n}} (the avatar number)"
+        );
+        Ok(SharedPlan {
+            appointment: appointment.to_owned(),
+            host: host.to_owned(),
+            guests: (1..avatars.max(1))
+                .map(|n| guest_pattern.replace("{n}", &n.to_string()))
+                .collect(),
+        })
+    }
+
+    /// Everyone, the host first, with whether they host.
+    pub fn people(&self) -> impl Iterator<Item = (&str, bool)> {
+        std::iter::once((self.host.as_str(), true))
+            .chain(self.guests.iter().map(|g| (g.as_str(), false)))
+    }
+}
+
+fn attending() -> serde_json::Value {
+    serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND" }] }])
+}
+
+fn accepted(actor: &str, kind: Option<serde_json::Value>) -> serde_json::Value {
+    let mut p = serde_json::json!({ "actor": { "reference": actor }, "required": "required", "status": "accepted" });
+    if let Some(kind) = kind {
+        p["type"] = kind;
+    }
+    p
+}
+
+/// Write a booked appointment into `dir` as `<id>.json`, from a few minutes ago to
 /// `minutes` from now.
-pub fn write_appointment(dir: &Path, room: &RoomPlan, minutes: i64) -> anyhow::Result<()> {
+fn write_booked(
+    dir: &Path,
+    mut appointment: serde_json::Value,
+    participants: Vec<serde_json::Value>,
+    minutes: i64,
+) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let at = |offset_min: i64| {
         (now + chrono::Duration::minutes(offset_min))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
-    let attending = serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND" }] }]);
-    let translator = serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/participant-type", "code": "translator" }] }]);
-    let mut participants = vec![
-        serde_json::json!({ "actor": { "reference": room.patient }, "required": "required", "status": "accepted" }),
-        serde_json::json!({ "type": attending, "actor": { "reference": room.host }, "required": "required", "status": "accepted" }),
-    ];
-    if let Some(i) = &room.interpreter {
-        participants.push(serde_json::json!({ "type": translator, "actor": { "reference": i }, "required": "required", "status": "accepted" }));
-    }
-    let appointment = serde_json::json!({
-        "resourceType": "Appointment",
-        "id": room.appointment,
-        "status": "booked",
-        "description": "Load test consultation",
-        "start": at(-5),
-        "end": at(minutes),
-        "participant": participants,
-    });
+    appointment["resourceType"] = "Appointment".into();
+    appointment["status"] = "booked".into();
+    appointment["start"] = at(-5).into();
+    appointment["end"] = at(minutes).into();
+    appointment["participant"] = participants.into();
+    let id = appointment["id"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(!id.is_empty(), "an appointment needs an id");
     std::fs::write(
-        dir.join(format!("{}.json", room.appointment)),
+        dir.join(format!("{id}.json")),
         serde_json::to_vec_pretty(&appointment)?,
     )?;
     Ok(())
+}
+
+/// Write `room`'s appointment into `dir` as `<id>.json`: booked, from a few minutes ago to
+/// `minutes` from now.
+pub fn write_appointment(dir: &Path, room: &RoomPlan, minutes: i64) -> anyhow::Result<()> {
+    let translator = serde_json::json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/participant-type", "code": "translator" }] }]);
+    let mut participants = vec![
+        accepted(&room.patient, None),
+        accepted(&room.host, Some(attending())),
+    ];
+    if let Some(i) = &room.interpreter {
+        participants.push(accepted(i, Some(translator)));
+    }
+    let appointment = serde_json::json!({
+        "id": room.appointment,
+        "description": "Load test consultation",
+    });
+    write_booked(dir, appointment, participants, minutes)
+}
+
+/// Write the shared room's appointment (a group session, marked with signaling's default
+/// shared-room code) into `dir`.
+pub fn write_shared_appointment(dir: &Path, plan: &SharedPlan, minutes: i64) -> anyhow::Result<()> {
+    let participants = plan
+        .people()
+        .map(|(who, host)| accepted(who, host.then(attending)))
+        .collect();
+    let appointment = serde_json::json!({
+        "id": plan.appointment,
+        "description": "Load test group session in a shared room",
+        "serviceType": [{ "coding": [{ "system": metaclinic_signaling::config::ROOM_KIND_SYSTEM, "code": "shared" }] }],
+    });
+    write_booked(dir, appointment, participants, minutes)
 }
 
 #[cfg(test)]
@@ -127,6 +208,17 @@ mod tests {
         assert_eq!(a["resourceType"], "Appointment");
         assert_eq!(a["participant"].as_array().unwrap().len(), 3);
         assert!(a["start"].as_str().unwrap() < a["end"].as_str().unwrap());
+
+        let hall = SharedPlan::new("lt-hall", "Practitioner/h", "Patient/a-{n}", 3).unwrap();
+        assert_eq!(hall.guests, ["Patient/a-1", "Patient/a-2"]);
+        assert!(SharedPlan::new("lt-hall", "Practitioner/h", "Patient/a", 3).is_err());
+        write_shared_appointment(&dir, &hall, 30).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("lt-hall.json")).unwrap()).unwrap();
+        assert_eq!(a["serviceType"][0]["coding"][0]["code"], "shared");
+        assert_eq!(a["participant"].as_array().unwrap().len(), 3);
+        assert_eq!(a["participant"][0]["actor"]["reference"], "Practitioner/h");
+        assert_eq!(a["participant"][0]["type"][0]["coding"][0]["code"], "ATND");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,25 +1,22 @@
 //! `shared-room`: N avatars in one shared room, walking about and talking. The SFU mixes what
 //! each hears into one binaural stream (so its CPU is the mixer's), poses travel on the data
-//! channel. Avatars enter through the SFU's control API (not signaling's shared rooms):
-//! a `metaclinic sfu` started here, or a deployment's SFU given by `--sfu-control`.
+//! channel. Avatars join a group session's appointment (booked as a shared room) through
+//! signaling, as users do: its host first, who admits the others from the lobby.
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use metaclinic_sfu::room::RoomKind;
 use metaclinic_sfu::spatial::{Pose, Quat};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use super::consult::{Booking, Deployment};
 use super::member::Member;
-use super::probe::ServerProbe;
 use super::progress::Progress;
 use super::report::Report;
 use super::window::{Sampler, Window};
 use super::{LoadArgs, Outcome, report, start_drivers};
-use crate::control::SfuControl;
 use crate::driver::{ClientDriver, ParticipantKey};
-use crate::local::{LocalSfu, metric_value};
 use crate::media::marker;
 
 /// The room is a square this many metres wide, centred on the origin.
@@ -27,7 +24,6 @@ const ROOM_M: f32 = 20.0;
 /// Walking pace, metres per second, and how often a pose is sent.
 const PACE: f32 = 1.2;
 const POSE_INTERVAL: Duration = Duration::from_millis(100);
-const ROOM: &str = "lt-hall";
 
 /// An avatar's walk on the floor (x, z): towards a random point, then another.
 struct Stroll {
@@ -96,54 +92,46 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     } else {
         0
     };
-    let (control, probe, target, _local): (SfuControl, ServerProbe, String, Option<LocalSfu>) =
-        match &args.sfu_control {
-            Some(url) => {
-                let credential = std::env::var("METACLINIC_SFU_CREDENTIAL").map_err(|_| {
-                    anyhow::anyhow!("--sfu-control needs METACLINIC_SFU_CREDENTIAL")
-                })?;
-                let probe = ServerProbe::Prometheus {
-                    signaling: None,
-                    sfu: Some(
-                        args.sfu_metrics
-                            .clone()
-                            .unwrap_or_else(|| format!("{}/metrics", url.trim_end_matches('/'))),
-                    ),
-                    sfu_credential: Some(credential.clone()),
-                };
-                (SfuControl::new(url, &credential), probe, url.clone(), None)
-            }
-            None => {
-                let max = args.avatars.max(16).to_string();
-                let sfu = LocalSfu::start(
-                    &args.binary()?,
-                    args.sfu_threads,
-                    &[("METACLINIC_SFU__ROOMS__MAX_PARTICIPANTS", &max)],
-                )?;
-                let probe = ServerProbe::SfuProcess { pid: sfu.pid() };
-                let target = format!("metaclinic sfu started here ({})", sfu.control_addr);
-                (sfu.control.clone(), probe, target, Some(sfu))
-            }
-        };
-    control.create_room_of_kind(ROOM, RoomKind::Shared).await?;
-
+    let plan = args.shared_plan()?;
+    let dep = Deployment::open(&args, Booking::Shared(&plan)).await?;
     let progress = Progress::new();
     let drivers = start_drivers(args.client_threads)?;
-    let sampler = Sampler::start(probe.clone());
-    let baseline = probe.read().await.rss_kb;
+    let sampler = Sampler::start(dep.probe.clone());
+    let baseline = dep.probe.read().await.rss_kb;
     progress.joining(args.avatars);
-    let joined: Vec<(usize, anyhow::Result<Member>)> = futures_util::stream::iter(0..args.avatars)
-        .map(|i| {
-            let (driver, control) = (drivers[i % drivers.len()].clone(), control.clone());
+    let (mut members, mut failures, mut presenting) = (Vec::new(), Vec::new(), Vec::new());
+    let join = |i: usize, who: String, host: bool| {
+        let (driver, dep, args) = (drivers[i % drivers.len()].clone(), &dep, &args);
+        let appointment = plan.appointment.as_str();
+        async move {
+            let token = dep.tokens.token(&who, 120).await?;
             let kbps = if i < presenters { video_kbps } else { 0 };
             let mut spec = args.spec(&format!("avatar-{i}"), 200 + 20 * (i as u32 % 30), kbps, i);
             spec.data_channel = true;
-            async move { (i, Member::join_shared(&driver, &control, ROOM, spec).await) }
-        })
+            Member::join_signaling(&driver, &dep.ws_url(), appointment, &token, host, spec).await
+        }
+    };
+    // The host first: nobody else is admitted without it.
+    let people: Vec<(usize, String, bool)> = plan
+        .people()
+        .enumerate()
+        .map(|(i, (who, host))| (i, who.to_owned(), host))
+        .collect();
+    let Some((host, guests)) = people.split_first() else {
+        anyhow::bail!("no avatars");
+    };
+    match join(host.0, host.1.clone(), true).await {
+        Ok(m) => {
+            members.push(m);
+            presenting.push(presenters > 0);
+        }
+        Err(e) => anyhow::bail!("the shared room's host {} cannot join: {e}", host.1),
+    }
+    let joined: Vec<(usize, anyhow::Result<Member>)> = futures_util::stream::iter(guests)
+        .map(|(i, who, _)| async move { (*i, join(*i, who.clone(), false).await) })
         .buffer_unordered(args.join_concurrency)
         .collect()
         .await;
-    let (mut members, mut failures, mut presenting) = (Vec::new(), Vec::new(), Vec::new());
     for (i, j) in joined {
         match j {
             Ok(m) => {
@@ -157,13 +145,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .participants
         .store(members.len(), std::sync::atomic::Ordering::Relaxed);
     progress.joined(members.len(), failures.len());
-    let mut rng = SmallRng::seed_from_u64(11);
-    let walks = members
-        .iter()
-        .filter_map(|m| Some((m.driver.clone(), m.key()?, Stroll::new(&mut rng))))
-        .collect();
-    let walking = walk(walks);
-
     // Everyone hears the mix and sees the presenters, or is counted as failed.
     let deadline = Instant::now() + Duration::from_secs(20 + members.len() as u64 / 5);
     for (m, &presents) in members.iter().zip(&presenting) {
@@ -187,29 +168,24 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Admitted by now (or counted as failed): everyone walks.
+    let mut rng = SmallRng::seed_from_u64(11);
+    let walks = members
+        .iter()
+        .filter_map(|m| Some((m.driver.clone(), m.key()?, Stroll::new(&mut rng))))
+        .collect();
+    let walking = walk(walks);
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    // Without signaling, the SFU's own counters say what was NACKed and resent.
-    let recovery = |m: &str| {
-        (
-            metric_value(m, "metaclinic_sfu_nacked_packets_total", ""),
-            metric_value(m, "metaclinic_sfu_retransmissions_total", ""),
-        )
-    };
-    let before = control.metrics().await.map(|m| recovery(&m));
-    let window = Window::open(&members, &drivers, &probe).await;
+    let window = Window::open(&members, &drivers, &dep.probe).await;
     progress.measuring("walking", args.duration);
     super::consult::hold(&members, args.duration, &progress, &sampler).await;
-    let mut figures = window.close(&members, &drivers, &probe).await;
-    if let (Ok(b), Ok(a)) = (before, control.metrics().await.map(|m| recovery(&m))) {
-        figures.nacks = (a.0 - b.0).max(0.0) as u64;
-        figures.retransmissions = (a.1 - b.1).max(0.0) as u64;
-    }
+    let figures = window.close(&members, &drivers, &dep.probe).await;
     progress.finish();
     walking.abort();
     let r = report(Outcome {
         scenario: "shared-room",
-        target,
-        probe: &probe,
+        target: dep.describe(),
+        probe: &dep.probe,
         rooms: 1,
         video_kbps,
         simulcast: args.simulcast,
@@ -221,7 +197,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     })
     .await;
     super::consult::leave_all(members).await;
-    let _ = control.close_room(ROOM).await;
     Ok(r)
 }
 

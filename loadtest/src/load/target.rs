@@ -122,7 +122,8 @@ impl DevChild {
             .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
             .env(
                 "METACLINIC_LOG",
-                std::env::var("METACLINIC_LOG").unwrap_or_else(|_| "warn,rtc=error".into()),
+                std::env::var("METACLINIC_LOG")
+                    .unwrap_or_else(|_| "warn,rtc=error,sofar=error".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

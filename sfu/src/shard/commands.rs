@@ -292,7 +292,11 @@ impl Shard {
             }
             None => false,
         };
-        if self.rooms[rkey].sessions.len() >= self.settings.max_participants {
+        let cap = match self.rooms[rkey].kind {
+            RoomKind::Consultation => self.settings.max_participants,
+            RoomKind::Shared => self.settings.max_shared_participants,
+        };
+        if self.rooms[rkey].sessions.len() >= cap {
             return Err(ControlError::RoomFull);
         }
         // The ufrag keys the shared-port demultiplexer; it must be unique on this shard.

@@ -67,7 +67,9 @@ pub struct ShardSettings {
     pub node_id: String,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Most participants in a consultation room, and in a shared room (its mixer's cap).
     pub max_participants: usize,
+    pub max_shared_participants: usize,
     pub keyframe_request_interval: Duration,
     /// The node's ICE-TCP candidate (announced address, TCP port), if enabled.
     pub tcp_candidate: Option<SocketAddr>,

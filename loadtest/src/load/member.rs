@@ -3,10 +3,11 @@
 //! lobby, and while the run lasts it counts what signaling tells it (the SFU's NACK and
 //! retransmission figures, speaker changes, an unexpected end).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metaclinic_signaling::protocol::{ClientMessage, MemberState, ServerMessage};
 use tokio::sync::watch;
@@ -18,6 +19,42 @@ use crate::media::marker;
 use crate::participant::{ParticipantSpec, ParticipantStats};
 use crate::sfu_client::SfuParticipant;
 use crate::signaling_client::{Phase, SignalingParticipant};
+
+/// A host admits someone again if they still wait this long after being admitted...
+const READMIT_AFTER: Duration = Duration::from_secs(3);
+/// ...and admits one person at a time at this pace: signaling cuts off a client that sends
+/// more than its message rate (20/s by default), ICE candidates included.
+const ADMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// A host's side of the lobby: who waits, and whom it admitted when.
+#[derive(Default)]
+struct Doorkeeper {
+    waiting: Vec<String>,
+    admitted: HashMap<String, Instant>,
+    last: Option<Instant>,
+}
+
+impl Doorkeeper {
+    /// Whom to admit now, if anyone.
+    fn next(&mut self, now: Instant) -> Option<String> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < ADMIT_EVERY)
+        {
+            return None;
+        }
+        self.admitted
+            .retain(|_, at| now.duration_since(*at) < READMIT_AFTER);
+        let who = self
+            .waiting
+            .iter()
+            .find(|w| !self.admitted.contains_key(*w))?
+            .clone();
+        self.admitted.insert(who.clone(), now);
+        self.last = Some(now);
+        Some(who)
+    }
+}
 
 /// What a member learnt from signaling, shared with the measuring side.
 #[derive(Default)]
@@ -155,19 +192,25 @@ async fn follow(
         }
     };
     note_key(&me);
+    let mut doors = Doorkeeper::default();
     loop {
+        let wait = if doors.waiting.is_empty() {
+            Duration::from_millis(500)
+        } else {
+            ADMIT_EVERY
+        };
         let msg = tokio::select! {
             _ = stopped.changed() => break,
-            m = me.wait_for(Duration::from_millis(500), |_| true) => m,
+            m = me.wait_for(wait, |_| true) => m,
         };
         if let Some(msg) = msg {
             match msg {
                 ServerMessage::LobbyChanged { waiting } if host => {
-                    for w in waiting.iter().filter(|w| w.state == MemberState::Lobby) {
-                        me.send(ClientMessage::Admit {
-                            participant: w.participant.clone(),
-                        });
-                    }
+                    doors.waiting = waiting
+                        .into_iter()
+                        .filter(|w| w.state == MemberState::Lobby)
+                        .map(|w| w.participant)
+                        .collect();
                 }
                 ServerMessage::Joined { .. } => note_key(&me),
                 ServerMessage::Quality(q) => {
@@ -182,10 +225,36 @@ async fn follow(
                 _ => {}
             }
         }
+        if let Some(participant) = doors.next(Instant::now()) {
+            me.send(ClientMessage::Admit { participant });
+        }
         if let Phase::Closed(why) = me.phase() {
             *tally.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             return;
         }
     }
     me.leave().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_admits_one_at_a_time_and_again_whoever_still_waits() {
+        let t0 = Instant::now();
+        let mut d = Doorkeeper {
+            waiting: vec!["a".into(), "b".into()],
+            ..Doorkeeper::default()
+        };
+        assert_eq!(d.next(t0).as_deref(), Some("a"));
+        assert_eq!(d.next(t0 + Duration::from_millis(50)), None, "paced");
+        let t1 = t0 + ADMIT_EVERY;
+        assert_eq!(d.next(t1).as_deref(), Some("b"));
+        assert_eq!(d.next(t1 + ADMIT_EVERY), None, "both admitted once");
+        // "a" is still in the lobby list later: its admission was lost, so again.
+        assert_eq!(d.next(t0 + READMIT_AFTER).as_deref(), Some("a"));
+        d.waiting.clear();
+        assert_eq!(d.next(t0 + READMIT_AFTER * 3), None);
+    }
 }

@@ -2,7 +2,9 @@
 //! the SFU sends fits the bandwidth estimated towards it (the decision is `allocator`'s).
 //!
 //! A step down needs the estimate to find the current layers too much twice running (one
-//! congestion signal is not a trend), or once during the trial of a step up. Steps up go
+//! congestion signal is not a trend), or once during the trial of a step up. Pausing a video
+//! needs a queue on the path for three decisions running: a moment's delay (a starved CPU at
+//! either end reads as one) costs a layer at most, never the picture. Steps up go
 //! one layer at a time, and not for a while after a step down (longer each time a step up
 //! failed soon after), so that a subscriber on a line that cannot carry the next layer does
 //! not flap between two. There is no padding probe: a step up is its own probe, undone at
@@ -33,6 +35,8 @@ const STEP_DOWN_AFTER: u8 = 2;
 /// layer stops before the new one's keyframe arrives.
 const SEVERE_OVERUSE: f64 = 1.3;
 const SEVERE_QUEUE_MS: u64 = 80;
+/// Decisions in a row that must see that queue before a video may pause.
+const PAUSE_AFTER: u8 = 3;
 /// How long after a step up a sign of congestion undoes it at once.
 const UPGRADE_TRIAL: Duration = Duration::from_secs(3);
 /// No step up for this long after a step down...
@@ -55,6 +59,8 @@ pub struct LayerAllocation {
     last_upgrade: Option<Instant>,
     /// Decisions in a row that found the current layers over the estimate.
     pressure: u8,
+    /// Decisions in a row that saw a queue building on the path.
+    congested_for: u8,
     /// What the line carried when it was last congested, and when.
     ceiling: Option<(u64, Instant)>,
 }
@@ -67,6 +73,7 @@ impl LayerAllocation {
             hold: UPGRADE_HOLD_MIN,
             last_upgrade: None,
             pressure: 0,
+            congested_for: 0,
             ceiling: None,
         }
     }
@@ -88,8 +95,11 @@ impl LayerAllocation {
         self.hold_until = Some(now + self.hold);
     }
 
-    /// The estimate, as far as the last congestion lets it be believed.
-    fn believable(&mut self, estimate: u64, now: Instant) -> u64 {
+    /// The estimate, as far as the last congestion lets it be believed. The ceiling never
+    /// holds it below `floor` (every video at its lowest layer): what the line carried at
+    /// the worst moment may be far below that, and it would keep paused videos paused long
+    /// after the line recovered.
+    fn believable(&mut self, estimate: u64, floor: u64, now: Instant) -> u64 {
         let Some((bps, at)) = self.ceiling else {
             return estimate;
         };
@@ -98,7 +108,17 @@ impl LayerAllocation {
             self.ceiling = None;
             return estimate;
         }
-        grown as u64
+        (grown as u64).max(floor).min(estimate)
+    }
+
+    /// Note whether this decision saw a queue on the path; may a video pause now?
+    fn may_pause(&mut self, congested: bool) -> bool {
+        self.congested_for = if congested {
+            self.congested_for.saturating_add(1)
+        } else {
+            0
+        };
+        self.congested_for >= PAUSE_AFTER
     }
 
     fn may_step_up(&self, now: Instant) -> bool {
@@ -149,10 +169,6 @@ impl Shard {
             return;
         };
         s.allocation.next_at = now + ALLOCATE_EVERY;
-        let estimate = s
-            .peer
-            .bandwidth_estimate()
-            .map(|e| s.allocation.believable(e, now));
         let Some(room) = self.rooms.get(s.room) else {
             return;
         };
@@ -196,6 +212,15 @@ impl Shard {
         if decisions.is_empty() {
             return;
         }
+        let lowest: u64 = audio_bps
+            + demands
+                .iter()
+                .map(|d| d.layers_bps.first().copied().unwrap_or(0))
+                .sum::<u64>();
+        let estimate = s
+            .peer
+            .bandwidth_estimate()
+            .map(|e| s.allocation.believable(e, lowest, now));
         // A queue building on the path means it carries less than is sent, whatever the
         // estimate says yet: then what arrives is what the line can carry.
         let path = s.peer.path_feedback();
@@ -209,8 +234,8 @@ impl Shard {
             }
         });
         let mut keep = allocator::allocate(keep_budget, audio_bps, &demands);
-        if !congested {
-            // Pausing is the last resort, for a line that visibly queues. Loss alone (a bad
+        if !s.allocation.may_pause(congested) {
+            // Pausing is the last resort, for a line that keeps queueing. Loss alone (a bad
             // Wi-Fi) pulls the estimate down too, but a paused video would not bring the
             // packets back; the lowest layer stays.
             for k in &mut keep {
@@ -336,5 +361,52 @@ impl Shard {
         for track in keyframes {
             self.request_keyframe(track, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moment_of_queueing_never_pauses_a_video() {
+        let mut a = LayerAllocation::new(Instant::now());
+        assert!(!a.may_pause(true));
+        assert!(!a.may_pause(true));
+        assert!(
+            !a.may_pause(false),
+            "the queue went away: the count starts again"
+        );
+        assert!(!a.may_pause(true));
+        assert!(!a.may_pause(true));
+        assert!(
+            a.may_pause(true),
+            "three decisions running: the line keeps queueing"
+        );
+    }
+
+    #[test]
+    fn after_congestion_the_estimate_is_believed_up_to_a_growing_ceiling_never_below_the_lowest_layers()
+     {
+        let t0 = Instant::now();
+        let mut a = LayerAllocation::new(t0);
+        assert_eq!(
+            a.believable(1_000_000, 400_000, t0),
+            1_000_000,
+            "no congestion yet"
+        );
+        a.ceiling = Some((500_000, t0));
+        let later = t0 + Duration::from_secs(2);
+        let believed = a.believable(1_000_000, 100_000, later);
+        assert_eq!(believed, (500_000.0 * CEILING_GROWTH_PER_S.powi(2)) as u64);
+        // The worst moment carried almost nothing: the lowest layers may still be tried.
+        a.ceiling = Some((50_000, t0));
+        assert_eq!(a.believable(1_000_000, 400_000, later), 400_000);
+        // ...but never more than the estimate itself.
+        assert_eq!(a.believable(300_000, 400_000, later), 300_000);
+        // Grown past the estimate: the ceiling is gone.
+        a.ceiling = Some((900_000, t0));
+        assert_eq!(a.believable(950_000, 0, later), 950_000);
+        assert!(a.ceiling.is_none());
     }
 }

@@ -75,7 +75,10 @@ impl Cluster {
         .await;
         assert!(registered, "the SFU nodes did not register");
         for r in &c.replicas {
-            assert_eq!(get(&format!("{}/readyz", r.base)).await.0, 200);
+            // Ready once subscribed to its pipe channel, soon after the start.
+            let url = format!("{}/readyz", r.base);
+            let ready = eventually(T, || async { get(&url).await.0 == 200 }).await;
+            assert!(ready, "{} is not ready: {:?}", r.base, get(&url).await);
         }
         c
     }

@@ -154,10 +154,13 @@ async fn readyz_follows_redis() {
         }
     };
     let up = Harness::start_with(with(REDIS_URL)).await;
-    assert_eq!(
-        get(&format!("{}/readyz", up.base)).await,
-        (200, "ready\n".into())
-    );
+    // Ready once it has subscribed to its pipe channel (other replicas' clients), soon.
+    let ready_url = format!("{}/readyz", up.base);
+    let ready = common::cluster::eventually(T, || async {
+        get(&ready_url).await == (200, "ready\n".into())
+    })
+    .await;
+    assert!(ready, "{:?}", get(&ready_url).await);
     let down = Harness::start_with(with(NO_REDIS)).await;
     assert_eq!(
         get(&format!("{}/readyz", down.base)).await,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Environment variables with this prefix override the file; `__` separates levels.
@@ -180,6 +181,35 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// Every process kind's configuration, the same way: its defaults, then the TOML file (if
+/// any; unknown keys refused by the tree's `deny_unknown_fields`), then environment
+/// variables named `{env_prefix}SECTION__KEY`.
+pub fn layered<T: Serialize + DeserializeOwned + Default>(
+    path: Option<&Path>,
+    env_prefix: &str,
+) -> Result<T, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(T::default()));
+    if let Some(p) = path {
+        if !p.exists() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist",
+                p.display()
+            )));
+        }
+        fig = fig.merge(Toml::file_exact(p));
+    }
+    Ok(fig.merge(Env::prefixed(env_prefix).split("__")).extract()?)
+}
+
+/// Defaults, then TOML text (no environment): for tests and tools.
+pub fn from_toml_text<T: Serialize + DeserializeOwned + Default>(
+    text: &str,
+) -> Result<T, ConfigError> {
+    Ok(Figment::from(Serialized::defaults(T::default()))
+        .merge(Toml::string(text))
+        .extract()?)
+}
+
 impl SfuConfig {
     /// Defaults, then the file (if any), then the environment; validated.
     pub fn load(path: Option<&Path>) -> Result<SfuConfig, ConfigError> {
@@ -190,24 +220,12 @@ impl SfuConfig {
 
     /// Like `load`, without validating (for callers that fill in more first).
     pub fn extract(path: Option<&Path>) -> Result<SfuConfig, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(SfuConfig::default()));
-        if let Some(p) = path {
-            if !p.exists() {
-                return Err(ConfigError::Parse(format!(
-                    "config file {} does not exist",
-                    p.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(p));
-        }
-        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?)
+        layered(path, ENV_PREFIX)
     }
 
     /// Parse TOML text alone (no environment), validated. For tests and tools.
     pub fn from_toml(text: &str) -> Result<SfuConfig, ConfigError> {
-        let cfg: SfuConfig = Figment::from(Serialized::defaults(SfuConfig::default()))
-            .merge(Toml::string(text))
-            .extract()?;
+        let cfg: SfuConfig = from_toml_text(text)?;
         cfg.validate()?;
         Ok(cfg)
     }

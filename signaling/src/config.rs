@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "METACLINIC_SIGNALING__";
@@ -336,19 +334,8 @@ impl Default for LimitsSection {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Parse(String),
-    #[error("{key}: {problem}")]
-    Invalid { key: &'static str, problem: String },
-}
-
-impl From<figment::Error> for ConfigError {
-    fn from(e: figment::Error) -> Self {
-        ConfigError::Parse(e.to_string())
-    }
-}
+/// Loading errors are the SFU's: one way of loading serves every process kind.
+pub use metaclinic_sfu::config::ConfigError;
 
 const ALGORITHMS: [&str; 4] = ["RS256", "RS384", "ES256", "ES384"];
 
@@ -362,23 +349,11 @@ impl SignalingConfig {
 
     /// Like `load`, without validating (for callers that fill in more first).
     pub fn extract(path: Option<&Path>) -> Result<SignalingConfig, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(SignalingConfig::default()));
-        if let Some(p) = path {
-            if !p.exists() {
-                return Err(ConfigError::Parse(format!(
-                    "config file {} does not exist",
-                    p.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(p));
-        }
-        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?)
+        metaclinic_sfu::config::layered(path, ENV_PREFIX)
     }
 
     pub fn from_toml(text: &str) -> Result<SignalingConfig, ConfigError> {
-        let cfg: SignalingConfig = Figment::from(Serialized::defaults(SignalingConfig::default()))
-            .merge(Toml::string(text))
-            .extract()?;
+        let cfg: SignalingConfig = metaclinic_sfu::config::from_toml_text(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -622,11 +597,7 @@ mod sample_tests {
 
     #[test]
     fn the_dev_sample_is_valid_once_dev_mode_fills_in_its_part() {
-        let mut cfg: SignalingConfig =
-            Figment::from(Serialized::defaults(SignalingConfig::default()))
-                .merge(Toml::string(DEV))
-                .extract()
-                .unwrap();
+        let mut cfg: SignalingConfig = metaclinic_sfu::config::from_toml_text(DEV).unwrap();
         // What `metaclinic dev` sets itself.
         cfg.dev.enabled = true;
         cfg.booking.backend = BookingBackend::Files;

@@ -239,6 +239,30 @@ impl State {
             .get(participant)
             .is_some_and(|m| m.role == Role::Host && m.presence == Presence::InCall)
     }
+
+    /// The member a host's action is on: `host` must be a host in the call, `participant`
+    /// someone else, and where `presence` is given, there.
+    fn host_target(
+        &mut self,
+        host: &str,
+        participant: &str,
+        presence: Option<Presence>,
+    ) -> Result<&mut MemberEntry, ActionError> {
+        if !self.is_host_in_call(host) {
+            return Err(ActionError::NotHost);
+        }
+        if host == participant {
+            return Err(ActionError::WrongPresence);
+        }
+        let m = self
+            .members
+            .get_mut(participant)
+            .ok_or(ActionError::NoSuchParticipant)?;
+        if presence.is_some_and(|p| m.presence != p) {
+            return Err(ActionError::WrongPresence);
+        }
+        Ok(m)
+    }
 }
 
 impl Consultation {
@@ -603,14 +627,8 @@ impl Consultation {
         if s.ended.is_some() {
             return Err(ActionError::Ended);
         }
-        if !s.is_host_in_call(host) {
-            return Err(ActionError::NotHost);
-        }
-        let m = s
-            .members
-            .get_mut(participant)
-            .ok_or(ActionError::NoSuchParticipant)?;
-        if m.presence != Presence::Lobby || m.connection.is_none() {
+        let m = s.host_target(host, participant, Some(Presence::Lobby))?;
+        if m.connection.is_none() {
             return Err(ActionError::WrongPresence);
         }
         m.presence = Presence::InCall;
@@ -635,17 +653,9 @@ impl Consultation {
     /// Host: turn `participant` away from the lobby.
     pub fn deny(&self, host: &str, participant: &str) -> Result<Role, ActionError> {
         let mut s = self.lock();
-        if !s.is_host_in_call(host) {
-            return Err(ActionError::NotHost);
-        }
-        let m = s
-            .members
-            .get(participant)
-            .ok_or(ActionError::NoSuchParticipant)?;
-        if m.presence != Presence::Lobby {
-            return Err(ActionError::WrongPresence);
-        }
-        let role = m.role;
+        let role = s
+            .host_target(host, participant, Some(Presence::Lobby))?
+            .role;
         s.send_and_close(
             participant,
             ServerMessage::Denied {
@@ -665,19 +675,7 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<Role, ActionError> {
         let mut s = self.lock();
-        if !s.is_host_in_call(host) {
-            return Err(ActionError::NotHost);
-        }
-        if host == participant {
-            return Err(ActionError::WrongPresence);
-        }
-        let m = s
-            .members
-            .get_mut(participant)
-            .ok_or(ActionError::NoSuchParticipant)?;
-        if m.presence != Presence::InCall {
-            return Err(ActionError::WrongPresence);
-        }
+        let m = s.host_target(host, participant, Some(Presence::InCall))?;
         m.presence = Presence::Lobby;
         m.waiting_since = Some(now);
         let role = m.role;
@@ -689,33 +687,15 @@ impl Consultation {
 
     /// Host: check that `participant` is in the call and may be muted by `host`.
     pub fn check_mute(&self, host: &str, participant: &str) -> Result<Role, ActionError> {
-        let s = self.lock();
-        if !s.is_host_in_call(host) {
-            return Err(ActionError::NotHost);
-        }
-        let m = s
-            .members
-            .get(participant)
-            .ok_or(ActionError::NoSuchParticipant)?;
-        if m.presence != Presence::InCall {
-            return Err(ActionError::WrongPresence);
-        }
-        Ok(m.role)
+        let mut s = self.lock();
+        Ok(s.host_target(host, participant, Some(Presence::InCall))?
+            .role)
     }
 
     /// Host: remove `participant` for the rest of the consultation.
     pub fn remove(&self, host: &str, participant: &str) -> Result<(Role, bool), ActionError> {
         let mut s = self.lock();
-        if !s.is_host_in_call(host) {
-            return Err(ActionError::NotHost);
-        }
-        if host == participant {
-            return Err(ActionError::WrongPresence);
-        }
-        let m = s
-            .members
-            .get(participant)
-            .ok_or(ActionError::NoSuchParticipant)?;
+        let m = s.host_target(host, participant, None)?;
         let (role, was_in_call) = (m.role, m.presence == Presence::InCall);
         s.send_and_close(participant, ServerMessage::Removed);
         s.members.remove(participant);
@@ -896,5 +876,62 @@ impl Drop for Consultation {
         if s.ended.is_none() && !s.handed_over && !s.members.is_empty() {
             warn!(appointment = %self.appointment_id, "consultation dropped with members");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use metaclinic_sfu::control::client::SfuControl;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn host_actions_need_a_host_in_the_call_and_someone_else_where_the_action_applies() {
+        let now = Utc::now();
+        let node = PlacedNode {
+            id: "sfu-a".into(),
+            control: SfuControl::new("http://127.0.0.1:9", "a-credential-of-16+"),
+        };
+        let c = Consultation::new(
+            "a1",
+            RoomKind::Consultation,
+            node,
+            now + chrono::Duration::minutes(30),
+        );
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let grace = Duration::from_secs(60);
+        let (dr, pat) = ("Practitioner/dr", "Patient/p");
+        c.enter(pat, Role::Patient, false, tx.clone(), now, grace);
+        // No host in the call yet: the patient cannot act, nor can anyone on their behalf.
+        assert!(matches!(c.admit(pat, pat, now), Err(ActionError::NotHost)));
+        c.enter(dr, Role::Host, true, tx.clone(), now, grace);
+        assert!(matches!(
+            c.check_mute(dr, "Patient/nobody"),
+            Err(ActionError::NoSuchParticipant)
+        ));
+        // The patient waits: they can be admitted or denied, not muted or sent back.
+        assert!(matches!(
+            c.check_mute(dr, pat),
+            Err(ActionError::WrongPresence)
+        ));
+        assert!(matches!(
+            c.return_to_lobby(dr, pat, now),
+            Err(ActionError::WrongPresence)
+        ));
+        assert!(matches!(c.admit(dr, pat, now), Ok((Role::Patient, _))));
+        assert!(matches!(c.deny(dr, pat), Err(ActionError::WrongPresence)));
+        assert!(matches!(c.check_mute(dr, pat), Ok(Role::Patient)));
+        // A host does not act on themselves.
+        for r in [
+            c.check_mute(dr, dr).map(|_| ()),
+            c.return_to_lobby(dr, dr, now).map(|_| ()),
+            c.remove(dr, dr).map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(ActionError::WrongPresence)), "{r:?}");
+        }
+        assert!(matches!(c.remove(dr, pat), Ok((Role::Patient, true))));
     }
 }

@@ -60,6 +60,18 @@ pub struct NodeRecord {
     pub heartbeat_ms: u64,
 }
 
+/// A Redis command's answer, or why there is none: an error, or no answer within `timeout`
+/// (a stalled Redis must not stall a join).
+pub async fn within<T>(
+    timeout: Duration,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err("Redis did not answer in time".into()),
+    }
+}
+
 /// A Redis connection that reconnects by itself, with bounded waits (a heartbeat must never
 /// hang on a dead Redis).
 pub fn connect_lazily(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {

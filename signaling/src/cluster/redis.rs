@@ -95,10 +95,9 @@ impl RedisCluster {
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, ClusterError> {
-        tokio::time::timeout(self.timeout, f)
+        metaclinic_sfu::registry::within(self.timeout, f)
             .await
-            .map_err(|_| ClusterError::Store("Redis did not answer in time".into()))?
-            .map_err(store_error)
+            .map_err(ClusterError::Store)
     }
 
     async fn nodes(&self) -> Result<(Vec<NodeRecord>, Vec<String>), ClusterError> {

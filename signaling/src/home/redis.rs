@@ -170,10 +170,9 @@ impl RedisHomes {
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, HomeError> {
-        tokio::time::timeout(self.timeout, f)
+        metaclinic_sfu::registry::within(self.timeout, f)
             .await
-            .map_err(|_| HomeError::Store("Redis did not answer in time".into()))?
-            .map_err(store_error)
+            .map_err(HomeError::Store)
     }
 
     /// Refresh this replica's alive key (not while draining).

@@ -33,8 +33,9 @@ end
 return current
 "#;
 
-/// Forget the placement only if it still names this node.
-const RELEASE: &str = r#"
+/// Delete KEYS[1] only if it still holds ARGV[1]: a placement that still names this node,
+/// a lease that is still this replica's (also used by `home::redis`).
+pub(crate) const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end

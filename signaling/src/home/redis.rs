@@ -59,13 +59,6 @@ end
 return held
 "#;
 
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
-
 /// One pub/sub message.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
@@ -132,7 +125,7 @@ impl RedisHomes {
             timeout,
             claim: redis::Script::new(CLAIM),
             renew: redis::Script::new(RENEW),
-            release: redis::Script::new(RELEASE),
+            release: redis::Script::new(crate::cluster::redis::RELEASE),
             next_pipe: AtomicU64::new(1),
             at_edge: Mutex::default(),
             at_home: Mutex::default(),

@@ -75,6 +75,10 @@ pub struct ForwardReport {
     pub received_pkts: u64,
     pub lost_pkts: u64,
     pub loss_pct: f64,
+    /// The same by kind: video is recovered by NACKs, audio (Opus, no retransmission) is
+    /// not, and its decoder conceals what is missing.
+    pub audio_loss_pct: f64,
+    pub video_loss_pct: f64,
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub join_ms_p50: f64,
@@ -93,20 +97,52 @@ pub struct ForwardReport {
     pub nacks_answered_pct: f64,
 }
 
+/// Packets received and lost over every subscription, in all and for audio. A track's
+/// lost count falls again when a retransmission fills a gap, so each is its own count.
+#[derive(Default, Clone, Copy)]
 struct Totals {
     received: u64,
     lost: u64,
+    audio_received: u64,
+    audio_lost: u64,
+    video_received: u64,
+    video_lost: u64,
+}
+
+impl Totals {
+    fn since(self, before: Totals) -> Totals {
+        Totals {
+            received: self.received.saturating_sub(before.received),
+            lost: self.lost.saturating_sub(before.lost),
+            audio_received: self.audio_received.saturating_sub(before.audio_received),
+            audio_lost: self.audio_lost.saturating_sub(before.audio_lost),
+            video_received: self.video_received.saturating_sub(before.video_received),
+            video_lost: self.video_lost.saturating_sub(before.video_lost),
+        }
+    }
+}
+
+fn pct(lost: u64, received: u64) -> f64 {
+    if received + lost > 0 {
+        100.0 * lost as f64 / (received + lost) as f64
+    } else {
+        0.0
+    }
 }
 
 async fn totals(participants: &[SfuParticipant]) -> anyhow::Result<Totals> {
-    let mut t = Totals {
-        received: 0,
-        lost: 0,
-    };
+    let mut t = Totals::default();
     for p in participants {
         for r in p.stats().await?.remote {
             t.received += r.packets;
             t.lost += r.lost;
+            if r.codec == metaclinic_sfu::media::Codec::Opus {
+                t.audio_received += r.packets;
+                t.audio_lost += r.lost;
+            } else {
+                t.video_received += r.packets;
+                t.video_lost += r.lost;
+            }
         }
     }
     Ok(t)
@@ -266,8 +302,8 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         latency.add(d.latency().await?)?;
     }
     let fwd_pkts = fwd1.saturating_sub(fwd0);
-    let received = rx1.received.saturating_sub(rx0.received);
-    let lost = rx1.lost.saturating_sub(rx0.lost);
+    let rx = rx1.since(rx0);
+    let (received, lost) = (rx.received, rx.lost);
     let sfu_cpu_s = cpu1 - cpu0;
     let client_cpu_s = own1 - own0;
     let report = ForwardReport {
@@ -289,11 +325,9 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         },
         received_pkts: received,
         lost_pkts: lost,
-        loss_pct: if received + lost > 0 {
-            100.0 * lost as f64 / (received + lost) as f64
-        } else {
-            0.0
-        },
+        loss_pct: pct(lost, received),
+        audio_loss_pct: pct(rx.audio_lost, rx.audio_received),
+        video_loss_pct: pct(rx.video_lost, rx.video_received),
         latency_ms_p50: latency.value_at_quantile(0.5) as f64 / 1000.0,
         latency_ms_p99: latency.value_at_quantile(0.99) as f64 / 1000.0,
         join_ms_p50: join_ms.get(join_ms.len() / 2).copied().unwrap_or(0) as f64,
@@ -329,7 +363,7 @@ pub fn summary(r: &ForwardReport) -> String {
          \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\
          \x20 SFU CPU     {cpu:.2} s ({pct:.1}% of one core), {us:.2} us per forwarded packet, RSS {rss} KiB\n\
          \x20 SFU I/O     {rb:.1} datagrams per recvmmsg, {sb:.1} per sendmmsg\n\
-         \x20 received    {rx} packets, lost {lost} ({loss:.3}%)\n\
+         \x20 received    {rx} packets, lost {lost} ({loss:.3}%: audio {aloss:.3}%, video {vloss:.3}%)\n\
          \x20 latency     p50 {p50:.2} ms, p99 {p99:.2} ms (sender to receiver, one clock)\n\
          \x20 join        p50 {join:.0} ms (session request to answer applied)\n\
          \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)\n\
@@ -356,6 +390,8 @@ pub fn summary(r: &ForwardReport) -> String {
         rx = r.received_pkts,
         lost = r.lost_pkts,
         loss = r.loss_pct,
+        aloss = r.audio_loss_pct,
+        vloss = r.video_loss_pct,
         p50 = r.latency_ms_p50,
         p99 = r.latency_ms_p99,
         join = r.join_ms_p50,

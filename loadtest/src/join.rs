@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metaclinic_signaling::protocol::{ClientMessage, MemberState, ServerMessage};
+use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
 
 use crate::driver::ClientDriver;
 use crate::participant::{ParticipantSpec, ParticipantStats, VideoSpec};
@@ -127,17 +127,19 @@ pub async fn run(args: JoinArgs, mut print: impl FnMut(&str)) -> anyhow::Result<
     let mut last_stats = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut doors = crate::load::member::Doorkeeper::default();
     loop {
         let ended = tokio::select! {
             m = me.wait_for(Duration::from_millis(200), |_| true) => {
                 if let Some(m) = m {
                     describe(&m, &mut print);
-                    if args.admit_all && let ServerMessage::LobbyChanged { waiting } = &m {
-                        for w in waiting.iter().filter(|w| w.state == MemberState::Lobby) {
-                            print(&format!("admitting {}", w.participant));
-                            me.send(ClientMessage::Admit { participant: w.participant.clone() });
-                        }
+                    if args.admit_all && let ServerMessage::LobbyChanged { waiting } = m {
+                        doors.waiting_now(waiting);
                     }
+                }
+                if let Some(participant) = doors.next(Instant::now()) {
+                    print(&format!("admitting {participant}"));
+                    me.send(ClientMessage::Admit { participant });
                 }
                 None
             }

@@ -28,15 +28,24 @@ const ADMIT_EVERY: Duration = Duration::from_millis(100);
 
 /// A host's side of the lobby: who waits, and whom it admitted when.
 #[derive(Default)]
-struct Doorkeeper {
+pub(crate) struct Doorkeeper {
     waiting: Vec<String>,
     admitted: HashMap<String, Instant>,
     last: Option<Instant>,
 }
 
 impl Doorkeeper {
+    /// The lobby as signaling last listed it.
+    pub(crate) fn waiting_now(&mut self, lobby: Vec<metaclinic_signaling::protocol::Member>) {
+        self.waiting = lobby
+            .into_iter()
+            .filter(|w| w.state == MemberState::Lobby)
+            .map(|w| w.participant)
+            .collect();
+    }
+
     /// Whom to admit now, if anyone.
-    fn next(&mut self, now: Instant) -> Option<String> {
+    pub(crate) fn next(&mut self, now: Instant) -> Option<String> {
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < ADMIT_EVERY)
@@ -205,13 +214,7 @@ async fn follow(
         };
         if let Some(msg) = msg {
             match msg {
-                ServerMessage::LobbyChanged { waiting } if host => {
-                    doors.waiting = waiting
-                        .into_iter()
-                        .filter(|w| w.state == MemberState::Lobby)
-                        .map(|w| w.participant)
-                        .collect();
-                }
+                ServerMessage::LobbyChanged { waiting } if host => doors.waiting_now(waiting),
                 ServerMessage::Joined { .. } => note_key(&me),
                 ServerMessage::Quality(q) => {
                     tally.nacks.fetch_add(q.nacks, Ordering::Relaxed);

@@ -1,7 +1,7 @@
-//! One participant of a load run, as a user would be: it asks to join (through signaling's
-//! WebSocket, or for a shared room through the SFU's API), a host admits whoever waits in its
-//! lobby, and while the run lasts it counts what signaling tells it (the SFU's NACK and
-//! retransmission figures, speaker changes, an unexpected end).
+//! One participant of a load run, as a user would be: it asks to join through signaling's
+//! WebSocket, a host admits whoever waits in its lobby, and while the run lasts it counts
+//! what signaling tells it (the SFU's NACK and retransmission figures, speaker changes, an
+//! unexpected end).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +13,9 @@ use metaclinic_signaling::protocol::{ClientMessage, MemberState, ServerMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::control::SfuControl;
 use crate::driver::{ClientDriver, ParticipantKey};
 use crate::media::marker;
 use crate::participant::{ParticipantSpec, ParticipantStats};
-use crate::sfu_client::SfuParticipant;
 use crate::signaling_client::{Phase, SignalingParticipant};
 
 /// A host admits someone again if they still wait this long after being admitted...
@@ -87,8 +85,6 @@ pub struct Member {
     pub tally: Arc<Tally>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    /// Shared-room members hold their SFU session here.
-    sfu: Option<SfuParticipant>,
 }
 
 impl Member {
@@ -119,33 +115,6 @@ impl Member {
             tally,
             stop,
             task,
-            sfu: None,
-        })
-    }
-
-    /// Enter shared room `room` through the SFU's control API (signaling has no shared
-    /// rooms yet).
-    pub async fn join_shared(
-        driver: &ClientDriver,
-        control: &SfuControl,
-        room: &str,
-        spec: ParticipantSpec,
-    ) -> anyhow::Result<Member> {
-        let name = spec.name.clone();
-        let requested_us = marker::now_micros();
-        let p = SfuParticipant::join(driver, control, room, None, spec).await?;
-        let tally = Arc::new(Tally::default());
-        *tally.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.key);
-        let (stop, _) = watch::channel(false);
-        Ok(Member {
-            name,
-            host: false,
-            requested_us,
-            driver: driver.clone(),
-            tally,
-            stop,
-            task: tokio::spawn(async {}),
-            sfu: Some(p),
         })
     }
 
@@ -182,9 +151,6 @@ impl Member {
     pub async fn leave(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        if let Some(p) = self.sfu {
-            let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;
-        }
     }
 }
 

@@ -97,36 +97,45 @@ pub struct ForwardReport {
     pub nacks_answered_pct: f64,
 }
 
-/// Packets received and lost over every subscription, in all and for audio. A track's
-/// lost count falls again when a retransmission fills a gap, so each is its own count.
+/// Packets received and lost.
 #[derive(Default, Clone, Copy)]
-struct Totals {
+struct Count {
     received: u64,
     lost: u64,
-    audio_received: u64,
-    audio_lost: u64,
-    video_received: u64,
-    video_lost: u64,
 }
 
-impl Totals {
-    fn since(self, before: Totals) -> Totals {
-        Totals {
+impl Count {
+    fn since(self, before: Count) -> Count {
+        Count {
             received: self.received.saturating_sub(before.received),
             lost: self.lost.saturating_sub(before.lost),
-            audio_received: self.audio_received.saturating_sub(before.audio_received),
-            audio_lost: self.audio_lost.saturating_sub(before.audio_lost),
-            video_received: self.video_received.saturating_sub(before.video_received),
-            video_lost: self.video_lost.saturating_sub(before.video_lost),
+        }
+    }
+
+    fn pct(self) -> f64 {
+        let expected = self.received + self.lost;
+        if expected > 0 {
+            100.0 * self.lost as f64 / expected as f64
+        } else {
+            0.0
         }
     }
 }
 
-fn pct(lost: u64, received: u64) -> f64 {
-    if received + lost > 0 {
-        100.0 * lost as f64 / (received + lost) as f64
-    } else {
-        0.0
+/// Over every subscription, by kind. A track's lost count falls again when a retransmission
+/// fills a gap, so each kind's window is its own difference.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    audio: Count,
+    video: Count,
+}
+
+impl Totals {
+    fn all(self) -> Count {
+        Count {
+            received: self.audio.received + self.video.received,
+            lost: self.audio.lost + self.video.lost,
+        }
     }
 }
 
@@ -134,15 +143,13 @@ async fn totals(participants: &[SfuParticipant]) -> anyhow::Result<Totals> {
     let mut t = Totals::default();
     for p in participants {
         for r in p.stats().await?.remote {
-            t.received += r.packets;
-            t.lost += r.lost;
-            if r.codec == metaclinic_sfu::media::Codec::Opus {
-                t.audio_received += r.packets;
-                t.audio_lost += r.lost;
+            let kind = if r.codec == metaclinic_sfu::media::Codec::Opus {
+                &mut t.audio
             } else {
-                t.video_received += r.packets;
-                t.video_lost += r.lost;
-            }
+                &mut t.video
+            };
+            kind.received += r.packets;
+            kind.lost += r.lost;
         }
     }
     Ok(t)
@@ -302,8 +309,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         latency.add(d.latency().await?)?;
     }
     let fwd_pkts = fwd1.saturating_sub(fwd0);
-    let rx = rx1.since(rx0);
-    let (received, lost) = (rx.received, rx.lost);
+    let Count { received, lost } = rx1.all().since(rx0.all());
     let sfu_cpu_s = cpu1 - cpu0;
     let client_cpu_s = own1 - own0;
     let report = ForwardReport {
@@ -325,9 +331,9 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         },
         received_pkts: received,
         lost_pkts: lost,
-        loss_pct: pct(lost, received),
-        audio_loss_pct: pct(rx.audio_lost, rx.audio_received),
-        video_loss_pct: pct(rx.video_lost, rx.video_received),
+        loss_pct: Count { received, lost }.pct(),
+        audio_loss_pct: rx1.audio.since(rx0.audio).pct(),
+        video_loss_pct: rx1.video.since(rx0.video).pct(),
         latency_ms_p50: latency.value_at_quantile(0.5) as f64 / 1000.0,
         latency_ms_p99: latency.value_at_quantile(0.99) as f64 / 1000.0,
         join_ms_p50: join_ms.get(join_ms.len() / 2).copied().unwrap_or(0) as f64,

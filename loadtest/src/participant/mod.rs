@@ -1,8 +1,8 @@
 //! One WebRTC participant of the client library: a peer connection on its own UDP socket,
 //! what it publishes (a tone, synthetic VP8) and what it measures about what it receives.
 //!
-//! - [`spec`]: what it is asked to be; `outbound`: what it sends; [`remote`]: what it
-//!   measures of each track it receives.
+//! - `spec`: what it is asked to be; `outbound`: what it sends; `remote`: what it measures
+//!   of each track it receives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use crate::media::marker;
 use crate::netem::Link;
 
 mod outbound;
-pub mod remote;
-pub mod spec;
+mod remote;
+mod spec;
 
 use outbound::{AudioOut, VideoOut};
 use remote::RemoteTrack;

@@ -463,6 +463,7 @@ class ChartTest(unittest.TestCase):
             "metaclinic_sfu_rooms",
             "metaclinic_sfu_nacked_packets_total",
             "metaclinic_sfu_retransmissions_total",
+            "metaclinic_sfu_nacks_unanswerable_total",
         ]:
             self.assertIn(family, exprs)
         self.assertIn("by (reason)", exprs)

@@ -28,6 +28,10 @@ pub struct LinkSpec {
     pub queue: Duration,
     /// Seed of the loss and jitter draws, so that a run can be repeated.
     pub seed: u64,
+    /// Lose the first RTP packet of every stream (SSRC) with this payload type, read from
+    /// the header SRTP leaves in the clear. Towards a subscriber, a video stream's first
+    /// packet is the start of its first keyframe.
+    pub lose_first_of_payload_type: Option<u8>,
 }
 
 impl Default for LinkSpec {
@@ -40,6 +44,7 @@ impl Default for LinkSpec {
             rate_kbps: None,
             queue: Duration::from_millis(200),
             seed: 1,
+            lose_first_of_payload_type: None,
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct Link {
     wire_free_at: Option<Instant>,
     held: BinaryHeap<Reverse<Held>>,
     order: u64,
+    /// Streams whose first packet went by (see `LinkSpec::lose_first_of_payload_type`).
+    streams_seen: std::collections::HashSet<u32>,
     pub stats: LinkStats,
 }
 
@@ -100,6 +107,7 @@ impl Link {
             wire_free_at: None,
             held: BinaryHeap::new(),
             order: 0,
+            streams_seen: Default::default(),
             stats: LinkStats::default(),
         }
     }
@@ -135,10 +143,23 @@ impl Link {
         self.in_burst
     }
 
+    /// Is `data` the first RTP packet of a stream whose first packet this link loses?
+    fn first_of_its_stream(&mut self, data: &[u8]) -> bool {
+        let Some(pt) = self.spec.lose_first_of_payload_type else {
+            return false;
+        };
+        // RTP version 2; RTCP's packet types (200-206) never match a dynamic payload type.
+        if data.len() < 12 || data[0] >> 6 != 2 || data[1] & 0x7f != pt {
+            return false;
+        }
+        let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        self.streams_seen.insert(ssrc)
+    }
+
     /// A datagram enters the link at `now`: it is lost, dropped by the full queue, or held
     /// until its release time.
     pub fn push(&mut self, now: Instant, addr: SocketAddr, data: Vec<u8>) {
-        if self.lose() {
+        if self.lose() || self.first_of_its_stream(&data) {
             self.stats.lost += 1;
             return;
         }

@@ -37,6 +37,7 @@ impl SfuParticipant {
     ) -> anyhow::Result<SfuParticipant> {
         let started = Instant::now();
         let name = spec.name.clone();
+        let answer_delay = spec.answer_delay;
         control
             .open_session(room, &name, role, Rights::default())
             .await?;
@@ -67,6 +68,7 @@ impl SfuParticipant {
                         let _exchange = lock.lock().await;
                         match d.accept_offer(key, sdp).await {
                             Ok(answer) => {
+                                tokio::time::sleep(answer_delay).await;
                                 if let Err(e) = c.answer(&r, &n, answer).await {
                                     tracing::warn!(participant = %n, "answering the SFU's offer failed: {e}");
                                 }

@@ -383,7 +383,9 @@ impl Session {
                         vec![]
                     }
                     SdpKind::Offer => {
-                        match self.driver.accept_offer(key, description.sdp.clone()).await {
+                        let applied = self.driver.accept_offer(key, description.sdp.clone()).await;
+                        tokio::time::sleep(self.spec.answer_delay).await;
+                        match applied {
                             Ok(answer) => vec![ClientMessage::Sdp {
                                 description: Description {
                                     kind: SdpKind::Answer,

@@ -135,6 +135,7 @@ pub struct Metrics {
     pub control_refused: IntCounterVec,
     pub sessions_closed: IntCounterVec,
     pub nacked_packets: IntCounter,
+    pub unanswerable_nacks: IntCounter,
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub layer_switches: IntCounterVec,
@@ -264,6 +265,10 @@ impl Metrics {
             nacked_packets: counter(
                 "metaclinic_sfu_nacked_packets_total",
                 "Packets subscribers asked to be sent again (NACK)",
+            ),
+            unanswerable_nacks: counter(
+                "metaclinic_sfu_nacks_unanswerable_total",
+                "Packets subscribers NACKed that the SFU never sent or no longer holds (answered with a keyframe request)",
             ),
             retransmissions: counter(
                 "metaclinic_sfu_retransmissions_total",

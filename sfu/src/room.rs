@@ -190,9 +190,11 @@ impl Publication {
 
     /// Some subscriber still waits for its first keyframe and we last asked a while ago.
     pub fn keyframe_overdue(&self, now: Instant) -> bool {
-        self.subscribers
-            .iter()
-            .any(|s| s.ready && s.down.is_waiting_for_keyframe())
+        !self.muted
+            && self
+                .subscribers
+                .iter()
+                .any(|s| s.ready && s.down.is_waiting_for_keyframe())
             && self
                 .last_keyframe_request
                 .is_none_or(|t| now.duration_since(t) >= KEYFRAME_WAIT_RETRY)

@@ -22,6 +22,12 @@ pub struct RemoteTrackStats {
     pub packets: u64,
     pub bytes: u64,
     pub lost: u64,
+    /// Packets that arrived more than one ahead of the highest before them: holes in the
+    /// numbering as it arrived, repaired later or not (on a lossless link, the SFU's doing).
+    pub seq_gaps: u64,
+    /// The most media time between two packets adjacent in the numbering (RTP timestamps,
+    /// in ms): a frame's worth normally; more where the stream was interrupted and resumed.
+    pub max_media_gap_ms: f64,
     /// Video frames completed (marker bit) or audio packets.
     pub frames: u64,
     /// Video frames of which every packet arrived (late ones included), and frames given up
@@ -58,6 +64,8 @@ pub(super) struct RemoteTrack {
     pub(super) latency_us: Histogram<u64>,
     pub(super) first_seq: Option<u16>,
     pub(super) highest_seq: u16,
+    /// The timestamp of the packet numbered `highest_seq`.
+    pub(super) highest_ts: Option<u32>,
     pub(super) wraps: u64,
     pub(super) frames: FrameAssembly,
     /// Arrival minus send time of the previous marked packet, microseconds.
@@ -82,6 +90,8 @@ impl RemoteTrack {
                 packets: 0,
                 bytes: 0,
                 lost: 0,
+                seq_gaps: 0,
+                max_media_gap_ms: 0.0,
                 frames: 0,
                 frames_complete: 0,
                 frames_incomplete: 0,
@@ -109,6 +119,7 @@ impl RemoteTrack {
                 .expect("static histogram bounds"),
             first_seq: None,
             highest_seq: 0,
+            highest_ts: None,
             wraps: 0,
             frames: FrameAssembly::default(),
             last_transit_us: None,
@@ -127,12 +138,23 @@ impl RemoteTrack {
             None => {
                 self.first_seq = Some(p.sequence_number);
                 self.highest_seq = p.sequence_number;
+                self.highest_ts = Some(p.timestamp);
             }
             Some(_) if seq_is_newer(p.sequence_number, self.highest_seq) => {
+                if p.sequence_number != self.highest_seq.wrapping_add(1) {
+                    s.seq_gaps += 1;
+                } else if let Some(last_ts) = self.highest_ts {
+                    let ticks = p.timestamp.wrapping_sub(last_ts);
+                    if ticks < 0x8000_0000 {
+                        let ms = f64::from(ticks) * 1000.0 / f64::from(s.codec.clock_rate());
+                        s.max_media_gap_ms = s.max_media_gap_ms.max(ms);
+                    }
+                }
                 if p.sequence_number < self.highest_seq {
                     self.wraps += 1;
                 }
                 self.highest_seq = p.sequence_number;
+                self.highest_ts = Some(p.timestamp);
             }
             Some(_) => {}
         }

@@ -66,6 +66,9 @@ pub struct ParticipantSpec {
     /// The local address its socket binds to (and its host candidate names): loopback for
     /// a server on this machine, the routed interface's address for one elsewhere.
     pub bind_ip: std::net::IpAddr,
+    /// How long it takes to answer the SFU's offers (a slow phone, a slow link to
+    /// signaling): the answer goes this long after the offer arrived.
+    pub answer_delay: Duration,
 }
 
 impl ParticipantSpec {
@@ -79,6 +82,7 @@ impl ParticipantSpec {
             downlink: None,
             tcp_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            answer_delay: Duration::ZERO,
         }
     }
 

@@ -136,6 +136,19 @@ impl DownTrack {
         needs_keyframe
     }
 
+    /// The SFU withholds this stream for a while (the publisher is muted, the subscriber
+    /// cannot take packets): what comes after continues the subscriber's numbering from the
+    /// last packet sent, so the break never shows as loss nobody can repair. Video resumes on
+    /// a keyframe, as after a layer switch; audio with the next packet. Returns true when
+    /// the resume needs a keyframe.
+    pub fn interrupt(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Forwarding { .. }) {
+            return false;
+        }
+        self.phase = Phase::Paused;
+        self.codec.kind() == MediaKind::Video
+    }
+
     pub fn decide(&mut self, pkt: &RtpPacket, layer: u8, now: Instant) -> Forward {
         let current = self.current_layer();
         if pkt.is_padding_only() {
@@ -461,6 +474,41 @@ mod tests {
         let resumed = dt.decide(&vp8(5, 12_000, 5, true), 0, t0 + Duration::from_secs(1));
         assert_eq!(sent(&resumed), (12, 93_000));
         assert_eq!(dt.switches, 0, "a resume is not a switch");
+    }
+
+    #[test]
+    fn an_interrupted_video_resumes_on_a_keyframe_without_a_gap() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(Codec::Vp8, 9, 100, 0);
+        assert!(!dt.interrupt(), "nothing forwarded yet: nothing to resume");
+        sent(&dt.decide(&vp8(1, 0, 1, true), 0, t0));
+        sent(&dt.decide(&vp8(2, 3000, 2, false), 0, t0));
+        // Packets 3 and 4 are withheld (say, the publisher is muted).
+        assert!(dt.interrupt(), "video resumes on a keyframe");
+        assert!(dt.is_waiting_for_keyframe());
+        assert_eq!(
+            dt.decide(&vp8(5, 15_000, 5, false), 0, t0),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+        let f = dt.decide(&vp8(6, 18_000, 6, true), 0, t0 + Duration::from_millis(100));
+        assert_eq!(
+            sent(&f).0,
+            102,
+            "the numbering goes on from the last packet sent"
+        );
+        assert_eq!(dt.switches, 0);
+    }
+
+    #[test]
+    fn an_interrupted_audio_stream_goes_on_with_the_next_packet() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(Codec::Opus, 7, 10, 0);
+        assert_eq!(dt.decide(&pkt(500, 960, b"x"), 0, t0), send(10, 0));
+        assert!(!dt.interrupt(), "audio needs no keyframe");
+        // 501..=549 withheld; 550 comes a second later and follows 10 directly.
+        let f = dt.decide(&pkt(550, 48_960, b"x"), 0, t0 + Duration::from_secs(1));
+        assert_eq!(sent(&f), (11, 48_000));
+        assert_eq!(dt.decide(&pkt(551, 49_920, b"x"), 0, t0), send(12, 48_960));
     }
 
     #[test]

@@ -477,6 +477,13 @@ impl Shard {
                 && p.muted != muted
             {
                 p.muted = muted;
+                if muted {
+                    // What the subscribers get after the unmute follows on from what they
+                    // had, with no hole to NACK (video from the keyframe asked for below).
+                    for sub in &mut p.subscribers {
+                        sub.down.interrupt();
+                    }
+                }
                 changed.push(track);
             }
         }

@@ -158,6 +158,9 @@ impl Shard {
                 continue;
             };
             if !ss.peer.outbound_ready(sub.outbound) {
+                // A stream already flowing resumes gap-free (video on a keyframe, which the
+                // keyframe retry asks for once the subscriber can take packets again).
+                sub.down.interrupt();
                 tally.drop(DropReason::SubscriberNotReady);
                 continue;
             }

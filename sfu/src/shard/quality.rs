@@ -47,6 +47,10 @@ impl Shard {
             let nacks = c.nacked_packets.saturating_sub(before.nacked_packets);
             let retransmissions = c.retransmissions.saturating_sub(before.retransmissions);
             metrics.nacked_packets.inc_by(nacks);
+            metrics.unanswerable_nacks.inc_by(
+                c.unanswerable_nacks
+                    .saturating_sub(before.unanswerable_nacks),
+            );
             metrics.retransmissions.inc_by(retransmissions);
             let kbps = |bytes: u64| round1(bytes as f64 * 8.0 / elapsed / 1000.0);
             let quality = QualityReport {

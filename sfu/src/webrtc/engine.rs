@@ -19,7 +19,7 @@ use crate::media::Codec;
 
 /// Payload types we offer. Answers keep the offerer's numbers; the SFU maps per subscriber.
 const PT_OPUS: u8 = 111;
-const PT_VP8: u8 = 96;
+pub const PT_VP8: u8 = 96;
 const PT_H264: u8 = 102;
 
 /// The H.264 flavour every browser can decode: constrained baseline, non-interleaved.

@@ -40,7 +40,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use dtls_replay::FlightReplay;
-pub use engine::{H264_FMTP, Side};
+pub use engine::{H264_FMTP, PT_VP8, Side};
 
 use crate::media::{Codec, Feedback, MediaKind, RtpPacket};
 
@@ -175,6 +175,8 @@ pub struct LinkCounters {
     /// Packets the remote side NACKed (asked for again), and our retransmissions.
     pub nacked_packets: u64,
     pub retransmissions: u64,
+    /// Packets NACKed that were never sent or are no longer held: answered with a keyframe.
+    pub unanswerable_nacks: u64,
     /// Worst interarrival jitter of what we receive, milliseconds.
     pub jitter_ms: Option<f64>,
     /// From the remote side's latest receiver reports: round trip and loss it saw.
@@ -244,6 +246,8 @@ pub struct Peer {
     /// chain tells them.
     chain: std::sync::Arc<feedback::ChainShared>,
     state: ConnectionState,
+    /// The connection has been up (DTLS done): sending before would only fail.
+    connected_once: bool,
 }
 
 impl Peer {
@@ -276,6 +280,7 @@ impl Peer {
             rtp_written: 0,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
+            connected_once: false,
         })
     }
 
@@ -393,7 +398,14 @@ impl Peer {
         self.pc
             .set_local_description(now, offer)
             .map_err(PeerError::setup)?;
-        self.offered = self.outbound.keys().copied().collect();
+        // Only what this offer adds waits for the answer: tracks negotiated before keep
+        // flowing, so nobody in the call notices someone joining.
+        self.offered = self
+            .outbound
+            .iter()
+            .filter(|(_, o)| o.payload_type.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         self.awaiting_answer = true;
         self.local_sdp()
     }
@@ -662,11 +674,14 @@ impl Peer {
         Some(pt)
     }
 
-    /// Can `id` carry media: negotiated, and not waiting for the answer that adds it?
+    /// Can `id` carry media: the connection was up once (SRTP keyed), the track is
+    /// negotiated, and it is not waiting for the answer that adds it?
     pub fn outbound_ready(&self, id: OutboundId) -> bool {
-        self.outbound
-            .get(&id)
-            .is_some_and(|o| o.payload_type.is_some())
+        self.connected_once
+            && self
+                .outbound
+                .get(&id)
+                .is_some_and(|o| o.payload_type.is_some())
             && !self.offered.contains(&id)
     }
 
@@ -832,10 +847,10 @@ impl Peer {
         // rtc counts only RTX as retransmissions; plain NACK answers show up as packets sent
         // that we never wrote.
         c.retransmissions = packets_sent.saturating_sub(self.rtp_written);
-        c.nacked_packets = self
-            .chain
-            .nacks
-            .named
+        let nacks = &self.chain.nacks;
+        c.nacked_packets = nacks.named.load(std::sync::atomic::Ordering::Relaxed);
+        c.unanswerable_nacks = nacks
+            .unanswerable
             .load(std::sync::atomic::Ordering::Relaxed);
         for e in report.iter() {
             if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {
@@ -1004,6 +1019,7 @@ impl Peer {
                     RTCPeerConnectionState::Closed => ConnectionState::Closed,
                     _ => ConnectionState::Connecting,
                 };
+                self.connected_once |= state == ConnectionState::Connected;
                 if state != self.state {
                     self.state = state;
                     self.pending.push_back(PeerOutput::State(state));

@@ -11,6 +11,13 @@
 //!
 //! As libwebrtc's sender does (its retransmission rate limiter is the target bitrate), which
 //! is why browsers never storm.
+//!
+//! A NACK for a packet this connection never sent (or sent too long ago for the responder's
+//! buffer) cannot be answered at all: the receiver would wait for it until its own keyframe
+//! request, seconds later, with the picture frozen. The filter turns such a NACK into a
+//! keyframe request (PLI) for the application, which asks the publisher at once. A packet
+//! the SFU has not sent *yet* (lost on the publisher's side, its retransmission on the way)
+//! gets [`HOLE_GRACE`] before it counts as never coming.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
 };
@@ -37,12 +45,90 @@ const ASSUMED_PACKET_BITS: f64 = 1_000.0 * 8.0;
 const DEFAULT_BUDGET_PER_S: f64 = 200.0;
 /// Packets remembered (the responder's own buffer is smaller).
 const REMEMBERED: usize = 4096;
+/// How long a packet NACKed but not sent yet may still come (the SFU's own NACK upstream
+/// and the publisher's retransmission) before the receiver is given a keyframe instead.
+const HOLE_GRACE: Duration = Duration::from_millis(200);
+/// Holes remembered with the time they were first named.
+const REMEMBERED_HOLES: usize = 256;
+/// Sequence numbers remembered as sent, per SSRC: the NACK responder's buffer (rtc's
+/// default, 1024 packets), so a packet outside it cannot be answered either.
+const SENT_WINDOW: u16 = 1024;
 
-/// Counters the peer reports: packets named by NACKs (once each) and resends let through.
+/// Counters the peer reports: packets named by NACKs (once each), resends let through, and
+/// packets named that were never sent or are no longer held.
 #[derive(Debug, Default)]
 pub(super) struct NackCounters {
     pub named: AtomicU64,
     pub allowed: AtomicU64,
+    pub unanswerable: AtomicU64,
+}
+
+/// Which of the last [`SENT_WINDOW`] sequence numbers of one SSRC went out.
+struct SentWindow {
+    ssrc: u32,
+    highest: u16,
+    bits: [u64; SENT_WINDOW as usize / 64],
+}
+
+impl SentWindow {
+    fn new(ssrc: u32, seq: u16) -> Self {
+        let mut w = SentWindow {
+            ssrc,
+            highest: seq,
+            bits: [0; SENT_WINDOW as usize / 64],
+        };
+        w.set(seq);
+        w
+    }
+
+    fn set(&mut self, seq: u16) {
+        let i = usize::from(seq % SENT_WINDOW);
+        self.bits[i / 64] |= 1 << (i % 64);
+    }
+
+    fn clear(&mut self, seq: u16) {
+        let i = usize::from(seq % SENT_WINDOW);
+        self.bits[i / 64] &= !(1 << (i % 64));
+    }
+
+    fn record(&mut self, seq: u16) {
+        let ahead = seq.wrapping_sub(self.highest);
+        if ahead != 0 && ahead < 0x8000 {
+            // Newer: the slots skipped over are not sent (yet); a jump beyond the window
+            // forgets everything.
+            if ahead >= SENT_WINDOW {
+                self.bits = [0; SENT_WINDOW as usize / 64];
+            } else {
+                for s in 1..ahead {
+                    self.clear(self.highest.wrapping_add(s));
+                }
+            }
+            self.highest = seq;
+        } else if self.highest.wrapping_sub(seq) >= SENT_WINDOW {
+            return;
+        }
+        self.set(seq);
+    }
+
+    /// Where `seq` stands: sent and held, not sent (yet), or beyond the window.
+    fn lookup(&self, seq: u16) -> Sent {
+        if self.highest.wrapping_sub(seq) >= SENT_WINDOW {
+            return Sent::Gone;
+        }
+        let i = usize::from(seq % SENT_WINDOW);
+        if self.bits[i / 64] & (1 << (i % 64)) != 0 {
+            Sent::Held
+        } else {
+            Sent::NotYet
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Held,
+    NotYet,
+    Gone,
 }
 
 pub(super) struct NackFilter {
@@ -52,6 +138,10 @@ pub(super) struct NackFilter {
     order: VecDeque<(u32, u16)>,
     tokens: f64,
     refilled: Option<Instant>,
+    /// What went out, per SSRC we send on (a handful per connection).
+    sent: Vec<SentWindow>,
+    /// Packets NACKed before they were sent, and when they were first named.
+    holes: VecDeque<((u32, u16), Instant)>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
@@ -61,6 +151,8 @@ impl NackFilter {
         NackFilter {
             shared,
             resent: HashMap::new(),
+            sent: Vec::new(),
+            holes: VecDeque::new(),
             order: VecDeque::new(),
             tokens: 0.0,
             refilled: None,
@@ -85,11 +177,61 @@ impl NackFilter {
         self.tokens = (self.tokens + per_s * elapsed).min(per_s / 10.0 + 1.0);
     }
 
-    /// The sequence numbers of `nack` that may be resent now.
-    fn allow(&mut self, now: Instant, nack: &TransportLayerNack) -> Vec<u16> {
+    fn record_sent(&mut self, ssrc: u32, seq: u16) {
+        match self.sent.iter_mut().find(|w| w.ssrc == ssrc) {
+            Some(w) => w.record(seq),
+            None => self.sent.push(SentWindow::new(ssrc, seq)),
+        }
+    }
+
+    /// A packet named that is not held: gone for good, or not sent for [`HOLE_GRACE`]?
+    /// Each hole counts once.
+    fn never_coming(&mut self, now: Instant, key: (u32, u16), sent: Sent) -> bool {
+        // Holes filled since, or never named again, age out (they are in time order).
+        while self
+            .holes
+            .front()
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) > HOLE_GRACE * 10)
+        {
+            self.holes.pop_front();
+        }
+        let first = self.holes.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
+        let gone = match (sent, first) {
+            (Sent::Gone, _) => true,
+            (_, Some(t)) => now.saturating_duration_since(t) >= HOLE_GRACE,
+            (_, None) => {
+                if self.holes.len() >= REMEMBERED_HOLES {
+                    self.holes.pop_front();
+                }
+                self.holes.push_back((key, now));
+                false
+            }
+        };
+        if gone {
+            self.holes.retain(|(k, _)| *k != key);
+        }
+        gone
+    }
+
+    /// The sequence numbers of `nack` that may be resent now, and whether it named a packet
+    /// that cannot be resent at all (never sent, or no longer held).
+    fn allow(&mut self, now: Instant, nack: &TransportLayerNack) -> (Vec<u16>, bool) {
         let mut out = Vec::new();
+        let mut unanswerable = false;
+        let window = self.sent.iter().position(|w| w.ssrc == nack.media_ssrc);
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
+                let sent = window.map_or(Sent::Held, |w| self.sent[w].lookup(seq));
+                if sent != Sent::Held {
+                    if self.never_coming(now, (nack.media_ssrc, seq), sent) {
+                        self.shared
+                            .nacks
+                            .unanswerable
+                            .fetch_add(1, Ordering::Relaxed);
+                        unanswerable = true;
+                    }
+                    continue;
+                }
                 let key = (nack.media_ssrc, seq);
                 let (last, resends) = match self.resent.get(&key) {
                     Some(&(last, n)) => (last, n),
@@ -116,7 +258,7 @@ impl NackFilter {
                 out.push(seq);
             }
         }
-        out
+        (out, unanswerable)
     }
 }
 
@@ -147,7 +289,18 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackFilter {
                 kept.push(p);
                 continue;
             };
-            let allowed = self.allow(now, nack);
+            let (allowed, unanswerable) = self.allow(now, nack);
+            if unanswerable {
+                // First in the compound: rtc hands a compound to the track its first
+                // packet names.
+                kept.insert(
+                    0,
+                    Box::new(PictureLossIndication {
+                        sender_ssrc: nack.sender_ssrc,
+                        media_ssrc: nack.media_ssrc,
+                    }),
+                );
+            }
             if !allowed.is_empty() {
                 kept.push(Box::new(TransportLayerNack {
                     sender_ssrc: nack.sender_ssrc,
@@ -169,6 +322,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackFilter {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtp(p) = &msg.message.packet {
+            self.record_sent(p.header.ssrc, p.header.sequence_number);
+        }
         self.write.push_back(msg);
         Ok(())
     }
@@ -264,6 +420,71 @@ mod tests {
         let n = passed(&mut f).len();
         assert!(n <= 45, "{n} resends in 100 ms");
         assert!(n > 0);
+    }
+
+    fn send(f: &mut NackFilter, ssrc: u32, seq: u16) {
+        let mut p = rtc::rtp::packet::Packet::default();
+        p.header.ssrc = ssrc;
+        p.header.sequence_number = seq;
+        f.handle_write(TransportMessage {
+            now: Instant::now(),
+            transport: TransportContext::default(),
+            message: rtc::interceptor::AttributedPacket::new(Packet::Rtp(p)),
+        })
+        .unwrap();
+        while f.poll_write().is_some() {}
+    }
+
+    fn plis(f: &mut NackFilter) -> (Vec<u16>, usize) {
+        let mut nacked = Vec::new();
+        let mut plis = 0;
+        while let Some(m) = f.poll_read() {
+            if let Packet::Rtcp(ps) = &m.message.packet {
+                for p in ps {
+                    if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                        nacked.extend(n.nacks.iter().flat_map(NackPair::packet_list));
+                    }
+                    plis +=
+                        usize::from(p.as_any().downcast_ref::<PictureLossIndication>().is_some());
+                }
+            }
+        }
+        (nacked, plis)
+    }
+
+    #[test]
+    fn a_nack_for_a_packet_never_sent_becomes_a_keyframe_request() {
+        let (mut f, counters) = filter();
+        // 294 and 296 went out; 295 never did. Across the wrap as well.
+        for seq in [65534, 65535, 0, 294, 296] {
+            send(&mut f, 7, seq);
+        }
+        let t0 = Instant::now();
+        f.handle_read(nack_at(t0, &[294])).unwrap();
+        assert_eq!(plis(&mut f), (vec![294], 0), "a sent packet is resent");
+        // 295 may still come (the publisher's retransmission): not yet a keyframe.
+        f.handle_read(nack_at(t0, &[295, 296])).unwrap();
+        assert_eq!(plis(&mut f), (vec![296], 0));
+        f.handle_read(nack_at(t0 + Duration::from_millis(100), &[295]))
+            .unwrap();
+        assert_eq!(plis(&mut f), (vec![], 0));
+        // Still not sent after the grace: the hole asks for a keyframe, once.
+        f.handle_read(nack_at(t0 + HOLE_GRACE, &[295])).unwrap();
+        assert_eq!(plis(&mut f), (vec![], 1), "the hole asks for a keyframe");
+        assert_eq!(counters.nacks.unanswerable.load(Ordering::Relaxed), 1);
+        // A hole filled in time is resent like any other packet.
+        send(&mut f, 7, 298);
+        f.handle_read(nack_at(t0, &[297])).unwrap();
+        send(&mut f, 7, 297);
+        f.handle_read(nack_at(t0 + HOLE_GRACE * 2, &[297])).unwrap();
+        assert_eq!(plis(&mut f), (vec![297], 0));
+        // Older than the responder's buffer: gone at once.
+        for seq in 299..299 + SENT_WINDOW {
+            send(&mut f, 7, seq);
+        }
+        f.handle_read(nack_at(t0 + HOLE_GRACE * 3, &[296])).unwrap();
+        assert_eq!(plis(&mut f), (vec![], 1));
+        assert_eq!(counters.nacks.unanswerable.load(Ordering::Relaxed), 2);
     }
 
     #[test]

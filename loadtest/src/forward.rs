@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::driver::ClientDriver;
-use crate::local::{LocalSfu, metric_value, process_cpu_seconds, process_rss_kb, sibling_binary};
+use crate::local::{
+    LocalSfu, metric_value, process_cpu_seconds, process_rss_kb, sibling_binary, thread_cpu_seconds,
+};
 use crate::netem::LinkSpec;
 use crate::participant::{ParticipantSpec, VideoSpec};
 use crate::sfu_client::SfuParticipant;
@@ -56,6 +58,9 @@ pub struct ForwardArgs {
     /// is the top one's); each subscriber gets the one its bandwidth carries.
     #[arg(long)]
     pub simulcast: bool,
+    /// Create every room at once (the top of the hour in a clinic), not one after another.
+    #[arg(long)]
+    pub burst: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +76,8 @@ pub struct ForwardReport {
     pub fwd_pkts_per_s: f64,
     pub sfu_cpu_s: f64,
     pub sfu_cpu_pct: f64,
+    /// Each media thread's CPU over the window, percent of one core (`media-0` first).
+    pub sfu_thread_cpu_pct: Vec<f64>,
     pub cpu_us_per_fwd_pkt: f64,
     pub received_pkts: u64,
     pub lost_pkts: u64,
@@ -193,10 +200,20 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         simulcast: args.simulcast,
         ..VideoSpec::default()
     });
+    let rooms: Vec<String> = (0..args.rooms).map(|r| format!("bench-{r}")).collect();
+    if args.burst {
+        let created =
+            futures_util::future::join_all(rooms.iter().map(|r| control.create_room(r))).await;
+        for c in created {
+            c?;
+        }
+    } else {
+        for room in &rooms {
+            control.create_room(room).await?;
+        }
+    }
     let mut jobs = Vec::new();
-    for r in 0..args.rooms {
-        let room = format!("bench-{r}");
-        control.create_room(&room).await?;
+    for (r, room) in rooms.iter().enumerate() {
         for i in 0..per_room {
             let publisher = i < args.publishers;
             let name = if publisher {
@@ -276,6 +293,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     }
     let t0 = Instant::now();
     let m0 = control.metrics().await?;
+    let threads0 = thread_cpu_seconds(sfu.pid(), "media-")?;
     let (cpu0, own0, fwd0, rx0) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
@@ -284,6 +302,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let m1 = control.metrics().await?;
+    let threads1 = thread_cpu_seconds(sfu.pid(), "media-")?;
     let (cpu1, own1, fwd1, rx1) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
@@ -324,6 +343,16 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         fwd_pkts_per_s: fwd_pkts as f64 / elapsed,
         sfu_cpu_s,
         sfu_cpu_pct: 100.0 * sfu_cpu_s / elapsed,
+        sfu_thread_cpu_pct: threads1
+            .iter()
+            .map(|(name, s1)| {
+                let s0 = threads0
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0.0, |t| t.1);
+                (100.0 * (s1 - s0) / elapsed * 10.0).round() / 10.0
+            })
+            .collect(),
         cpu_us_per_fwd_pkt: if fwd_pkts > 0 {
             sfu_cpu_s * 1e6 / fwd_pkts as f64
         } else {
@@ -368,6 +397,7 @@ pub fn summary(r: &ForwardReport) -> String {
         "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s){sim}\n\
          \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\
          \x20 SFU CPU     {cpu:.2} s ({pct:.1}% of one core), {us:.2} us per forwarded packet, RSS {rss} KiB\n\
+         \x20 per thread  {threads} (% of one core, media-0 first)\n\
          \x20 SFU I/O     {rb:.1} datagrams per recvmmsg, {sb:.1} per sendmmsg\n\
          \x20 received    {rx} packets, lost {lost} ({loss:.3}%: audio {aloss:.3}%, video {vloss:.3}%)\n\
          \x20 latency     p50 {p50:.2} ms, p99 {p99:.2} ms (sender to receiver, one clock)\n\
@@ -375,6 +405,12 @@ pub fn summary(r: &ForwardReport) -> String {
          \x20 client CPU  {ccpu:.2} s ({cus:.2} us per received packet)\n\
          \x20 recovery    {ll}% link loss each way: {nacked} packets NACKed, {rtx} retransmitted ({ans:.1}%)",
         sim = if r.simulcast { ", simulcast" } else { "" },
+        threads = r
+            .sfu_thread_cpu_pct
+            .iter()
+            .map(|p| format!("{p:.1}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         ll = r.link_loss_pct,
         nacked = r.nacked_pkts,
         rtx = r.retransmitted_pkts,

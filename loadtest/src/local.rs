@@ -66,6 +66,34 @@ pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / ticks)
 }
 
+/// CPU seconds (user + system) of each thread of a process whose name starts with
+/// `prefix`, by name, from /proc/<pid>/task/*/stat.
+pub fn thread_cpu_seconds(pid: u32, prefix: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) else {
+            continue;
+        };
+        let (u, s): (f64, f64) = (u.parse()?, s.parse()?);
+        threads.push((name.to_owned(), (u + s) / ticks));
+    }
+    threads.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(threads)
+}
+
 /// Resident memory of a process in KiB, from /proc/<pid>/status.
 pub fn process_rss_kb(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -82,6 +82,9 @@ pub struct RoomsConfig {
     pub max_participants: usize,
     /// Most rooms on this node.
     pub max_rooms: usize,
+    /// A media thread busier than this share of its wall time, in percent, takes no new
+    /// rooms or participants (`overloaded`; a shared room answers `room_full`).
+    pub max_thread_busy_pct: u8,
 }
 
 /// What the node does on SIGTERM: no new rooms, existing rooms run to their end.
@@ -161,6 +164,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             max_participants: 16,
             max_rooms: 5000,
+            max_thread_busy_pct: 80,
         }
     }
 }
@@ -288,6 +292,9 @@ impl SfuConfig {
                 problem: e.to_string(),
             });
         }
+        if !(1..=100).contains(&self.rooms.max_thread_busy_pct) {
+            return invalid("rooms.max_thread_busy_pct", "must be from 1 to 100");
+        }
         if self.rooms.max_rooms == 0 {
             return invalid("rooms.max_rooms", "must be at least 1");
         }
@@ -347,6 +354,11 @@ impl SfuConfig {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
+    }
+
+    /// `rooms.max_thread_busy_pct` as a share (0 to 1).
+    pub fn max_thread_busy(&self) -> f64 {
+        f64::from(self.rooms.max_thread_busy_pct) / 100.0
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -17,6 +17,8 @@ pub enum ControlError {
     RoomFull,
     #[error("this node takes no more rooms")]
     NodeFull,
+    #[error("this node's media threads are too busy for more: place the room elsewhere")]
+    Overloaded,
     #[error("this node is draining: it takes no new rooms; place the room on another node")]
     Draining,
     #[error("unsupported room kind")]
@@ -53,6 +55,7 @@ impl ControlError {
             ControlError::TrackNotFound => "track_not_found",
             ControlError::RoomFull => "room_full",
             ControlError::NodeFull => "node_full",
+            ControlError::Overloaded => "overloaded",
             ControlError::Draining => "draining",
             ControlError::UnsupportedRoomKind => "unsupported_room_kind",
             ControlError::RoomKindMismatch => "room_kind_mismatch",
@@ -85,7 +88,10 @@ impl ControlError {
             | ControlError::NoPendingOffer
             | ControlError::RoomKindMismatch => 409,
             ControlError::PayloadTooLarge => 413,
-            ControlError::NodeFull | ControlError::Draining | ControlError::Unavailable => 503,
+            ControlError::NodeFull
+            | ControlError::Overloaded
+            | ControlError::Draining
+            | ControlError::Unavailable => 503,
             ControlError::Internal => 500,
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`control`]: the internal HTTP+JSON API signaling drives (and its wire types).
-//! - [`node`]: the node's media threads and which room lives on which.
+//! - [`node`]: the node's media threads and which room lives on which ([`placement`]:
+//!   the choice, and when the node is too busy for more).
 //! - [`shard`]: a media thread: one UDP port, batched I/O, the demultiplexer, timers, and
 //!   the rooms placed on it. No locks or thread hops on the packet path.
 //! - [`room`], [`session`]: who is in a room, what they publish and receive.
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod media;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod registry;
 pub mod room;
 pub mod session;

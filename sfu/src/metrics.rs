@@ -151,6 +151,8 @@ pub struct Metrics {
     /// Time one shared room's mixer takes for a 20 ms tick, and its listeners per shard.
     pub mixer_tick: Histogram,
     pub mixer_listeners: IntGaugeVec,
+    /// Each media thread's busy share of wall time (placement and admission read it).
+    pub media_thread_busy: prometheus::GaugeVec,
     /// 1 while the node drains (takes no new rooms).
     pub draining: IntGauge,
     /// Heartbeats to the node registry, by outcome (ok, error).
@@ -334,6 +336,20 @@ impl Metrics {
                 "Listeners in the shared rooms' mixers, by media thread",
                 &["shard"],
             ),
+            media_thread_busy: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "metaclinic_sfu_media_thread_busy_ratio",
+                        "Share of wall time each media thread spent working (not waiting) over its last second; new rooms and participants go where it is lowest, none beyond rooms.max_thread_busy_pct",
+                    ),
+                    &["shard"],
+                )
+                .expect("static metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             draining: gauge(
                 "metaclinic_sfu_draining",
                 "1 while the node drains: no new rooms, existing rooms run to their end",

@@ -19,6 +19,7 @@ use crate::events::RoomEventEnvelope;
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::MediaKind;
 use crate::metrics::Metrics;
+use crate::placement::{self, ThreadLoad};
 use crate::room::RoomKind;
 use crate::shard::{self, Command, ShardHandle, ShardSettings};
 
@@ -58,6 +59,7 @@ impl Node {
             keyframe_request_interval: std::time::Duration::from_millis(
                 config.rtc.keyframe_request_interval_ms,
             ),
+            max_busy: config.max_thread_busy(),
             tcp_candidate: (config.rtc.tcp_port != 0)
                 .then(|| SocketAddr::new(config.node.announced_ip, config.rtc.tcp_port)),
         };
@@ -202,17 +204,30 @@ impl Node {
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
-    /// The shard with the fewest sessions (then rooms) takes a new room.
-    fn least_loaded_shard(&self) -> usize {
-        (0..self.shards.len())
-            .min_by_key(|&i| {
-                let h = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
-                (
-                    h.load.sessions.load(Ordering::Relaxed),
-                    h.load.rooms.load(Ordering::Relaxed),
-                )
+    /// The media thread for a new room of `kind` (see `placement`): rooms counted from this
+    /// node's own record, which `rooms` holds up to date under its lock, so a burst of
+    /// creations never sees a stale count; busy shares as the threads last measured them.
+    fn place(&self, rooms: &HashMap<RoomId, RoomEntry>, kind: RoomKind) -> Option<usize> {
+        let mut threads: Vec<ThreadLoad> = self
+            .shards
+            .iter()
+            .map(|h| {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner());
+                ThreadLoad {
+                    busy: h.load.busy(),
+                    rooms_measured: h.load.rooms_measured.load(Ordering::Relaxed),
+                    ..Default::default()
+                }
             })
-            .unwrap_or(0)
+            .collect();
+        for r in rooms.values() {
+            let t = &mut threads[r.shard];
+            match r.kind {
+                RoomKind::Consultation => t.consultations += 1,
+                RoomKind::Shared => t.shared_rooms += 1,
+            }
+        }
+        placement::choose(&threads, kind, self.config.max_thread_busy())
     }
 
     /// Create a room, or confirm it exists (idempotent).
@@ -236,7 +251,9 @@ impl Node {
             if rooms.len() >= self.config.rooms.max_rooms {
                 return Err(ControlError::NodeFull);
             }
-            let shard = self.least_loaded_shard();
+            let shard = self
+                .place(&rooms, req.kind)
+                .ok_or(ControlError::Overloaded)?;
             let (events, _) = broadcast::channel(EVENT_BUFFER);
             rooms.insert(
                 req.room.clone(),

@@ -299,6 +299,14 @@ impl Shard {
         if self.rooms[rkey].sessions.len() >= cap {
             return Err(ControlError::RoomFull);
         }
+        // A participant coming back (replaced above) keeps their place; a new one needs
+        // headroom. A shared room that cannot mix one more voice is full.
+        if !replaced && !self.has_headroom() {
+            return Err(match self.rooms[rkey].kind {
+                RoomKind::Consultation => ControlError::Overloaded,
+                RoomKind::Shared => ControlError::RoomFull,
+            });
+        }
         // The ufrag keys the shared-port demultiplexer; it must be unique on this shard.
         // Its first two characters name this shard, so that an ICE-TCP connection (which
         // arrives at the node, not the shard) finds its way here.

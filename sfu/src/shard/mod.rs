@@ -11,6 +11,7 @@
 //! - `media.rs`: peer outputs, forwarding, publications and subscriptions
 
 pub mod allocation;
+mod busy;
 mod commands;
 pub mod demux;
 mod media;
@@ -59,6 +60,16 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 pub struct ShardLoad {
     pub rooms: AtomicUsize,
     pub sessions: AtomicUsize,
+    /// The share of wall time the thread was busy over its last measurement (parts per
+    /// million), and how many rooms it had then.
+    pub busy_ppm: AtomicU64,
+    pub rooms_measured: AtomicUsize,
+}
+
+impl ShardLoad {
+    pub fn busy(&self) -> f64 {
+        self.busy_ppm.load(Ordering::Relaxed) as f64 / 1e6
+    }
 }
 
 /// Settings a shard needs from the node's configuration.
@@ -71,6 +82,8 @@ pub struct ShardSettings {
     pub max_participants: usize,
     pub max_shared_participants: usize,
     pub keyframe_request_interval: Duration,
+    /// Busier than this share of wall time, the thread takes no new participants.
+    pub max_busy: f64,
     /// The node's ICE-TCP candidate (announced address, TCP port), if enabled.
     pub tcp_candidate: Option<SocketAddr>,
 }
@@ -134,6 +147,7 @@ pub(crate) struct Shard {
     tally: ShardTally,
     metrics: Metrics,
     load: Arc<ShardLoad>,
+    busy: busy::BusyMeter,
     next_housekeeping: Instant,
     /// The next 20 ms tick of the shared rooms' spatial mixers (None: no shared room here).
     next_mix: Option<Instant>,
@@ -183,6 +197,7 @@ pub(crate) fn spawn(
         tally: ShardTally::default(),
         metrics,
         load: load.clone(),
+        busy: busy::BusyMeter::new(Instant::now()),
         next_housekeeping: Instant::now() + HOUSEKEEPING_EVERY,
         next_mix: None,
         tcp: Default::default(),
@@ -217,7 +232,10 @@ impl Shard {
                 let next = self.next_mix.map_or(next, |m| m.min(next));
                 Some(next.saturating_duration_since(now))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            self.busy.before_poll(now);
+            let polled = self.poll.poll(&mut events, timeout);
+            self.busy.after_poll(Instant::now());
+            if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 error!(shard = self.index, "poll failed: {e}");
@@ -504,6 +522,24 @@ impl Shard {
         self.load
             .sessions
             .store(self.sessions.len(), Ordering::Relaxed);
+        if let Some(busy) = self.busy.sample(now) {
+            self.load
+                .busy_ppm
+                .store((busy * 1e6) as u64, Ordering::Relaxed);
+            self.load
+                .rooms_measured
+                .store(self.rooms.len(), Ordering::Relaxed);
+            self.metrics
+                .media_thread_busy
+                .with_label_values(&[&self.index.to_string()])
+                .set(busy);
+        }
+    }
+
+    /// Can this thread take one more participant? Not while it is busier than the node
+    /// allows: the calls already here would pay for it in delay and loss.
+    fn has_headroom(&self) -> bool {
+        self.busy.last() < self.settings.max_busy
     }
 
     fn on_peer_panic(&mut self, key: SessionKey, now: Instant) {

@@ -356,6 +356,15 @@ impl SfuConfig {
         }
     }
 
+    /// The spatial mixer's workers: as configured, else one per core. They work only
+    /// during a shared room's tick, while its media thread waits for them.
+    pub fn mixer_threads(&self) -> usize {
+        match self.spatial.mixer_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// `rooms.max_thread_busy_pct` as a share (0 to 1).
     pub fn max_thread_busy(&self) -> f64 {
         f64::from(self.rooms.max_thread_busy_pct) / 100.0

@@ -39,6 +39,8 @@ pub struct Node {
     metrics: Metrics,
     /// The HRTF set, loaded with the first shared room (consultation-only nodes never do).
     hrtf: std::sync::OnceLock<Arc<crate::spatial::HrtfSet>>,
+    /// The workers that mix shared rooms' listeners, started with the first shared room.
+    mixer_pool: std::sync::OnceLock<Arc<rayon::ThreadPool>>,
     /// SIGTERM arrived: no new rooms; the rooms here run to their end.
     draining: AtomicBool,
     /// The node registry (Redis, when configured) took the last heartbeat.
@@ -119,6 +121,7 @@ impl Node {
             rooms: Mutex::new(HashMap::new()),
             metrics,
             hrtf: std::sync::OnceLock::new(),
+            mixer_pool: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             registry_reachable: AtomicBool::new(true),
         });
@@ -322,8 +325,24 @@ impl Node {
                 self.hrtf.get_or_init(|| loaded).clone()
             }
         };
+        let pool = match self.mixer_pool.get() {
+            Some(p) => p.clone(),
+            None => {
+                let workers = self.config.mixer_threads();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(workers)
+                    .thread_name(|i| format!("mixer-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        tracing::error!("cannot start the mixer workers: {e}");
+                        ControlError::Internal
+                    })?;
+                info!(workers, "spatial mixer workers started");
+                self.mixer_pool.get_or_init(|| Arc::new(pool)).clone()
+            }
+        };
         crate::spatial::SpatialMixer::new(self.config.spatial.clone(), hrtf)
-            .map(Box::new)
+            .map(|m| Box::new(m.with_pool(pool)))
             .map_err(|e| {
                 tracing::error!("cannot create a spatial mixer: {e}");
                 ControlError::Internal

@@ -46,6 +46,9 @@ pub struct SpatialConfig {
     /// Radius (m) of the circle on which participants without a pose are placed, facing its
     /// centre (see [`super::pose::default_pose`]).
     pub default_ring_radius_m: f32,
+    /// Workers that mix shared rooms' listeners in parallel, one pool for the whole node.
+    /// 0: one per core.
+    pub mixer_threads: usize,
 }
 
 impl Default for SpatialConfig {
@@ -66,6 +69,7 @@ impl Default for SpatialConfig {
             opus_bitrate_bps: 64_000,
             opus_complexity: 0,
             default_ring_radius_m: 2.0,
+            mixer_threads: 0,
         }
     }
 }
@@ -75,6 +79,9 @@ impl SpatialConfig {
     pub fn validate(&self) -> Result<(), SpatialError> {
         let bad = |what: &'static str| Err(SpatialError::Config(what));
         let finite_pos = |v: f32| v.is_finite() && v > 0.0;
+        if self.mixer_threads > 256 {
+            return bad("mixer_threads must be at most 256");
+        }
         if !(1..=64).contains(&self.max_sources_per_listener) {
             return bad("max_sources_per_listener must be in 1..=64");
         }

@@ -7,18 +7,13 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::config::SpatialConfig;
-use super::dsp::{EarAccumulator, Fft, Limiter, Spectrum, crossfade_window};
-use super::hrtf::{DirIndex, HrtfSet};
+use super::dsp::{Fft, Limiter, Spectrum, crossfade_window};
+use super::hrtf::HrtfSet;
 use super::jitter::JitterStats;
 use super::pose::{Pose, default_pose};
+use super::render::{Audible, ListenerState, Scratch, Shared, SourceFrame};
 use super::source::{AudioPacket, SourceDecoder};
 use super::{FRAME, SAMPLE_RATE, SpatialError};
-
-/// The largest Opus packet we produce (RFC 6716 caps a frame at 1275 bytes).
-const MAX_ENCODED: usize = 1275;
-/// Gain changes smaller than this fraction (~0.17 dB, below what anyone hears) keep the
-/// current filter: walking avatars then cost a crossfade only every few ticks.
-const GAIN_TOLERANCE: f32 = 0.02;
 
 /// What a participant does in the room's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,52 +72,6 @@ impl<P> Participant<P> {
     }
 }
 
-/// A source's frame of this tick, kept per slot.
-struct SourceFrame {
-    generation: u64,
-    audible: bool,
-    was_audible: bool,
-    spectrum: Spectrum,
-}
-
-/// An audible source of this tick, as the listeners' selection sees it.
-#[derive(Clone, Copy)]
-struct Audible {
-    slot: usize,
-    generation: u64,
-    position: [f32; 3],
-    loudness: f32,
-}
-
-/// A (source, listener) pair as rendered: the filter and gain in use.
-#[derive(Clone, Copy)]
-struct Pair {
-    slot: usize,
-    generation: u64,
-    dir: DirIndex,
-    gain: f32,
-}
-
-#[derive(Clone, Copy)]
-struct Candidate {
-    audible: usize,
-    gain: f32,
-    score: f32,
-}
-
-struct ListenerState {
-    pairs: Vec<Pair>,
-    next_pairs: Vec<Pair>,
-    tail_l: Vec<f32>,
-    tail_r: Vec<f32>,
-    out_l: Vec<f32>,
-    out_r: Vec<f32>,
-    /// Interleaved stereo PCM of the last rendered frame.
-    pcm: Vec<f32>,
-    limiter: Limiter,
-    encoder: opus::Encoder,
-}
-
 /// The spatial audio engine of one shared room. `P` is the caller's participant key.
 pub struct SpatialMixer<P> {
     config: SpatialConfig,
@@ -131,14 +80,15 @@ pub struct SpatialMixer<P> {
     frames: Vec<SourceFrame>,
     by_id: HashMap<P, usize>,
     joined: u64,
+    /// The decoding side's transform and frame buffer.
     fft: Fft,
     fade_in: Vec<f32>,
-    main: EarAccumulator,
-    diff: EarAccumulator,
     frame: Vec<f32>,
     audible: Vec<Audible>,
-    candidates: Vec<Candidate>,
-    encoded: Vec<u8>,
+    /// Buffers of each worker that mixes listeners (one without a pool).
+    scratch: Vec<Scratch>,
+    /// Where listeners are mixed in parallel; `None`: on the caller's thread.
+    pool: Option<Arc<rayon::ThreadPool>>,
     stats: MixerStats,
     crossfade: bool,
 }
@@ -167,7 +117,7 @@ fn new_encoder(config: &SpatialConfig) -> Result<opus::Encoder, SpatialError> {
     Ok(enc)
 }
 
-impl<P: Copy + Eq + Hash> SpatialMixer<P> {
+impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
     /// A mixer with no participants. `hrtf` is loaded once per process and shared.
     pub fn new(config: SpatialConfig, hrtf: Arc<HrtfSet>) -> Result<Self, SpatialError> {
         config.validate()?;
@@ -180,15 +130,20 @@ impl<P: Copy + Eq + Hash> SpatialMixer<P> {
             joined: 0,
             fft: Fft::new(),
             fade_in: crossfade_window(),
-            main: EarAccumulator::new(),
-            diff: EarAccumulator::new(),
             frame: vec![0.0; FRAME],
             audible: Vec::new(),
-            candidates: Vec::new(),
-            encoded: vec![0; MAX_ENCODED],
+            scratch: vec![Scratch::new()],
+            pool: None,
             stats: MixerStats::default(),
             crossfade: true,
         })
+    }
+
+    /// Mix listeners on `pool`'s workers (the media thread only waits for them). The
+    /// output is the same as without a pool, sample for sample.
+    pub fn with_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     pub fn config(&self) -> &SpatialConfig {
@@ -359,28 +314,16 @@ impl<P: Copy + Eq + Hash> SpatialMixer<P> {
 
     /// Render one 20 ms tick and encode one Opus stereo frame per listener.
     pub fn tick(&mut self) -> Vec<MixedFrame<P>> {
-        self.render();
-        let mut out = Vec::with_capacity(self.slots.len());
-        for p in self.slots.iter_mut().flatten() {
-            let Some(l) = p.listener.as_deref_mut() else {
-                continue;
-            };
-            match l.encoder.encode_float(&l.pcm, &mut self.encoded) {
-                Ok(n) => out.push(MixedFrame {
-                    listener: p.id,
-                    payload: self.encoded[..n].to_vec(),
-                }),
-                Err(_) => self.stats.encode_errors += 1,
-            }
-        }
-        out
+        self.stats.ticks += 1;
+        self.decode_sources();
+        self.mix_listeners(true)
     }
 
     /// Render one 20 ms tick without encoding: each listener's PCM is then in [`Self::pcm`].
     pub fn render(&mut self) {
         self.stats.ticks += 1;
         self.decode_sources();
-        self.render_listeners();
+        self.mix_listeners(false);
     }
 
     /// Pull one frame from every source; transform the audible ones.
@@ -415,176 +358,75 @@ impl<P: Copy + Eq + Hash> SpatialMixer<P> {
         }
     }
 
-    fn render_listeners(&mut self) {
+    /// Every listener's share of the tick, encoded too when `encode`; on the mixer pool
+    /// when there is one, one chunk of listeners per worker.
+    fn mix_listeners(&mut self, encode: bool) -> Vec<MixedFrame<P>> {
         let SpatialMixer {
             config,
             hrtf,
             slots,
             frames,
-            fft,
             fade_in,
-            main,
-            diff,
             audible,
-            candidates,
+            scratch,
             stats,
             crossfade,
+            pool,
             ..
         } = self;
-        let k = config.max_sources_per_listener;
-        for (my_slot, p) in slots.iter_mut().enumerate() {
-            let Some(p) = p else { continue };
-            let pose = p.pose();
-            let Some(l) = p.listener.as_deref_mut() else {
-                continue;
-            };
-
-            // Pick the K loudest over distance; never oneself (muted sources are not audible).
-            candidates.clear();
-            for (i, a) in audible.iter().enumerate() {
-                if a.slot == my_slot {
+        let shared = Shared {
+            config,
+            hrtf,
+            frames,
+            audible,
+            fade_in,
+            crossfade,
+        };
+        let mix_chunk = |first: usize, chunk: &mut [Option<Participant<P>>], s: &mut Scratch| {
+            let mut out = Vec::new();
+            for (i, p) in chunk.iter_mut().enumerate() {
+                let Some(p) = p else { continue };
+                let pose = p.pose();
+                let Some(l) = p.listener.as_deref_mut() else {
                     continue;
-                }
-                let gain = config.distance_gain(distance(pose.position, a.position));
-                if gain > 0.0 {
-                    candidates.push(Candidate {
-                        audible: i,
-                        gain,
-                        score: a.loudness * gain,
+                };
+                s.render(&shared, first + i, pose, l);
+                if encode && let Some(payload) = s.encode(l) {
+                    out.push(MixedFrame {
+                        listener: p.id,
+                        payload,
                     });
                 }
             }
-            if candidates.len() > k {
-                // Ties go to the earlier slot so the choice is stable from tick to tick.
-                candidates.select_nth_unstable_by(k - 1, |a, b| {
-                    b.score.total_cmp(&a.score).then(a.audible.cmp(&b.audible))
+            out
+        };
+        let frames_out = match pool {
+            Some(pool) if slots.len() > 1 => {
+                use rayon::prelude::*;
+                let workers = pool.current_num_threads().max(1);
+                if scratch.len() < workers {
+                    scratch.resize_with(workers, Scratch::new);
+                }
+                let chunk = slots.len().div_ceil(workers);
+                let parts: Vec<Vec<MixedFrame<P>>> = pool.install(|| {
+                    slots
+                        .par_chunks_mut(chunk)
+                        .zip(scratch.par_iter_mut())
+                        .enumerate()
+                        .map(|(c, (slots, s))| mix_chunk(c * chunk, slots, s))
+                        .collect()
                 });
-                candidates.truncate(k);
+                parts.into_iter().flatten().collect()
             }
-
-            main.clear();
-            let mut any_diff = false;
-            l.next_pairs.clear();
-            for c in candidates.iter() {
-                let a = audible[c.audible];
-                let x = &frames[a.slot].spectrum;
-                let d = pose.direction_to(a.position);
-                let dir = hrtf.nearest(d.azimuth_deg, d.elevation_deg);
-                let old = l
-                    .pairs
-                    .iter()
-                    .find(|o| o.slot == a.slot && o.generation == a.generation);
-                let new = Pair {
-                    slot: a.slot,
-                    generation: a.generation,
-                    dir,
-                    gain: c.gain,
-                };
-                let pair = match old {
-                    Some(o)
-                        if o.dir == dir
-                            && (o.gain - c.gain).abs() <= GAIN_TOLERANCE * o.gain.max(c.gain) =>
-                    {
-                        main.mac(x, &hrtf.spectrum(o.dir), o.gain);
-                        *o
-                    }
-                    Some(o) if *crossfade => {
-                        // Changed: the new filter, plus the old-minus-new part faded out.
-                        if !any_diff {
-                            diff.clear();
-                            any_diff = true;
-                        }
-                        let (h_new, h_old) = (hrtf.spectrum(dir), hrtf.spectrum(o.dir));
-                        main.mac_changed(diff, x, (&h_new, c.gain), (&h_old, o.gain));
-                        stats.crossfades += 1;
-                        new
-                    }
-                    None if *crossfade && frames[a.slot].was_audible => {
-                        // Audible already but culled (or out of range) until now: fade in.
-                        if !any_diff {
-                            diff.clear();
-                            any_diff = true;
-                        }
-                        let h = hrtf.spectrum(dir);
-                        main.mac_changed(diff, x, (&h, c.gain), (&h, 0.0));
-                        stats.crossfades += 1;
-                        new
-                    }
-                    _ => {
-                        // New after silence: nothing was playing, so no step to smooth.
-                        main.mac(x, &hrtf.spectrum(dir), c.gain);
-                        new
-                    }
-                };
-                l.next_pairs.push(pair);
-                stats.rendered_pairs += 1;
-            }
-            // Sources still talking but no longer selected fade out.
-            if *crossfade {
-                for o in l.pairs.iter() {
-                    let f = &frames[o.slot];
-                    let kept = l
-                        .next_pairs
-                        .iter()
-                        .any(|n| n.slot == o.slot && n.generation == o.generation);
-                    if kept || !f.audible || f.generation != o.generation {
-                        continue;
-                    }
-                    if !any_diff {
-                        diff.clear();
-                        any_diff = true;
-                    }
-                    diff.mac(&f.spectrum, &hrtf.spectrum(o.dir), o.gain);
-                    stats.crossfades += 1;
-                }
-            }
-            std::mem::swap(&mut l.pairs, &mut l.next_pairs);
-
-            let silent = l.pairs.is_empty() && !any_diff;
-            let ListenerState {
-                tail_l,
-                tail_r,
-                out_l,
-                out_r,
-                pcm,
-                limiter,
-                ..
-            } = l;
-            if silent {
-                // Nothing new: only the previous frame's tail rings out.
-                out_l.copy_from_slice(tail_l);
-                out_r.copy_from_slice(tail_r);
-                tail_l.fill(0.0);
-                tail_r.fill(0.0);
-            } else {
-                for (re, im, out, tail) in [
-                    (&main.l_re, &main.l_im, &mut *out_l, &mut *tail_l),
-                    (&main.r_re, &main.r_im, &mut *out_r, &mut *tail_r),
-                ] {
-                    let y = fft.inverse(re, im);
-                    for ((o, t), v) in out.iter_mut().zip(tail.iter()).zip(&y[..FRAME]) {
-                        *o = v + t;
-                    }
-                    tail.copy_from_slice(&y[FRAME..]);
-                }
-                if any_diff {
-                    for (re, im, out) in [
-                        (&diff.l_re, &diff.l_im, &mut *out_l),
-                        (&diff.r_re, &diff.r_im, &mut *out_r),
-                    ] {
-                        let y = fft.inverse(re, im);
-                        for ((o, w), v) in out.iter_mut().zip(fade_in.iter()).zip(&y[..FRAME]) {
-                            *o += (1.0 - w) * v;
-                        }
-                    }
-                }
-            }
-            limiter.process(out_l, out_r);
-            for ((frame, lv), rv) in pcm.chunks_exact_mut(2).zip(out_l.iter()).zip(out_r.iter()) {
-                frame[0] = *lv;
-                frame[1] = *rv;
-            }
+            _ => mix_chunk(0, slots, &mut scratch[0]),
+        };
+        for s in scratch.iter_mut() {
+            let part = std::mem::take(&mut s.stats);
+            stats.rendered_pairs += part.rendered_pairs;
+            stats.crossfades += part.crossfades;
+            stats.encode_errors += part.encode_errors;
         }
+        frames_out
     }
 
     /// Disable crossfades, to show that the click test detects their absence.
@@ -592,9 +434,4 @@ impl<P: Copy + Eq + Hash> SpatialMixer<P> {
     pub(crate) fn set_crossfade(&mut self, on: bool) {
         self.crossfade = on;
     }
-}
-
-fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
-    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
-    (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt()
 }

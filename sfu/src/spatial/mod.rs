@@ -19,6 +19,7 @@ pub mod hrtf;
 pub mod jitter;
 mod mixer;
 pub mod pose;
+mod render;
 pub mod roster;
 mod source;
 

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
@@ -25,10 +24,15 @@ pub(super) const TCP_TOKEN_BASE: usize = 1 << 20;
 const MAX_FRAME: usize = 1600;
 /// Queued output per connection; beyond it datagrams are dropped, as a full UDP buffer would.
 const MAX_QUEUED: usize = 512 * 1024;
-/// Connections that have not sent their first check yet, across the node.
-const MAX_PENDING: usize = 64;
-/// Time a new connection has to send its first check.
+/// Connections that have not sent their first check yet, across the node, and from one
+/// client address: a patient's check finds a slot even while someone holds many open.
+const MAX_PENDING: usize = 256;
+const MAX_PENDING_PER_ADDRESS: usize = 4;
+/// Time a new connection has to send its whole first check (not per read: a client that
+/// drips one byte at a time is cut at this deadline all the same).
 const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The first-check threads do little: a small stack each.
+const FIRST_CHECK_STACK: usize = 64 * 1024;
 
 /// Which shard a session's ufrag belongs to (see `Shard::new_ufrag`).
 pub fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
@@ -56,27 +60,28 @@ pub fn spawn_acceptor(
     listener: TcpListener,
     adopt: Arc<dyn Fn(usize, TcpStream, Vec<u8>) -> bool + Send + Sync>,
 ) -> io::Result<()> {
-    let pending = Arc::new(AtomicUsize::new(0));
+    let pending = PendingSlots::new(MAX_PENDING, MAX_PENDING_PER_ADDRESS);
     std::thread::Builder::new()
         .name("ice-tcp-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
-                    pending.fetch_sub(1, Ordering::SeqCst);
-                    continue; // dropped: too many half-open connections
-                }
-                let (pending, adopt) = (pending.clone(), adopt.clone());
+                let Some(slot) = stream.peer_addr().ok().and_then(|a| pending.take(a.ip())) else {
+                    continue; // dropped: too many half-open connections (from there)
+                };
+                let adopt = adopt.clone();
                 let spawned = std::thread::Builder::new()
                     .name("ice-tcp-first".into())
+                    .stack_size(FIRST_CHECK_STACK)
                     .spawn(move || {
-                        if let Some((shard, first)) = first_check(&stream) {
+                        let deadline = Instant::now() + FIRST_CHECK_TIMEOUT;
+                        if let Some((shard, first)) = first_check(&stream, deadline) {
                             let _ = stream.set_read_timeout(None);
                             if !adopt(shard, stream, first) {
                                 debug!("ICE-TCP connection for an unknown shard dropped");
                             }
                         }
-                        pending.fetch_sub(1, Ordering::SeqCst);
+                        drop(slot);
                     });
                 if spawned.is_err() {
                     warn!("cannot start a thread for an ICE-TCP connection");
@@ -86,20 +91,92 @@ pub fn spawn_acceptor(
     Ok(())
 }
 
-/// Read the connection's first frame: a STUN Binding request naming a session's ufrag.
-fn first_check(mut stream: &TcpStream) -> Option<(usize, Vec<u8>)> {
-    stream.set_read_timeout(Some(FIRST_CHECK_TIMEOUT)).ok()?;
+/// Read the connection's first frame, all of it by `deadline`: a STUN Binding request
+/// naming a session's ufrag.
+fn first_check(stream: &TcpStream, deadline: Instant) -> Option<(usize, Vec<u8>)> {
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len).ok()?;
+    read_by(stream, &mut len, deadline)?;
     let len = usize::from(u16::from_be_bytes(len));
     if len == 0 || len > MAX_FRAME {
         return None;
     }
     let mut frame = vec![0u8; len];
-    stream.read_exact(&mut frame).ok()?;
+    read_by(stream, &mut frame, deadline)?;
     match stun::target(&frame) {
         StunTarget::Ufrag(ufrag) => Some((shard_of_ufrag(&ufrag)?, frame)),
         _ => None,
+    }
+}
+
+/// Fill `buf` from `stream` before `deadline`, however the bytes trickle in.
+fn read_by(mut stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Option<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).ok()?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return None,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(())
+}
+
+/// Slots for connections still owing their first check: so many in all, so many from one
+/// address. A slot is given back when its [`PendingSlot`] drops.
+#[derive(Clone)]
+struct PendingSlots {
+    inner: Arc<std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>>,
+    total: usize,
+    per_address: usize,
+}
+
+struct PendingSlot {
+    slots: PendingSlots,
+    ip: std::net::IpAddr,
+}
+
+impl PendingSlots {
+    fn new(total: usize, per_address: usize) -> Self {
+        PendingSlots {
+            inner: Default::default(),
+            total,
+            per_address,
+        }
+    }
+
+    fn take(&self, ip: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_ip) = &mut *guard;
+        let mine = by_ip.entry(ip).or_default();
+        if *all >= self.total || *mine >= self.per_address {
+            return None;
+        }
+        *all += 1;
+        *mine += 1;
+        Some(PendingSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut guard = self.slots.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_ip) = &mut *guard;
+        *all -= 1;
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -280,6 +357,52 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_slots_are_bounded_in_all_and_per_address() {
+        let slots = PendingSlots::new(5, 2);
+        let ip = |n: u8| std::net::IpAddr::from([127, 0, 0, n]);
+        let a1 = slots.take(ip(2)).unwrap();
+        let _a2 = slots.take(ip(2)).unwrap();
+        assert!(slots.take(ip(2)).is_none(), "a third from one address");
+        let _b = [slots.take(ip(3)).unwrap(), slots.take(ip(3)).unwrap()];
+        let _c = slots.take(ip(4)).unwrap();
+        assert!(slots.take(ip(5)).is_none(), "the node's total");
+        drop(a1);
+        assert!(
+            slots.take(ip(5)).is_some(),
+            "a slot given back is free again"
+        );
+    }
+
+    #[test]
+    fn a_first_check_dripped_byte_by_byte_is_cut_at_the_deadline() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dripper = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // A length of 100, then one byte every 100 ms: each read is quick, the whole
+            // frame never comes.
+            let _ = s.write_all(&[0, 100]);
+            for _ in 0..30 {
+                if s.write_all(&[0]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let got = first_check(&stream, Instant::now() + Duration::from_millis(500));
+        assert!(got.is_none());
+        // Cut while the client was still dripping (it goes on for three seconds).
+        assert!(
+            !dripper.is_finished(),
+            "the check waited for the whole drip"
+        );
+        drop(stream);
+        dripper.join().unwrap();
+    }
 
     #[test]
     fn the_shard_is_read_from_the_ufrag() {

@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::config::SpatialConfig;
-use super::dsp::{Fft, Limiter, Spectrum, crossfade_window};
+use super::dsp::{Limiter, Spectrum, crossfade_window};
 use super::hrtf::HrtfSet;
 use super::jitter::JitterStats;
 use super::pose::{Pose, default_pose};
@@ -80,10 +80,7 @@ pub struct SpatialMixer<P> {
     frames: Vec<SourceFrame>,
     by_id: HashMap<P, usize>,
     joined: u64,
-    /// The decoding side's transform and frame buffer.
-    fft: Fft,
     fade_in: Vec<f32>,
-    frame: Vec<f32>,
     audible: Vec<Audible>,
     /// Buffers of each worker that mixes listeners (one without a pool).
     scratch: Vec<Scratch>,
@@ -128,9 +125,7 @@ impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
             frames: Vec::new(),
             by_id: HashMap::new(),
             joined: 0,
-            fft: Fft::new(),
             fade_in: crossfade_window(),
-            frame: vec![0.0; FRAME],
             audible: Vec::new(),
             scratch: vec![Scratch::new()],
             pool: None,
@@ -326,36 +321,63 @@ impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
         self.mix_listeners(false);
     }
 
-    /// Pull one frame from every source; transform the audible ones.
+    /// Pull one frame from every source; transform the audible ones. Sources are decoded
+    /// on the mixer pool too, in chunks; `audible` keeps slot order either way.
     fn decode_sources(&mut self) {
-        let silence = self.config.silence_rms();
-        self.audible.clear();
-        for (slot, p) in self.slots.iter_mut().enumerate() {
-            let f = &mut self.frames[slot];
-            f.was_audible = f.audible;
-            f.audible = false;
-            let Some(p) = p else { continue };
-            let Some(decoder) = p.decoder.as_mut() else {
-                continue;
-            };
-            if !decoder.next_frame(&mut self.frame, !p.muted) {
-                continue;
+        let SpatialMixer {
+            config,
+            slots,
+            frames,
+            audible,
+            scratch,
+            stats,
+            pool,
+            ..
+        } = self;
+        let silence = config.silence_rms();
+        let decode_chunk = |first: usize,
+                            slots: &mut [Option<Participant<P>>],
+                            frames: &mut [SourceFrame],
+                            s: &mut Scratch| {
+            let mut out = Vec::new();
+            for (i, (p, f)) in slots.iter_mut().zip(frames.iter_mut()).enumerate() {
+                f.was_audible = f.audible;
+                f.audible = false;
+                let Some(p) = p else { continue };
+                let Some(decoder) = p.decoder.as_mut() else {
+                    continue;
+                };
+                if let Some(loudness) = s.decode(decoder, !p.muted, silence, &mut f.spectrum) {
+                    f.audible = true;
+                    out.push(Audible {
+                        slot: first + i,
+                        generation: p.generation,
+                        position: p.pose().position,
+                        loudness,
+                    });
+                }
             }
-            let rms = (self.frame.iter().map(|v| v * v).sum::<f32>() / FRAME as f32).sqrt();
-            // Quiet frames (and NaN, which a decoder should never produce) are skipped.
-            if rms.is_nan() || rms < silence || !rms.is_finite() {
-                continue;
+            out
+        };
+        audible.clear();
+        match pool {
+            Some(pool) if slots.len() > 1 => {
+                use rayon::prelude::*;
+                let chunk = chunk_len(slots.len(), pool, scratch);
+                let parts: Vec<Vec<Audible>> = pool.install(|| {
+                    slots
+                        .par_chunks_mut(chunk)
+                        .zip(frames.par_chunks_mut(chunk))
+                        .zip(scratch.par_iter_mut())
+                        .enumerate()
+                        .map(|(c, ((slots, frames), s))| decode_chunk(c * chunk, slots, frames, s))
+                        .collect()
+                });
+                audible.extend(parts.into_iter().flatten());
             }
-            self.fft.forward(&self.frame, &mut f.spectrum);
-            f.audible = true;
-            self.stats.audible_sources += 1;
-            self.audible.push(Audible {
-                slot,
-                generation: p.generation,
-                position: p.pose().position,
-                loudness: rms,
-            });
+            _ => audible.extend(decode_chunk(0, slots, frames, &mut scratch[0])),
         }
+        stats.audible_sources += audible.len() as u64;
     }
 
     /// Every listener's share of the tick, encoded too when `encode`; on the mixer pool
@@ -403,11 +425,7 @@ impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
         let frames_out = match pool {
             Some(pool) if slots.len() > 1 => {
                 use rayon::prelude::*;
-                let workers = pool.current_num_threads().max(1);
-                if scratch.len() < workers {
-                    scratch.resize_with(workers, Scratch::new);
-                }
-                let chunk = slots.len().div_ceil(workers);
+                let chunk = chunk_len(slots.len(), pool, scratch);
                 let parts: Vec<Vec<MixedFrame<P>>> = pool.install(|| {
                     slots
                         .par_chunks_mut(chunk)
@@ -434,4 +452,13 @@ impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
     pub(crate) fn set_crossfade(&mut self, on: bool) {
         self.crossfade = on;
     }
+}
+
+/// How many slots each worker of `pool` takes, with a scratch ready for each.
+fn chunk_len(slots: usize, pool: &rayon::ThreadPool, scratch: &mut Vec<Scratch>) -> usize {
+    let workers = pool.current_num_threads().max(1);
+    if scratch.len() < workers {
+        scratch.resize_with(workers, Scratch::new);
+    }
+    slots.div_ceil(workers)
 }

@@ -1,8 +1,9 @@
-//! One listener's share of a tick: choose the sources that matter, render them through the
-//! HRTF of their direction (with crossfades where a filter or gain changed), overlap-add,
-//! limit, and encode. Each listener's work reads only the tick's shared source spectra and
-//! writes only that listener's state, so listeners can be mixed on any worker in any order
-//! and the result is the same, sample for sample.
+//! A mixer worker's share of a tick: decoding and transforming sources, and for each
+//! listener, choosing the sources that matter, rendering them through the HRTF of their
+//! direction (with crossfades where a filter or gain changed), overlap-add, limiting and
+//! encoding. A source's work touches only that source, a listener's reads only the tick's
+//! shared spectra and writes only that listener's state: any worker can do any of it, in
+//! any order, and the result is the same, sample for sample.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::dsp::{EarAccumulator, Fft, Limiter, Spectrum};
 use super::hrtf::{DirIndex, HrtfSet};
 use super::mixer::MixerStats;
 use super::pose::Pose;
+use super::source::SourceDecoder;
 
 /// The largest Opus packet we produce (RFC 6716 caps a frame at 1275 bytes).
 const MAX_ENCODED: usize = 1275;
@@ -78,6 +80,8 @@ pub(super) struct Shared<'a> {
 /// One worker's buffers, reused from tick to tick, and its share of the counters.
 pub(super) struct Scratch {
     fft: Fft,
+    /// One decoded source frame.
+    frame: Vec<f32>,
     main: EarAccumulator,
     diff: EarAccumulator,
     candidates: Vec<Candidate>,
@@ -89,12 +93,34 @@ impl Scratch {
     pub fn new() -> Self {
         Scratch {
             fft: Fft::new(),
+            frame: vec![0.0; FRAME],
             main: EarAccumulator::new(),
             diff: EarAccumulator::new(),
             candidates: Vec::new(),
             encoded: vec![0; MAX_ENCODED],
             stats: MixerStats::default(),
         }
+    }
+
+    /// Decode the source's next frame (consume it only, when `decode` is false: muted) and
+    /// transform it into `spectrum`; its loudness (RMS) if it is audible at all.
+    pub fn decode(
+        &mut self,
+        decoder: &mut SourceDecoder,
+        decode: bool,
+        silence: f32,
+        spectrum: &mut Spectrum,
+    ) -> Option<f32> {
+        if !decoder.next_frame(&mut self.frame, decode) {
+            return None;
+        }
+        let rms = (self.frame.iter().map(|v| v * v).sum::<f32>() / FRAME as f32).sqrt();
+        // Quiet frames (and NaN, which a decoder should never produce) are skipped.
+        if rms.is_nan() || rms < silence || !rms.is_finite() {
+            return None;
+        }
+        self.fft.forward(&self.frame, spectrum);
+        Some(rms)
     }
 
     /// Encode the listener's last rendered frame.

@@ -356,11 +356,14 @@ impl SfuConfig {
         }
     }
 
-    /// The spatial mixer's workers: as configured, else one per core. They work only
-    /// during a shared room's tick, while its media thread waits for them.
+    /// The spatial mixer's workers: as configured, else one per core the media threads
+    /// leave (at least one). More would only take turns with the media threads.
     pub fn mixer_threads(&self) -> usize {
         match self.spatial.mixer_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(self.media_threads())
+                .max(1),
             n => n,
         }
     }

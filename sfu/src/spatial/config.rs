@@ -47,7 +47,7 @@ pub struct SpatialConfig {
     /// centre (see [`super::pose::default_pose`]).
     pub default_ring_radius_m: f32,
     /// Workers that mix shared rooms' listeners in parallel, one pool for the whole node.
-    /// 0: one per core.
+    /// 0: one per core the media threads leave (at least one).
     pub mixer_threads: usize,
 }
 

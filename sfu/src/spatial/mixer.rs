@@ -309,16 +309,26 @@ impl<P: Copy + Eq + Hash + Send> SpatialMixer<P> {
 
     /// Render one 20 ms tick and encode one Opus stereo frame per listener.
     pub fn tick(&mut self) -> Vec<MixedFrame<P>> {
-        self.stats.ticks += 1;
-        self.decode_sources();
-        self.mix_listeners(true)
+        self.run_tick(true)
     }
 
     /// Render one 20 ms tick without encoding: each listener's PCM is then in [`Self::pcm`].
     pub fn render(&mut self) {
+        self.run_tick(false);
+    }
+
+    /// Decoding and mixing, inside one visit to the pool: the caller's thread waits once per
+    /// tick, and the workers stay awake from one phase to the next.
+    fn run_tick(&mut self, encode: bool) -> Vec<MixedFrame<P>> {
         self.stats.ticks += 1;
-        self.decode_sources();
-        self.mix_listeners(false);
+        let phases = |m: &mut Self| {
+            m.decode_sources();
+            m.mix_listeners(encode)
+        };
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| phases(self)),
+            None => phases(self),
+        }
     }
 
     /// Pull one frame from every source; transform the audible ones. Sources are decoded

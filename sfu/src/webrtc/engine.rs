@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -16,6 +15,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 
 use super::PeerError;
 use crate::media::Codec;
+
+/// Packets of each sent stream kept to answer NACKs. A retransmission helps only within a
+/// few round trips (about a second even to a patient across the world); 256 packets hold
+/// over a second of a 2.5 Mbit/s video and several of a typical one. rtc's default, 1024,
+/// kept most of a node's memory alive: every payload stays referenced as long as any
+/// subscriber's history holds it. Must be a power of two (rtc's ring buffer).
+pub(super) const NACK_HISTORY: u16 = 256;
 
 /// Payload types we offer. Answers keep the offerer's numbers; the SFU maps per subscriber.
 const PT_OPUS: u8 = 111;
@@ -127,12 +133,35 @@ pub(super) fn build(
     now: Instant,
     shared: std::sync::Arc<super::feedback::ChainShared>,
 ) -> Result<RTCPeerConnection, PeerError> {
-    use rtc::interceptor::{CongestionControlBuilder, Slot, TwccSenderBuilder};
+    use rtc::interceptor::{
+        CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,
+        TwccSenderBuilder,
+    };
+    use rtc::peer_connection::configuration::interceptor_registry::{
+        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    };
     let mut engine = media_engine()?;
-    // The defaults: NACK both ways, sender and receiver reports, the simulcast header
-    // extensions, and transport-wide feedback for what we receive (publishers' estimates).
-    let registry =
-        register_default_interceptors(Registry::new(), &mut engine).map_err(PeerError::setup)?;
+    // rtc's defaults (NACK both ways, sender and receiver reports, the simulcast header
+    // extensions, transport-wide feedback for what we receive), but with a NACK history
+    // sized by need (see `NACK_HISTORY`).
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+        )
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    configure_simulcast_extension_headers(&mut engine).map_err(PeerError::setup)?;
+    let registry = configure_twcc_receiver_only(registry, &mut engine).map_err(PeerError::setup)?;
+    let registry = configure_rtcp_reports(registry);
     // Transport-wide sequence numbers on what we send, so the remote's feedback reports it.
     let registry = registry.with(Slot::TwccSender, TwccSenderBuilder::new().build());
     // The SFU estimates the bandwidth towards each subscriber (see `estimator`) to choose

@@ -50,9 +50,9 @@ const REMEMBERED: usize = 4096;
 const HOLE_GRACE: Duration = Duration::from_millis(200);
 /// Holes remembered with the time they were first named.
 const REMEMBERED_HOLES: usize = 256;
-/// Sequence numbers remembered as sent, per SSRC: the NACK responder's buffer (rtc's
-/// default, 1024 packets), so a packet outside it cannot be answered either.
-const SENT_WINDOW: u16 = 1024;
+/// Sequence numbers remembered as sent, per SSRC: the NACK responder's history, so a packet
+/// outside it cannot be answered either.
+const SENT_WINDOW: u16 = super::engine::NACK_HISTORY;
 
 /// Counters the peer reports: packets named by NACKs (once each), resends let through, and
 /// packets named that were never sent or are no longer held.

@@ -244,7 +244,8 @@ fn placement_ttl(deps: &Deps, closes_at: DateTime<Utc>) -> Duration {
 }
 
 /// Place `room` (on another node than `lost`, if given) and create it there. A node that
-/// drains or is full hands the room on; one that does not answer is reported lost.
+/// drains, is full or is overloaded hands the room on; one that does not answer is reported
+/// lost.
 async fn open_room(
     deps: &Deps,
     room: &str,
@@ -267,7 +268,7 @@ async fn open_room(
                 warn!(room, node = %node.id, "cannot create the room: {e}");
                 if e.status == 0 {
                     deps.cluster.node_unreachable(&node.id).await;
-                } else if e.code != "draining" && e.code != "node_full" {
+                } else if !matches!(e.code.as_str(), "draining" | "node_full" | "overloaded") {
                     return Err(HubError::NoSfu);
                 }
                 node = deps
@@ -425,7 +426,7 @@ async fn relay(
                 participant,
                 kind,
                 ..
-            } => c.broadcast_in_call(&ServerMessage::TrackPublished {
+            } => c.track_event(ServerMessage::TrackPublished {
                 participant: participant.to_string(),
                 track: track.to_string(),
                 kind: serde_json::to_value(kind)
@@ -434,7 +435,7 @@ async fn relay(
                     .unwrap_or_default(),
             }),
             RoomEvent::TrackEnded { track, participant } => {
-                c.broadcast_in_call(&ServerMessage::TrackEnded {
+                c.track_event(ServerMessage::TrackEnded {
                     participant: participant.to_string(),
                     track: track.to_string(),
                 })
@@ -443,7 +444,7 @@ async fn relay(
                 track,
                 participant,
                 muted,
-            } => c.broadcast_in_call(&ServerMessage::TrackMuted {
+            } => c.track_event(ServerMessage::TrackMuted {
                 participant: participant.to_string(),
                 track: track.to_string(),
                 muted,

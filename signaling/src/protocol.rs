@@ -1,11 +1,19 @@
 //! The session protocol on `/v1/ws`: JSON messages tagged by `type`, documented in
-//! `signaling/PROTOCOL.md`. Unknown types and unknown fields are refused, so a client
-//! cannot smuggle a target (say, another participant's SDP) past the server.
+//! `signaling/PROTOCOL.md`. Unknown types, unknown fields and keys given twice are refused
+//! ([`parse_client`], the one place client frames are read), so a client cannot smuggle a
+//! target (say, another participant's SDP) past the server. [`errors`] lists the `error`
+//! codes and close codes; unit tests hold PROTOCOL.md's tables to this module.
 
 use metaclinic_sfu::room::RoomKind;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::policy::Role;
+
+pub mod errors;
+mod parse;
+
+pub use errors::{Close, ERROR_CODES, close_code};
+pub use parse::{Refusal, parse_client};
 
 /// The protocol version this server speaks.
 pub const VERSION: u32 = 1;
@@ -50,13 +58,9 @@ pub enum ClientMessage {
         invite: Option<String>,
     },
     /// The client's offer or its answer to the SFU's offer.
-    Sdp {
-        description: Description,
-    },
+    Sdp { description: Description },
     /// A trickled ICE candidate (browser `RTCIceCandidateInit`).
-    Ice {
-        candidate: serde_json::Value,
-    },
+    Ice { candidate: serde_json::Value },
     /// How this client shows a video it receives: the best quality its tile needs, and
     /// whether it is pinned (reduced last when the client's bandwidth falls).
     VideoPreference {
@@ -67,17 +71,11 @@ pub enum ClientMessage {
         pinned: bool,
     },
     /// Host: let someone in from the lobby.
-    Admit {
-        participant: String,
-    },
+    Admit { participant: String },
     /// Host: turn someone away from the lobby.
-    Deny {
-        participant: String,
-    },
+    Deny { participant: String },
     /// Host: send someone in the call back to the lobby.
-    ReturnToLobby {
-        participant: String,
-    },
+    ReturnToLobby { participant: String },
     /// Host: mute or unmute someone's audio or video (enforced by the SFU).
     Mute {
         participant: String,
@@ -85,19 +83,70 @@ pub enum ClientMessage {
         muted: bool,
     },
     /// Host: remove someone from the consultation.
-    Remove {
-        participant: String,
-    },
+    Remove { participant: String },
     /// Host: end the consultation for everyone.
+    #[serde(deserialize_with = "no_fields")]
     End,
     /// Host: extend past the scheduled end.
-    Extend {
-        minutes: u32,
-    },
+    Extend { minutes: u32 },
     /// Host: create a single-use invite for the appointment's unassigned interpreter slot.
+    #[serde(deserialize_with = "no_fields")]
     InviteInterpreter,
+    /// Leave on purpose (no reconnect grace).
+    #[serde(deserialize_with = "no_fields")]
     Leave,
+    #[serde(deserialize_with = "no_fields")]
     Ping,
+}
+
+/// The field-less messages take no fields. serde ignores extra fields on the unit variants
+/// of an internally tagged enum whatever `deny_unknown_fields` says, so `{"type": "ping",
+/// "x": 1}` would pass; this refuses it like any other unknown field.
+fn no_fields<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoFields {}
+    NoFields::deserialize(d).map(|_| ())
+}
+
+impl ClientMessage {
+    /// Every `type` a client may send.
+    pub const TYPES: &[&str] = &[
+        "join",
+        "sdp",
+        "ice",
+        "video_preference",
+        "admit",
+        "deny",
+        "return_to_lobby",
+        "mute",
+        "remove",
+        "end",
+        "extend",
+        "invite_interpreter",
+        "leave",
+        "ping",
+    ];
+
+    /// This message's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Sdp { .. } => "sdp",
+            ClientMessage::Ice { .. } => "ice",
+            ClientMessage::VideoPreference { .. } => "video_preference",
+            ClientMessage::Admit { .. } => "admit",
+            ClientMessage::Deny { .. } => "deny",
+            ClientMessage::ReturnToLobby { .. } => "return_to_lobby",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::End => "end",
+            ClientMessage::Extend { .. } => "extend",
+            ClientMessage::InviteInterpreter => "invite_interpreter",
+            ClientMessage::Leave => "leave",
+            ClientMessage::Ping => "ping",
+        }
+    }
 }
 
 /// Someone in the consultation, as others see them: a FHIR reference and a role, no names.
@@ -224,26 +273,223 @@ pub enum ServerMessage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// The rows of the first markdown table under the `## {heading}` of PROTOCOL.md (or
+    /// of every table in that section), header left out, cells trimmed.
+    pub(crate) fn doc_table(heading: &str) -> Vec<Vec<String>> {
+        let doc = include_str!("../PROTOCOL.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with(heading))
+            .unwrap_or_else(|| panic!("PROTOCOL.md has no section {heading}"));
+        let mut rows = Vec::new();
+        let mut header = true;
+        for line in section.lines() {
+            if !line.starts_with('|') {
+                header = true;
+                continue;
+            }
+            if line.starts_with("|---") {
+                continue;
+            }
+            if std::mem::take(&mut header) {
+                continue;
+            }
+            let cells = line.trim().trim_matches('|').split(" | ");
+            rows.push(cells.map(|c| c.trim().to_owned()).collect());
+        }
+        rows
+    }
+
+    /// The `code` spans of a markdown cell.
+    pub(crate) fn backticked(cell: &str) -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    impl ClientMessage {
+        /// The smallest valid message of type `t`.
+        pub(crate) fn sample(t: &str) -> ClientMessage {
+            let p = || "Patient/p".to_owned();
+            match t {
+                "join" => ClientMessage::Join {
+                    v: VERSION,
+                    appointment: "a".into(),
+                    token: "t".into(),
+                    invite: None,
+                },
+                "sdp" => ClientMessage::Sdp {
+                    description: Description {
+                        kind: SdpKind::Offer,
+                        sdp: "v=0".into(),
+                    },
+                },
+                "ice" => ClientMessage::Ice {
+                    candidate: serde_json::json!({ "candidate": "" }),
+                },
+                "video_preference" => ClientMessage::VideoPreference {
+                    track: "t1".into(),
+                    max_quality: None,
+                    pinned: false,
+                },
+                "admit" => ClientMessage::Admit { participant: p() },
+                "deny" => ClientMessage::Deny { participant: p() },
+                "return_to_lobby" => ClientMessage::ReturnToLobby { participant: p() },
+                "mute" => ClientMessage::Mute {
+                    participant: p(),
+                    kind: MediaKind::Audio,
+                    muted: true,
+                },
+                "remove" => ClientMessage::Remove { participant: p() },
+                "end" => ClientMessage::End,
+                "extend" => ClientMessage::Extend { minutes: 5 },
+                "invite_interpreter" => ClientMessage::InviteInterpreter,
+                "leave" => ClientMessage::Leave,
+                "ping" => ClientMessage::Ping,
+                other => panic!("no sample of {other}"),
+            }
+        }
+    }
+
+    /// One of each server message (the match makes a new variant fail to compile here).
+    fn server_samples() -> Vec<ServerMessage> {
+        use metaclinic_sfu::events::QualityReport;
+        let v = vec![
+            ServerMessage::Lobby {
+                v: 1,
+                role: Role::Patient,
+                participant: "Patient/p".into(),
+            },
+            ServerMessage::Joined {
+                v: 1,
+                role: Role::Host,
+                participant: "Practitioner/d".into(),
+                closes_at: "2026-01-01T00:00:00Z".into(),
+                members: vec![],
+                room_kind: RoomKind::Consultation,
+            },
+            ServerMessage::LobbyChanged { waiting: vec![] },
+            ServerMessage::MembersChanged { members: vec![] },
+            ServerMessage::Sdp {
+                description: Description {
+                    kind: SdpKind::Offer,
+                    sdp: "v=0".into(),
+                },
+            },
+            ServerMessage::TrackPublished {
+                participant: "p".into(),
+                track: "t1".into(),
+                kind: "audio".into(),
+            },
+            ServerMessage::TrackEnded {
+                participant: "p".into(),
+                track: "t1".into(),
+            },
+            ServerMessage::TrackMuted {
+                participant: "p".into(),
+                track: "t1".into(),
+                muted: true,
+            },
+            ServerMessage::MutedByHost {
+                kind: MediaKind::Audio,
+                muted: true,
+            },
+            ServerMessage::Warning {
+                code: "ending_soon".into(),
+                closes_at: String::new(),
+            },
+            ServerMessage::Extended {
+                closes_at: String::new(),
+            },
+            ServerMessage::Invite {
+                code: String::new(),
+                expires_at: String::new(),
+            },
+            ServerMessage::Denied {
+                code: "denied_by_host".into(),
+            },
+            ServerMessage::Removed,
+            ServerMessage::ReturnedToLobby,
+            ServerMessage::Ended {
+                reason: EndReason::HostEnded,
+            },
+            ServerMessage::Replaced,
+            ServerMessage::Reconnect { after_ms: 0 },
+            ServerMessage::Error {
+                code: "bad_message".into(),
+                message: String::new(),
+            },
+            ServerMessage::ActiveSpeaker { participant: None },
+            ServerMessage::Quality(QualityReport::default()),
+            ServerMessage::Pong,
+        ];
+        for m in &v {
+            match m {
+                ServerMessage::Lobby { .. }
+                | ServerMessage::Joined { .. }
+                | ServerMessage::LobbyChanged { .. }
+                | ServerMessage::MembersChanged { .. }
+                | ServerMessage::Sdp { .. }
+                | ServerMessage::TrackPublished { .. }
+                | ServerMessage::TrackEnded { .. }
+                | ServerMessage::TrackMuted { .. }
+                | ServerMessage::MutedByHost { .. }
+                | ServerMessage::Warning { .. }
+                | ServerMessage::Extended { .. }
+                | ServerMessage::Invite { .. }
+                | ServerMessage::Denied { .. }
+                | ServerMessage::Removed
+                | ServerMessage::ReturnedToLobby
+                | ServerMessage::Ended { .. }
+                | ServerMessage::Replaced
+                | ServerMessage::Reconnect { .. }
+                | ServerMessage::Error { .. }
+                | ServerMessage::ActiveSpeaker { .. }
+                | ServerMessage::Quality(_)
+                | ServerMessage::Pong => {}
+            }
+        }
+        v
+    }
+
+    fn first_backticked(rows: &[Vec<String>]) -> Vec<String> {
+        rows.iter().map(|r| backticked(&r[0])[0].clone()).collect()
+    }
+
     #[test]
-    fn client_messages_parse_strictly() {
-        let join: ClientMessage =
-            serde_json::from_str(r#"{"type":"join","v":1,"appointment":"tele-1","token":"x.y.z"}"#)
-                .unwrap();
-        assert!(matches!(join, ClientMessage::Join { invite: None, .. }));
-        let sdp: ClientMessage =
-            serde_json::from_str(r#"{"type":"sdp","description":{"type":"offer","sdp":"v=0"}}"#)
-                .unwrap();
-        assert!(matches!(sdp, ClientMessage::Sdp { .. }));
-        // A target for SDP is not part of the protocol: refused, not ignored.
-        assert!(
-            serde_json::from_str::<ClientMessage>(r#"{"type":"sdp","participant":"Patient/x","description":{"type":"offer","sdp":"v=0"}}"#)
-                .is_err()
-        );
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"become_host"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"end"}"#).is_ok());
+    fn the_client_message_table_lists_every_type() {
+        let mut documented = first_backticked(&doc_table("Client messages"));
+        documented.sort();
+        let mut types: Vec<String> = ClientMessage::TYPES.iter().map(|t| t.to_string()).collect();
+        types.sort();
+        assert_eq!(documented, types);
+        for t in ClientMessage::TYPES {
+            let m = ClientMessage::sample(t);
+            assert_eq!(m.type_name(), *t);
+            assert_eq!(serde_json::to_value(&m).unwrap()["type"], *t);
+        }
+    }
+
+    #[test]
+    fn the_server_message_table_lists_every_type() {
+        let mut documented = first_backticked(&doc_table("Server messages"));
+        documented.sort();
+        let mut types: Vec<String> = server_samples()
+            .iter()
+            .map(|m| {
+                serde_json::to_value(m).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        types.sort();
+        assert_eq!(documented, types);
     }
 
     #[test]
@@ -263,6 +509,11 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
             r#"{"type":"lobby","v":1,"role":"patient","participant":"Patient/p"}"#
+        );
+        // Clients built on this crate (the load tool) send field-less messages bare.
+        assert_eq!(
+            serde_json::to_string(&ClientMessage::Ping).unwrap(),
+            r#"{"type":"ping"}"#
         );
     }
 }

@@ -1,6 +1,12 @@
 //! One client's WebSocket session: join (identity, appointment, policy), then the lobby or
-//! the call, relaying SDP to the room's SFU node and carrying out a host's controls. Every
-//! decision and host action is audited before it is acknowledged.
+//! the call, relaying SDP to the room's SFU node and carrying out a host's controls
+//! ([`host`]). Every decision and host action is audited before it is acknowledged. A
+//! session the server ends gets a close frame whose code says why ([`Close`]).
+
+mod frames;
+mod host;
+
+pub(crate) use frames::{Incoming, linger, read, send_close};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,17 +16,15 @@ use std::pin::Pin;
 use axum::extract::ws::Message;
 use futures_util::{SinkExt, StreamExt};
 use metaclinic_sfu::control::api::IceCandidate;
-use metaclinic_sfu::media::MediaKind as SfuMediaKind;
+use metaclinic_sfu::control::client::ApiError;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::access::{self, ClientInfo, Granted, role_name};
 use crate::audit::AuditEvent;
-use crate::consultation::{ActionError, Consultation, Entry, Outbound, rights_for};
+use crate::consultation::{Consultation, Entry, Outbound, rights_for};
 use crate::policy::{Admission, Role};
-use crate::protocol::{
-    ClientMessage, Description, EndReason, MediaKind, SdpKind, ServerMessage, VERSION,
-};
+use crate::protocol::{self, ClientMessage, Close, Description, SdpKind, ServerMessage, VERSION};
 use crate::state::AppState;
 
 /// A token bucket per connection: floods are answered, then cut off.
@@ -62,43 +66,6 @@ impl RateLimit {
     }
 }
 
-/// Why an incoming frame is not a message we act on.
-pub(crate) enum Incoming {
-    Message(ClientMessage),
-    /// Answer with this error code and carry on.
-    Bad(&'static str, String),
-    Closed,
-}
-
-pub(crate) fn parse(frame: Option<Result<Message, axum::Error>>) -> Incoming {
-    let text = match frame {
-        None | Some(Ok(Message::Close(_))) => return Incoming::Closed,
-        Some(Err(e)) => {
-            // Oversized frames end here too: tungstenite refuses them before we see them.
-            return Incoming::Bad("message_too_large_or_broken", e.to_string());
-        }
-        Some(Ok(Message::Text(t))) => t,
-        Some(Ok(Message::Binary(_))) => {
-            return Incoming::Bad(
-                "bad_message",
-                "binary messages are not part of the protocol".into(),
-            );
-        }
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::Bad("", String::new()),
-    };
-    let value: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => return Incoming::Bad("malformed_json", "the message is not JSON".into()),
-    };
-    match serde_json::from_value::<ClientMessage>(value) {
-        Ok(m) => Incoming::Message(m),
-        Err(e) if e.to_string().contains("unknown variant") => {
-            Incoming::Bad("unknown_type", e.to_string())
-        }
-        Err(e) => Incoming::Bad("bad_message", e.to_string()),
-    }
-}
-
 /// Where a session writes: the client's WebSocket, or a pipe to the replica it is connected
 /// to (crate::home).
 pub type FrameSink = Pin<Box<dyn futures_util::Sink<Message, Error = axum::Error> + Send>>;
@@ -120,7 +87,7 @@ impl FirstFrame {
         let FirstFrame::Frame(Some(Ok(Message::Text(t)))) = self else {
             return None;
         };
-        match serde_json::from_str::<ClientMessage>(t) {
+        match protocol::parse_client(t) {
             Ok(ClientMessage::Join { appointment, .. }) => {
                 crate::booking::appointment_id(&appointment).map(str::to_owned)
             }
@@ -156,6 +123,10 @@ async fn send(sink: &mut Sink, msg: &ServerMessage) -> bool {
 }
 
 async fn send_error(sink: &mut Sink, code: &str, message: impl Into<String>) -> bool {
+    debug_assert!(
+        protocol::errors::is_documented(code),
+        "error code {code} is not in PROTOCOL.md"
+    );
     send(
         sink,
         &ServerMessage::Error {
@@ -200,6 +171,16 @@ impl Joined {
     }
 }
 
+/// Refuse with `code`; the session ends, closed as the code says.
+async fn refuse(sink: &mut Sink, code: &'static str, message: impl Into<String>) -> Ending {
+    send_error(sink, code, message).await;
+    Some(Close::after_error(code))
+}
+
+/// How a session ends: closed by the server (with this close frame), or by the client or
+/// a broken connection (`None`: nothing left to say).
+type Ending = Option<Close>;
+
 /// Serve one client from its first frame on, here: this replica runs (or now opened) the
 /// consultation it joins.
 pub async fn run(
@@ -210,8 +191,13 @@ pub async fn run(
     client: ClientInfo,
 ) {
     deps.metrics.ws_sessions.inc();
-    if let Some(joined) = join(&deps, &mut sink, first, client).await {
-        serve(&deps, &mut sink, &mut stream, joined.0, joined.1).await;
+    let ending = match join(&deps, &mut sink, first, client).await {
+        Ok((joined, inbox)) => serve(&deps, &mut sink, &mut stream, joined, inbox).await,
+        Err(ending) => ending,
+    };
+    if let Some(close) = ending {
+        send_close(&mut sink, close).await;
+        linger(&mut stream, close).await;
     }
     let _ = sink.close().await;
     deps.metrics.ws_sessions.dec();
@@ -223,19 +209,26 @@ async fn join(
     sink: &mut Sink,
     first: FirstFrame,
     client: ClientInfo,
-) -> Option<(Joined, mpsc::UnboundedReceiver<Outbound>)> {
+) -> Result<(Joined, mpsc::UnboundedReceiver<Outbound>), Ending> {
     let first = match first {
         FirstFrame::TimedOut => {
-            send_error(sink, "join_timeout", "send a join message first").await;
-            return None;
+            return Err(refuse(sink, "join_timeout", "send a join message first").await);
         }
-        FirstFrame::Frame(frame) => match parse(frame) {
-            Incoming::Closed => return None,
-            Incoming::Bad(code, msg) => {
-                let code = if code.is_empty() { "bad_message" } else { code };
+        FirstFrame::Frame(frame) => match read(frame) {
+            Incoming::Closed => return Err(None),
+            Incoming::Broken => return Err(Some(Close::BROKEN_FRAME)),
+            Incoming::TooLarge => {
+                let code = "message_too_large";
                 deps.metrics.ws_refused.with_label_values(&[code]).inc();
-                send_error(sink, code, msg).await;
-                return None;
+                return Err(refuse(sink, code, "the message is over the size limit").await);
+            }
+            // first_frame() skips these; a join is still owed.
+            Incoming::Skip => {
+                return Err(refuse(sink, "join_first", "the first message must be a join").await);
+            }
+            Incoming::Bad(r) => {
+                deps.metrics.ws_refused.with_label_values(&[r.code]).inc();
+                return Err(refuse(sink, r.code, r.message).await);
             }
             Incoming::Message(m) => m,
         },
@@ -247,17 +240,11 @@ async fn join(
         invite,
     } = first
     else {
-        send_error(sink, "join_first", "the first message must be a join").await;
-        return None;
+        return Err(refuse(sink, "join_first", "the first message must be a join").await);
     };
     if v != VERSION {
-        send_error(
-            sink,
-            "unsupported_version",
-            format!("this server speaks version {VERSION}"),
-        )
-        .await;
-        return None;
+        let msg = format!("this server speaks version {VERSION}");
+        return Err(refuse(sink, "unsupported_version", msg).await);
     }
     // An invite is honoured only while valid and unused in this appointment's consultation.
     let appointment_id = crate::booking::appointment_id(&appointment).map(str::to_owned);
@@ -305,20 +292,12 @@ async fn join(
     .await
     .is_err()
     {
-        send_error(
-            sink,
-            "audit_unavailable",
-            "the audit log cannot be written; try again later",
-        )
-        .await;
-        return None;
+        let msg = "the audit log cannot be written; try again later";
+        return Err(refuse(sink, "audit_unavailable", msg).await);
     }
     let granted = match result {
         Ok(g) => g,
-        Err(e) => {
-            send_error(sink, e.code(), e.to_string()).await;
-            return None;
-        }
+        Err(e) => return Err(refuse(sink, e.code(), e.to_string()).await),
     };
     // A used invite is spent, even if the join fails later.
     if let (Some(code), Some(_)) = (&invite, invite_slot)
@@ -329,13 +308,8 @@ async fn join(
             None => false,
         };
         if !consumed {
-            send_error(
-                sink,
-                "invite_invalid",
-                "the invite was already used or expired",
-            )
-            .await;
-            return None;
+            let msg = "the invite was already used or expired";
+            return Err(refuse(sink, "invite_invalid", msg).await);
         }
     }
     let consultation = match deps
@@ -349,10 +323,7 @@ async fn join(
         .await
     {
         Ok(c) => c,
-        Err(e) => {
-            send_error(sink, "sfu_unavailable", e.to_string()).await;
-            return None;
-        }
+        Err(e) => return Err(refuse(sink, "sfu_unavailable", e.to_string()).await),
     };
     let (mailbox, inbox) = mpsc::unbounded_channel();
     let participant = granted.identity.fhir_user.clone();
@@ -371,16 +342,16 @@ async fn join(
     };
     match entry {
         Entry::Refused("handed_over") => {
-            send(sink, &ServerMessage::Reconnect { after_ms: 0 }).await;
-            return None;
+            let reconnect = ServerMessage::Reconnect { after_ms: 0 };
+            send(sink, &reconnect).await;
+            return Err(Some(Close::after(&reconnect)));
         }
         Entry::Refused(code) => {
             let _ = deps
                 .audit
                 .record(joined.event("join", "deny", Some(code), None))
                 .await;
-            send_error(sink, code, "you cannot join this consultation now").await;
-            return None;
+            return Err(refuse(sink, code, "you cannot join this consultation now").await);
         }
         Entry::Lobby => {
             let _ = deps
@@ -398,31 +369,39 @@ async fn join(
             .await;
         }
         Entry::InCall => {
-            if !open_media(deps, &joined.consultation, &joined.participant, role).await {
-                send_error(sink, "sfu_unavailable", "the media server is not reachable").await;
-                joined
-                    .consultation
-                    .leave(&joined.participant, joined.connection);
-                return None;
+            let c = &joined.consultation;
+            if let Err(refusal) = open_media(deps, c, &joined.participant, role).await {
+                c.leave(&joined.participant, joined.connection);
+                return Err(refuse(sink, refusal.code, refusal.message).await);
             }
             let _ = deps
                 .audit
                 .record(joined.event("enter_call", "ok", None, None))
                 .await;
-            for msg in joined
-                .consultation
-                .welcome_messages(&joined.participant, role)
-            {
-                send(sink, &msg).await;
-            }
+            // `joined` goes through the mailbox, ahead of everything else of the call. If
+            // this connection was replaced or removed meanwhile, the mailbox says so.
+            c.welcome(&joined.participant, Some(joined.connection));
         }
     }
     info!(appointment = %joined.granted.appointment_id, participant = %joined.participant, role = role_name(role), "joined");
-    Some((joined, inbox))
+    Ok((joined, inbox))
 }
 
-/// Open (or replace) the member's SFU session.
-async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: Role) -> bool {
+/// Why a member's SFU session could not be opened, as the client is told it.
+struct MediaRefusal {
+    code: &'static str,
+    message: &'static str,
+}
+
+/// Open (or replace) the member's SFU session. A media server at capacity says so plainly
+/// (`media_server_busy`, or `room_full` for a shared room that cannot mix one more voice);
+/// any other failure is `sfu_unavailable`, its detail in the log only.
+async fn open_media(
+    deps: &AppState,
+    c: &Consultation,
+    participant: &str,
+    role: Role,
+) -> Result<(), MediaRefusal> {
     let _ = deps;
     match c
         .node()
@@ -437,11 +416,24 @@ async fn open_media(deps: &AppState, c: &Consultation, participant: &str, role: 
     {
         Ok(opened) => {
             c.media_opened(participant, opened.session);
-            true
+            Ok(())
         }
         Err(e) => {
             warn!(room = %c.room, "opening an SFU session failed: {e}");
-            false
+            Err(match e.code.as_str() {
+                "overloaded" => MediaRefusal {
+                    code: "media_server_busy",
+                    message: "the media server is at capacity; try again in a minute",
+                },
+                "room_full" => MediaRefusal {
+                    code: "room_full",
+                    message: "the room is full",
+                },
+                _ => MediaRefusal {
+                    code: "sfu_unavailable",
+                    message: "the media server is not reachable",
+                },
+            })
         }
     }
 }
@@ -452,56 +444,71 @@ async fn serve(
     stream: &mut FrameStream,
     joined: Joined,
     mut inbox: mpsc::UnboundedReceiver<Outbound>,
-) {
+) -> Ending {
     let mut limit = RateLimit::new(
         deps.config.limits.messages_per_second,
         deps.config.limits.message_burst,
     );
     let mut left = false;
-    loop {
+    let ending = loop {
         tokio::select! {
             frame = stream.next() => {
-                let msg = match parse(frame) {
-                    Incoming::Closed => break,
-                    Incoming::Bad("", _) => continue,
-                    Incoming::Bad(code, text) => {
+                let refusal = match read(frame) {
+                    Incoming::Closed => break None,
+                    Incoming::Broken => break Some(Close::BROKEN_FRAME),
+                    Incoming::Skip => continue,
+                    Incoming::TooLarge => {
+                        let code = "message_too_large";
                         deps.metrics.ws_refused.with_label_values(&[code]).inc();
-                        if code == "message_too_large_or_broken" {
-                            send_error(sink, "message_too_large", text).await;
-                            break;
-                        }
-                        if !limit.allow() {
-                            if limit.refused > MAX_REFUSED { break; }
-                            continue;
-                        }
-                        send_error(sink, code, text).await;
-                        continue;
+                        break refuse(sink, code, "the message is over the size limit").await;
                     }
-                    Incoming::Message(m) => m,
+                    Incoming::Bad(r) => {
+                        deps.metrics.ws_refused.with_label_values(&[r.code]).inc();
+                        Some(r)
+                    }
+                    Incoming::Message(m) => {
+                        if limit.allow() {
+                            match handle(deps, sink, &joined, m).await {
+                                Flow::Continue => continue,
+                                Flow::Leave => {
+                                    left = true;
+                                    break Some(Close::LEFT);
+                                }
+                            }
+                        }
+                        deps.metrics.ws_refused.with_label_values(&["rate_limited"]).inc();
+                        None
+                    }
                 };
-                if !limit.allow() {
-                    deps.metrics.ws_refused.with_label_values(&["rate_limited"]).inc();
-                    if limit.refused > MAX_REFUSED {
-                        send_error(sink, "flooding", "too many messages; disconnected").await;
-                        break;
-                    }
-                    if limit.refused == 1 {
-                        send_error(sink, "rate_limited", "slow down").await;
-                    }
+                // Refusals count against the rate too: a flood of junk is still a flood.
+                if let Some(r) = refusal
+                    && limit.allow()
+                {
+                    send_error(sink, r.code, r.message).await;
                     continue;
                 }
-                match handle(deps, sink, &joined, msg).await {
-                    Flow::Continue => {}
-                    Flow::Leave => { left = true; break; }
+                if limit.refused > MAX_REFUSED {
+                    break refuse(sink, "flooding", "too many messages; disconnected").await;
+                }
+                if limit.refused == 1 {
+                    send_error(sink, "rate_limited", "slow down").await;
                 }
             }
             out = inbox.recv() => match out {
-                Some(Outbound::Message(m)) => { if !send(sink, &m).await { break; } }
-                Some(Outbound::Close(m)) => { send(sink, &m).await; break; }
-                None => break,
+                Some(Outbound::Message(m)) => {
+                    if !send(sink, &m).await {
+                        break None;
+                    }
+                }
+                Some(Outbound::Close(m)) => {
+                    send(sink, &m).await;
+                    break Some(Close::after(&m));
+                }
+                // The consultation always says why it lets a connection go.
+                None => break Some(Close::INTERNAL),
             }
         }
-    }
+    };
     let now = deps.clock.now();
     let c = &joined.consultation;
     let was_in_call = if left {
@@ -526,6 +533,7 @@ async fn serve(
         ))
         .await;
     debug!(participant = %joined.participant, "session ended");
+    ending
 }
 
 enum Flow {
@@ -536,6 +544,16 @@ enum Flow {
 async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage) -> Flow {
     let c = &j.consultation;
     let in_call = c.presence(&j.participant) == Some(crate::consultation::Presence::InCall);
+    let media = matches!(
+        msg,
+        ClientMessage::Sdp { .. }
+            | ClientMessage::Ice { .. }
+            | ClientMessage::VideoPreference { .. }
+    );
+    if media && !in_call {
+        send_error(sink, "not_in_call", "wait to be admitted").await;
+        return Flow::Continue;
+    }
     match msg {
         ClientMessage::Join { .. } => {
             send_error(sink, "already_joined", "this session has joined").await;
@@ -545,31 +563,24 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
         }
         ClientMessage::Leave => return Flow::Leave,
         ClientMessage::Sdp { description } => {
-            if !in_call {
-                send_error(sink, "not_in_call", "wait to be admitted").await;
-                return Flow::Continue;
-            }
             relay_sdp(sink, c, &j.participant, description).await;
         }
         ClientMessage::Ice { candidate } => {
-            if !in_call {
-                send_error(sink, "not_in_call", "wait to be admitted").await;
-                return Flow::Continue;
-            }
-            match serde_json::from_value::<IceCandidate>(candidate) {
-                Ok(cand) => {
-                    if let Err(e) = c
-                        .node()
-                        .control
-                        .candidate(&c.room, &j.participant, &cand)
-                        .await
-                    {
-                        send_error(sink, &e.code, e.message).await;
-                    }
-                }
+            let candidate = match serde_json::from_value::<IceCandidate>(candidate) {
+                Ok(candidate) => candidate,
                 Err(e) => {
                     send_error(sink, "bad_message", e.to_string()).await;
+                    return Flow::Continue;
                 }
+            };
+            // An empty `candidate` (end of candidates) is accepted and changes nothing.
+            let added = c
+                .node()
+                .control
+                .candidate(&c.room, &j.participant, &candidate)
+                .await;
+            if let Err(e) = added {
+                sfu_refused(sink, c, e).await;
             }
         }
         ClientMessage::VideoPreference {
@@ -577,17 +588,9 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             max_quality,
             pinned,
         } => {
-            if !in_call {
-                send_error(sink, "not_in_call", "wait to be admitted").await;
-                return Flow::Continue;
-            }
             let Some(track) = metaclinic_sfu::ids::TrackId::parse(&track) else {
-                send_error(
-                    sink,
-                    "bad_message",
-                    "track must be a track id from track_published",
-                )
-                .await;
+                let msg = "track must be a track id from track_published";
+                send_error(sink, "bad_message", msg).await;
                 return Flow::Continue;
             };
             let preference = metaclinic_sfu::control::api::VideoPreference {
@@ -596,180 +599,44 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
                 pinned,
             };
             // Always the sender's own session: a client cannot set another's preferences.
-            if let Err(e) = c
+            let set = c
                 .node()
                 .control
                 .set_video_preference(&c.room, &j.participant, &preference)
-                .await
-            {
-                send_error(sink, &e.code, e.message).await;
-            }
-        }
-        ClientMessage::Admit { participant } => {
-            let now = deps.clock.now();
-            let result = c.admit(&j.participant, &participant, now);
-            match result {
-                Ok((role, waited)) => {
-                    if open_media(deps, c, &participant, role).await {
-                        if let Some(w) = waited {
-                            deps.metrics
-                                .lobby_wait
-                                .observe(w.num_milliseconds() as f64 / 1000.0);
-                        }
-                        host_done(deps, sink, j, "admit", Ok(()), &participant).await;
-                        for msg in c.welcome_messages(&participant, role) {
-                            c.send(&participant, msg);
-                        }
-                    } else {
-                        c.back_to_lobby(&participant, now);
-                        send_error(sink, "sfu_unavailable", "the media server is not reachable")
-                            .await;
-                    }
-                }
-                Err(e) => host_done(deps, sink, j, "admit", Err(e), &participant).await,
-            }
-        }
-        ClientMessage::Deny { participant } => {
-            let r = c.deny(&j.participant, &participant).map(|_| ());
-            host_done(deps, sink, j, "deny", r, &participant).await;
-        }
-        ClientMessage::ReturnToLobby { participant } => {
-            let r = c.return_to_lobby(&j.participant, &participant, deps.clock.now());
-            if r.is_ok() {
-                let _ = c.node().control.close_session(&c.room, &participant).await;
-            }
-            host_done(
-                deps,
-                sink,
-                j,
-                "return_to_lobby",
-                r.map(|_| ()),
-                &participant,
-            )
-            .await;
-        }
-        ClientMessage::Mute {
-            participant,
-            kind,
-            muted,
-        } => {
-            let r = c.check_mute(&j.participant, &participant);
-            let r = match r {
-                Ok(_) => {
-                    let sfu_kind = match kind {
-                        MediaKind::Audio => SfuMediaKind::Audio,
-                        MediaKind::Video => SfuMediaKind::Video,
-                    };
-                    match c
-                        .node()
-                        .control
-                        .set_muted(&c.room, &participant, sfu_kind, muted)
-                        .await
-                    {
-                        Ok(()) => {
-                            c.send(&participant, ServerMessage::MutedByHost { kind, muted });
-                            Ok(())
-                        }
-                        Err(e) => {
-                            warn!(room = %c.room, "muting at the SFU failed: {e}");
-                            send_error(
-                                sink,
-                                "sfu_unavailable",
-                                "the media server did not apply the mute",
-                            )
-                            .await;
-                            return Flow::Continue;
-                        }
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            host_done(
-                deps,
-                sink,
-                j,
-                if muted { "mute" } else { "unmute" },
-                r,
-                &participant,
-            )
-            .await;
-        }
-        ClientMessage::Remove { participant } => {
-            let r = c.remove(&j.participant, &participant);
-            if let Ok((_, true)) = r {
-                let _ = c.node().control.close_session(&c.room, &participant).await;
-            }
-            host_done(deps, sink, j, "remove", r.map(|_| ()), &participant).await;
-        }
-        ClientMessage::End => {
-            if j.role != Role::Host || !in_call {
-                host_done(deps, sink, j, "end", Err(ActionError::NotHost), "").await;
-                return Flow::Continue;
-            }
-            deps.metrics
-                .host_actions
-                .with_label_values(&["end", "ok"])
-                .inc();
-            deps.hub
-                .finish(deps, c, EndReason::HostEnded, Some(&j.participant))
                 .await;
-        }
-        ClientMessage::Extend { minutes } => {
-            let r = c.extend(
-                &j.participant,
-                minutes,
-                deps.config.policy.max_extension_min,
-            );
-            host_done(deps, sink, j, "extend", r.map(|_| ()), "").await;
-        }
-        ClientMessage::InviteInterpreter => {
-            let slots = crate::policy::unassigned_translator_slots(&j.granted.appointment);
-            let ttl = Duration::from_secs(deps.config.policy.invite_ttl_min * 60);
-            match c.invite(&j.participant, &slots, ttl, deps.clock.now()) {
-                Ok((code, expires_at)) => {
-                    host_done(deps, sink, j, "invite_interpreter", Ok(()), "").await;
-                    send(
-                        sink,
-                        &ServerMessage::Invite {
-                            code,
-                            expires_at: expires_at
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        },
-                    )
-                    .await;
-                }
-                Err(e) => host_done(deps, sink, j, "invite_interpreter", Err(e), "").await,
+            if let Err(e) = set {
+                sfu_refused(sink, c, e).await;
             }
         }
+        host_control => host::control(deps, sink, j, in_call, host_control).await,
     }
     Flow::Continue
 }
 
-/// Audit and count a host action, and tell the host if it was refused.
-async fn host_done(
-    deps: &AppState,
-    sink: &mut Sink,
-    j: &Joined,
-    action: &str,
-    r: Result<(), ActionError>,
-    target: &str,
-) {
-    let target = (!target.is_empty()).then_some(target);
-    let (outcome, reason) = match &r {
-        Ok(()) => ("ok", None),
-        Err(e) => ("deny", Some(e.code())),
+/// The SFU refused what the client asked of its own session: say so with a code of
+/// PROTOCOL.md. The client's own mistakes pass through; the SFU's failures are
+/// `sfu_unavailable` (the detail goes to the log, not to the client); a session the SFU
+/// no longer has is `media_lost`.
+async fn sfu_refused(sink: &mut Sink, c: &Consultation, e: ApiError) {
+    let code = match e.code.as_str() {
+        "glare" => "glare",
+        "invalid_sdp" => "invalid_sdp",
+        "no_pending_offer" => "no_pending_offer",
+        "invalid_candidate" => "invalid_candidate",
+        "track_not_found" => "track_not_found",
+        "bad_request" | "payload_too_large" => "bad_message",
+        "participant_not_found" | "room_not_found" => "media_lost",
+        _ => "sfu_unavailable",
     };
-    deps.metrics
-        .host_actions
-        .with_label_values(&[action, outcome])
-        .inc();
-    let _ = deps
-        .audit
-        .record(j.event(action, outcome, reason, target))
-        .await;
-    if let Err(e) = r {
-        send_error(sink, e.code(), e.to_string()).await;
-    }
+    let message = match code {
+        "sfu_unavailable" => {
+            warn!(room = %c.room, status = e.status, code = %e.code, "the SFU refused a client's request");
+            "the media server did not carry this out".to_owned()
+        }
+        "media_lost" => "the media connection was lost; rejoin".to_owned(),
+        _ => e.message,
+    };
+    send_error(sink, code, message).await;
 }
 
 /// The client's offer goes to the SFU and its answer comes back; the client's answer to the
@@ -791,26 +658,14 @@ async fn relay_sdp(sink: &mut Sink, c: &Consultation, participant: &str, d: Desc
     };
     match result {
         Ok(Some(answer)) => {
-            send(
-                sink,
-                &ServerMessage::Sdp {
-                    description: Description {
-                        kind: SdpKind::Answer,
-                        sdp: answer,
-                    },
-                },
-            )
-            .await;
+            let description = Description {
+                kind: SdpKind::Answer,
+                sdp: answer,
+            };
+            send(sink, &ServerMessage::Sdp { description }).await;
         }
         Ok(None) => {}
-        Err(e) => {
-            // glare, invalid_sdp, no_pending_offer: the client can act on these codes.
-            let code = if e.status == 0 {
-                "sfu_unavailable".to_owned()
-            } else {
-                e.code.clone()
-            };
-            send_error(sink, &code, e.message).await;
-        }
+        // glare, invalid_sdp, no_pending_offer: the client can act on these codes.
+        Err(e) => sfu_refused(sink, c, e).await,
     }
 }

@@ -23,7 +23,15 @@ const INDEX: Asset = Asset {
     body: include_str!("../web/index.html"),
 };
 
-const ASSETS: [Asset; 6] = [
+/// The tab's icon: linked from the page, and also answered at `/favicon.ico`, which
+/// browsers ask for on their own.
+const FAVICON: Asset = Asset {
+    name: "favicon.svg",
+    content_type: "image/svg+xml",
+    body: include_str!("../web/favicon.svg"),
+};
+
+const ASSETS: [Asset; 7] = [
     INDEX,
     Asset {
         name: "app.js",
@@ -50,6 +58,7 @@ const ASSETS: [Asset; 6] = [
         content_type: "text/css; charset=utf-8",
         body: include_str!("../web/style.css"),
     },
+    FAVICON,
 ];
 
 /// `GET /` and the client's files; any other name is 404.
@@ -58,6 +67,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/",
             get(|headers: HeaderMap| async move { serve(&INDEX, &headers) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|headers: HeaderMap| async move { serve(&FAVICON, &headers) }),
         )
         .route("/{file}", get(file))
 }
@@ -134,6 +147,21 @@ mod tests {
         // A hostile Host header cannot widen the policy.
         let csp = content_security_policy(Some("evil.example; script-src *"));
         assert!(csp.contains("connect-src 'self';"), "{csp}");
+    }
+
+    #[test]
+    fn the_icon_is_an_image_of_this_origin() {
+        let page = INDEX.body;
+        assert!(
+            page.contains(r#"<link rel="icon" href="/favicon.svg""#),
+            "{page}"
+        );
+        assert!(FAVICON.body.starts_with("<svg"));
+        // Self-contained: nothing in it that the policy (no scripts, this origin) blocks.
+        for banned in ["<script", "href", "url(", " on"] {
+            assert!(!FAVICON.body.contains(banned), "{banned} in the icon");
+        }
+        assert!(content_security_policy(None).contains("img-src 'self'"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rand::RngExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+mod entry;
 pub mod snapshot;
 
 use crate::cluster::PlacedNode;
@@ -38,6 +39,9 @@ pub enum Outbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
     Lobby,
+    /// Let in (by a host, or directly): their SFU session is being opened, and nothing of
+    /// the call reaches them until [`Consultation::welcome`] tells them `joined`.
+    Entering,
     InCall,
     /// Was in the call; the connection dropped at this time.
     Away(DateTime<Utc>),
@@ -80,6 +84,16 @@ struct State {
     active_speaker: Option<String>,
     /// Another replica continues the consultation: this copy does nothing more.
     handed_over: bool,
+    /// The room's published tracks, in publication order, for whoever enters later.
+    tracks: Vec<Track>,
+}
+
+/// A track published in the room, as the SFU announced it.
+struct Track {
+    participant: String,
+    track: String,
+    kind: String,
+    muted: bool,
 }
 
 pub struct Consultation {
@@ -150,6 +164,13 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+impl MemberEntry {
+    /// In the call or entering it: they have (or are getting) an SFU session.
+    fn has_media(&self) -> bool {
+        matches!(self.presence, Presence::InCall | Presence::Entering)
+    }
+}
+
 impl State {
     fn members_in_call(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self
@@ -181,10 +202,12 @@ impl State {
         v
     }
 
+    /// Nothing reaches a member who is entering before their `joined` (see `welcome`).
     fn send(&self, participant: &str, msg: ServerMessage) {
         if let Some(c) = self
             .members
             .get(participant)
+            .filter(|m| m.presence != Presence::Entering)
             .and_then(|m| m.connection.as_ref())
         {
             let _ = c.mailbox.send(Outbound::Message(msg));
@@ -288,6 +311,7 @@ impl Consultation {
                 next_connection: 1,
                 active_speaker: None,
                 handed_over: false,
+                tracks: Vec::new(),
             }),
         }
     }
@@ -348,7 +372,7 @@ impl Consultation {
             .map(|(p, m)| MemberSnapshot {
                 participant: p.clone(),
                 role: m.role,
-                in_call: matches!(m.presence, Presence::InCall | Presence::Away(_)),
+                in_call: m.has_media() || matches!(m.presence, Presence::Away(_)),
                 away_since: match m.presence {
                     Presence::Away(t) => Some(t),
                     _ => None,
@@ -421,7 +445,7 @@ impl Consultation {
             .members
             .iter()
             .filter(|(_, m)| m.connection.is_some())
-            .filter(|(_, m)| !in_call_only || m.presence == Presence::InCall)
+            .filter(|(_, m)| !in_call_only || m.has_media())
             .map(|(p, _)| p.clone())
             .collect();
         for p in &who {
@@ -432,109 +456,6 @@ impl Consultation {
 
     pub fn ended(&self) -> Option<EndReason> {
         self.lock().ended
-    }
-
-    /// A member connects (first time, reconnect, or a second tab that takes over). Returns
-    /// where they land and the connection id to use when they disconnect.
-    pub fn enter(
-        &self,
-        participant: &str,
-        role: Role,
-        direct: bool,
-        mailbox: Mailbox,
-        now: DateTime<Utc>,
-        reconnect_grace: Duration,
-    ) -> (Entry, u64) {
-        let mut s = self.lock();
-        if s.ended.is_some() {
-            return (Entry::Refused("consultation_ended"), 0);
-        }
-        if s.handed_over {
-            // Raced with a hand-over: the client's next join finds the new home.
-            return (Entry::Refused("handed_over"), 0);
-        }
-        if s.removed.iter().any(|r| r == participant) {
-            return (Entry::Refused("removed_by_host"), 0);
-        }
-        let id = s.next_connection;
-        s.next_connection += 1;
-        let grace = chrono::Duration::from_std(reconnect_grace).unwrap_or_default();
-        let entry = match s.members.get_mut(participant) {
-            Some(m) => {
-                if let Some(old) = m.connection.take() {
-                    let _ = old.mailbox.send(Outbound::Close(ServerMessage::Replaced));
-                }
-                m.connection = Some(Connection { id, mailbox });
-                m.role = role;
-                match m.presence {
-                    Presence::InCall => Entry::InCall,
-                    Presence::Away(since) if now - since <= grace || direct => {
-                        m.presence = Presence::InCall;
-                        Entry::InCall
-                    }
-                    _ if direct => {
-                        m.presence = Presence::InCall;
-                        Entry::InCall
-                    }
-                    _ => {
-                        m.presence = Presence::Lobby;
-                        m.waiting_since = Some(now);
-                        Entry::Lobby
-                    }
-                }
-            }
-            None => {
-                let presence = if direct {
-                    Presence::InCall
-                } else {
-                    Presence::Lobby
-                };
-                s.members.insert(
-                    participant.to_owned(),
-                    MemberEntry {
-                        role,
-                        presence,
-                        connection: Some(Connection { id, mailbox }),
-                        waiting_since: (!direct).then_some(now),
-                        sfu_session: None,
-                    },
-                );
-                if direct { Entry::InCall } else { Entry::Lobby }
-            }
-        };
-        match entry {
-            Entry::Lobby => s.notify_hosts_of_lobby(),
-            Entry::InCall => {
-                s.notify_members();
-                if role == Role::Host {
-                    // A host who arrives (or comes back) sees who waits.
-                    let waiting = s.waiting();
-                    s.send(participant, ServerMessage::LobbyChanged { waiting });
-                }
-            }
-            Entry::Refused(_) => {}
-        }
-        (entry, id)
-    }
-
-    /// What an admitted member is told on entering the call: `joined` (negotiate media now),
-    /// then who is talking, if anyone is, since that changes only when the speaker does.
-    pub fn welcome_messages(&self, participant: &str, role: Role) -> Vec<ServerMessage> {
-        let s = self.lock();
-        let mut v = vec![ServerMessage::Joined {
-            v: crate::protocol::VERSION,
-            role,
-            participant: participant.to_owned(),
-            closes_at: rfc3339(s.closes_at),
-            members: s.members_in_call(),
-            room_kind: self.kind,
-        }];
-        if let Some(speaker) = &s.active_speaker {
-            v.push(ServerMessage::ActiveSpeaker {
-                participant: Some(speaker.clone()),
-            });
-        }
-        v
     }
 
     /// The SFU decided a new dominant speaker: remember it and tell everyone in the call.
@@ -587,9 +508,9 @@ impl Consultation {
             return false; // a newer connection took over
         }
         m.connection = None;
-        let was_in_call = m.presence == Presence::InCall;
+        let was_in_call = m.has_media();
         match m.presence {
-            Presence::InCall => m.presence = Presence::Away(now),
+            Presence::InCall | Presence::Entering => m.presence = Presence::Away(now),
             Presence::Lobby => {
                 s.members.remove(participant);
             }
@@ -609,14 +530,15 @@ impl Consultation {
         if m.connection.as_ref().is_none_or(|c| c.id != connection) {
             return false;
         }
-        let was_in_call = m.presence == Presence::InCall;
+        let was_in_call = m.has_media();
         s.members.remove(participant);
         s.notify_members();
         s.notify_hosts_of_lobby();
         was_in_call
     }
 
-    /// Host: let `participant` in. Returns the lobby wait, for the metric.
+    /// Host: let `participant` in: they enter once their SFU session is open (`welcome`).
+    /// Returns the lobby wait, for the metric.
     pub fn admit(
         &self,
         host: &str,
@@ -631,23 +553,23 @@ impl Consultation {
         if m.connection.is_none() {
             return Err(ActionError::WrongPresence);
         }
-        m.presence = Presence::InCall;
+        m.presence = Presence::Entering;
         let waited = m.waiting_since.take().map(|t| now - t);
         let role = m.role;
         s.notify_hosts_of_lobby();
-        s.notify_members();
         Ok((role, waited))
     }
 
     /// Undo an admission whose SFU session could not be opened.
     pub fn back_to_lobby(&self, participant: &str, now: DateTime<Utc>) {
         let mut s = self.lock();
-        if let Some(m) = s.members.get_mut(participant) {
+        if let Some(m) = s.members.get_mut(participant)
+            && m.presence == Presence::Entering
+        {
             m.presence = Presence::Lobby;
             m.waiting_since = Some(now);
         }
         s.notify_hosts_of_lobby();
-        s.notify_members();
     }
 
     /// Host: turn `participant` away from the lobby.
@@ -696,7 +618,7 @@ impl Consultation {
     pub fn remove(&self, host: &str, participant: &str) -> Result<(Role, bool), ActionError> {
         let mut s = self.lock();
         let m = s.host_target(host, participant, None)?;
-        let (role, was_in_call) = (m.role, m.presence == Presence::InCall);
+        let (role, was_in_call) = (m.role, m.has_media());
         s.send_and_close(participant, ServerMessage::Removed);
         s.members.remove(participant);
         s.removed.push(participant.to_owned());
@@ -844,7 +766,12 @@ impl Consultation {
                 code: "ending_soon".into(),
                 closes_at: rfc3339(s.closes_at),
             };
-            for m in s.members.values() {
+            // Whoever is entering now learns the end from `joined`.
+            for m in s
+                .members
+                .values()
+                .filter(|m| m.presence != Presence::Entering)
+            {
                 if let Some(c) = &m.connection {
                     let _ = c.mailbox.send(Outbound::Message(msg.clone()));
                 }
@@ -908,6 +835,9 @@ mod tests {
         // No host in the call yet: the patient cannot act, nor can anyone on their behalf.
         assert!(matches!(c.admit(pat, pat, now), Err(ActionError::NotHost)));
         c.enter(dr, Role::Host, true, tx.clone(), now, grace);
+        // Entering, the host is not yet in the call: no rights until told `joined`.
+        assert!(matches!(c.admit(dr, pat, now), Err(ActionError::NotHost)));
+        assert!(c.welcome(dr, None));
         assert!(matches!(
             c.check_mute(dr, "Patient/nobody"),
             Err(ActionError::NoSuchParticipant)
@@ -923,6 +853,12 @@ mod tests {
         ));
         assert!(matches!(c.admit(dr, pat, now), Ok((Role::Patient, _))));
         assert!(matches!(c.deny(dr, pat), Err(ActionError::WrongPresence)));
+        // Admitted twice while their media opens: refused, not two SFU sessions.
+        assert!(matches!(
+            c.admit(dr, pat, now),
+            Err(ActionError::WrongPresence)
+        ));
+        assert!(c.welcome(pat, None));
         assert!(matches!(c.check_mute(dr, pat), Ok(Role::Patient)));
         // A host does not act on themselves.
         for r in [

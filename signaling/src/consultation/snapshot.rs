@@ -84,6 +84,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let doctor = "Practitioner/dr";
         c.enter(doctor, Role::Host, true, tx.clone(), now, grace);
+        c.welcome(doctor, None);
         c.enter("Patient/p", Role::Patient, false, tx.clone(), now, grace);
         c.enter(
             "RelatedPerson/f",

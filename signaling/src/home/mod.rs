@@ -22,7 +22,7 @@ pub mod redis;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::access::ClientInfo;
-use crate::protocol::ServerMessage;
-use crate::session::{self, FirstFrame, FrameSink, FrameStream};
+use crate::protocol::{Close, ServerMessage};
+use crate::session::{self, FirstFrame, FrameSink, FrameStream, Incoming};
 use crate::state::AppState;
 
 /// Where an appointment's consultation runs.
@@ -65,6 +65,13 @@ pub enum PipeOp {
     /// Edge to home: the client sent a binary frame (not part of the protocol; the session
     /// at the home answers it as it would on a direct connection).
     Binary,
+    /// Home to edge, before `Close`: the close frame the session ends the client's
+    /// WebSocket with (PROTOCOL.md, "Closing"). An edge that does not know it ignores it;
+    /// a `Close` without it follows a `reconnect` hint (1001).
+    Goodbye {
+        code: u16,
+        reason: String,
+    },
     /// Either way: the connection ends.
     Close,
 }
@@ -158,7 +165,9 @@ pub async fn route(deps: AppState, socket: WebSocket, client: ClientInfo) {
                     .ws_refused
                     .with_label_values(&["state_unavailable"])
                     .inc();
-                let _ = send(&mut sink, &state_unavailable()).await;
+                let refusal = state_unavailable();
+                let _ = send(&mut sink, &refusal).await;
+                session::send_close(&mut sink, Close::after(&refusal)).await;
                 let _ = sink.close().await;
                 return;
             }
@@ -208,6 +217,9 @@ async fn edge(
                 "cannot reach the replica running the consultation: {e}"
             );
             let _ = send(&mut sink, &reconnect).await;
+            let close = Close::after(&reconnect);
+            session::send_close(&mut sink, close).await;
+            session::linger(&mut stream, close).await;
             let _ = sink.close().await;
             return;
         }
@@ -215,6 +227,8 @@ async fn edge(
     deps.metrics.piped_sessions.inc();
     debug!(pipe = %end.id, home, "client piped to the consultation's replica");
     let mut home_lost = false;
+    // The client's WebSocket got its close frame (from the home, or from this edge).
+    let mut closed = false;
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -222,8 +236,25 @@ async fn edge(
                     Some(Ok(Message::Text(t))) => PipeOp::Text { text: t.to_string() },
                     Some(Ok(Message::Binary(_))) => PipeOp::Binary,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    // Closed, or broken (an oversized frame ends here too).
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    // Refused by the WebSocket layer here: answered here, as the home would.
+                    Some(Err(e)) => {
+                        let close = match session::read(Some(Err(e))) {
+                            Incoming::TooLarge => {
+                                let refusal = ServerMessage::Error {
+                                    code: "message_too_large".into(),
+                                    message: "the message is over the size limit".into(),
+                                };
+                                let _ = send(&mut sink, &refusal).await;
+                                Close::after(&refusal)
+                            }
+                            _ => Close::BROKEN_FRAME,
+                        };
+                        session::send_close(&mut sink, close).await;
+                        session::linger(&mut stream, close).await;
+                        closed = true;
+                        break;
+                    }
                 };
                 if !deps.homes.send(&end, op).await {
                     home_lost = true;
@@ -234,7 +265,23 @@ async fn edge(
                 Some(PipeOp::Text { text }) => {
                     if sink.send(Message::Text(text.into())).await.is_err() { break; }
                 }
-                Some(PipeOp::Close) => break,
+                // Closed now; the client's close frame in answer ends the loop (and the
+                // home's session, lingering for it).
+                Some(PipeOp::Goodbye { code, reason }) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    closed = true;
+                }
+                Some(PipeOp::Close) => {
+                    if !closed {
+                        // No goodbye: the home let the client go with a `reconnect` hint
+                        // (it drains, or raced a drain).
+                        let close = Close::after(&reconnect);
+                        session::send_close(&mut sink, close).await;
+                        session::linger(&mut stream, close).await;
+                    }
+                    break;
+                }
                 Some(_) => {}
                 None => { home_lost = true; break; }
             }
@@ -245,7 +292,12 @@ async fn edge(
             .reconnect_hints
             .with_label_values(&["home_lost"])
             .inc();
-        let _ = send(&mut sink, &reconnect).await;
+        if !closed {
+            let _ = send(&mut sink, &reconnect).await;
+            let close = Close::after(&reconnect);
+            session::send_close(&mut sink, close).await;
+            session::linger(&mut stream, close).await;
+        }
     } else {
         deps.homes.send(&end, PipeOp::Close).await;
     }
@@ -275,18 +327,25 @@ async fn home_side(deps: AppState, pipe: IncomingPipe) {
             std::future::ready(match op {
                 PipeOp::Text { text } => Some(Ok(Message::Text(text.into()))),
                 PipeOp::Binary => Some(Ok(Message::Binary(Default::default()))),
-                PipeOp::Open { .. } | PipeOp::Close => None,
+                PipeOp::Open { .. } | PipeOp::Goodbye { .. } | PipeOp::Close => None,
             })
         });
     let stream: FrameStream = Box::pin(frames);
     let sink: FrameSink = Box::pin(futures_util::sink::unfold(
         (deps.clone(), end.clone()),
         |(deps, end), msg: Message| async move {
-            let text = match msg {
-                Message::Text(t) => t.to_string(),
+            let op = match msg {
+                Message::Text(t) => PipeOp::Text {
+                    text: t.to_string(),
+                },
+                // The session's close frame: the edge closes the client's WebSocket with it.
+                Message::Close(Some(frame)) => PipeOp::Goodbye {
+                    code: frame.code,
+                    reason: frame.reason.to_string(),
+                },
                 _ => return Ok((deps, end)),
             };
-            if deps.homes.send(&end, PipeOp::Text { text }).await {
+            if deps.homes.send(&end, op).await {
                 Ok((deps, end))
             } else {
                 Err(axum::Error::new(std::io::Error::other(

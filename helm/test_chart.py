@@ -112,6 +112,18 @@ def sample_keys(path: Path) -> set[str]:
     return keys
 
 
+def dockerfile_instruction(name: str) -> list[str]:
+    """The arguments of each `NAME ...` line in the Dockerfile's last stage (the image)."""
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return [line.split(None, 1)[1] for line in lines[last:] if line.split(None, 1)[:1] == [name]]
+
+
+def dockerfile_arg(name: str) -> str:
+    return next(a.split("=", 1)[1] for a in dockerfile_instruction("ARG")
+                if a.startswith(f"{name}="))
+
+
 class ChartTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -473,6 +485,52 @@ class ChartTest(unittest.TestCase):
         self.assertTrue(families)
         for family in families:
             self.assertIn(family, exprs)
+
+    # -- The image (Dockerfile, scripts/image) ----------------------------------------------
+
+    def test_the_default_image_is_the_one_scripts_image_builds(self):
+        # scripts/image names its archive's image <values image.repository>:<workspace version>.
+        version = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        self.assertEqual(chart["appVersion"], version, "Chart appVersion follows Cargo.toml")
+        self.assertEqual(dockerfile_arg("VERSION"), version, "the Dockerfile's VERSION too")
+        defaults = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+        self.assertEqual(defaults["tag"], "")
+        self.assertEqual(defaults["digest"], "")
+        for w in (self.default.sfu(), self.default.signaling()):
+            self.assertEqual(container(w)["image"], f"{defaults['repository']}:{version}")
+        script = (REPO / "scripts" / "image").read_text()
+        self.assertIn("helm/metaclinic/values.yaml", script)
+
+    def test_image_tag_and_digest(self):
+        self.assertEqual(container(self.production.sfu())["image"],
+                         "registry.hospital.example/metaclinic/metaclinic:0.1.0")
+        digest = "sha256:" + "ab" * 32
+        pinned = Rendered(merged(production_values(), {"image": {"digest": digest}}))
+        for w in (pinned.sfu(), pinned.signaling()):
+            self.assertEqual(container(w)["image"],
+                             f"registry.hospital.example/metaclinic/metaclinic@{digest}")
+
+    def test_the_chart_runs_the_image_as_it_is_built(self):
+        # The image's entrypoint is `metaclinic`: the chart gives arguments only.
+        self.assertEqual(dockerfile_instruction("ENTRYPOINT"), ['["metaclinic"]'])
+        for w in (self.default.sfu(), self.default.signaling()):
+            self.assertNotIn("command", container(w))
+            self.assertIn(container(w)["args"][0], ("sfu", "signaling"))
+        # Its user is the pods' user.
+        uid, gid = dockerfile_instruction("USER")[0].split(":")
+        pod = self.default.sfu()["spec"]["template"]["spec"]["securityContext"]
+        self.assertEqual((pod["runAsUser"], pod["runAsGroup"]), (int(uid), int(gid)))
+        # The HRTF set is where the chart points spatial.hrtf_path.
+        hrtf = next(v.split("=", 1)[1] for v in dockerfile_instruction("ENV")
+                    if v.startswith("METACLINIC_SFU__SPATIAL__HRTF_PATH="))
+        self.assertEqual(self.default.toml("sfu")["spatial"]["hrtf_path"], hrtf)
+        # It exposes the ports the chart opens with default values (media-N past media-0: the
+        # next media threads' ports, one per core).
+        opened = {f"{p['containerPort']}/{p['protocol'].lower()}"
+                  for w in (self.default.sfu(), self.default.signaling())
+                  for p in container(w)["ports"] if not re.fullmatch(r"media-[1-9]\d*", p["name"])}
+        self.assertEqual(opened, set(dockerfile_instruction("EXPOSE")))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// `metaclinic --version`: the release and the source revision it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("METACLINIC_BUILD_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "metaclinic",
-    version,
+    version = VERSION,
     about = "MetaClinic: real-time voice and video for telemedicine consultations"
 )]
 struct Cli {

@@ -1,0 +1,43 @@
+# Shared set-up for scripts/dev, scripts/test, scripts/image and scripts/test-image: install
+# Debian packages that are missing, or say what to install. Source it; it defines functions only.
+#
+#   setup_install WHO PACKAGE...   apt-get install the packages as root (or with password-less
+#                                  sudo); elsewhere print "WHO: missing ...; on Debian:
+#                                  apt-get install ..." and exit 1. Nothing to do for no packages.
+#   setup_missing_build_tools      the Debian packages the Rust build still needs (the opus crate
+#                                  builds libopus with cmake and a C compiler), one per line.
+#   setup_need_cargo WHO           exit 1 with a pointer to rustup when cargo is missing.
+
+setup_install() {
+    local who=$1
+    shift
+    [ $# -gt 0 ] || return 0
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "$who: installing $* (Debian packages)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "$@" >/dev/null
+    elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        echo "$who: installing $* (Debian packages, with sudo)"
+        sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "$who: missing $*; on Debian: apt-get install $*" >&2
+        exit 1
+    fi
+}
+
+setup_missing_build_tools() {
+    command -v cmake >/dev/null 2>&1 || echo cmake
+    # cmake drives make; cc compiles libopus (and ring's assembly) and links every binary.
+    command -v make >/dev/null 2>&1 || echo make
+    command -v cc >/dev/null 2>&1 || echo gcc
+    # gcc only recommends the C library's headers.
+    [ -e /usr/include/stdio.h ] || echo libc6-dev
+}
+
+setup_need_cargo() {
+    command -v cargo >/dev/null 2>&1 && return 0
+    echo "$1: cargo is missing; install Rust (https://rustup.rs)" >&2
+    exit 1
+}

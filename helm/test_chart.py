@@ -252,8 +252,22 @@ class ChartTest(unittest.TestCase):
         self.assertNotIn("node", sfu)  # from the environment
         self.assertNotIn("credential", sfu["control"])
 
+    def test_sfu_control_api_listens_on_the_node_address_only(self):
+        for r in (self.default, self.production):
+            env = {e["name"]: e for e in container(r.sfu())["env"]}
+            self.assertEqual(
+                env["METACLINIC_SFU__CONTROL__LISTEN"]["value"],
+                "$(METACLINIC_SFU__NODE__ANNOUNCED_IP):7001",
+            )
+            names = [e["name"] for e in container(r.sfu())["env"]]
+            # Kubernetes expands $(VAR) only from variables defined before it.
+            self.assertLess(
+                names.index("METACLINIC_SFU__NODE__ANNOUNCED_IP"),
+                names.index("METACLINIC_SFU__CONTROL__LISTEN"),
+            )
+
     def test_sfu_network_policy_admits_signaling_to_the_control_port(self):
-        self.assertFalse(self.default.has("NetworkPolicy", "mc-metaclinic-sfu"))
+        self.assertTrue(self.default.has("NetworkPolicy", "mc-metaclinic-sfu"), "on by default")
         np = self.production.get("NetworkPolicy", "mc-metaclinic-sfu")
         control, media = np["spec"]["ingress"]
         self.assertEqual(

@@ -188,6 +188,11 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     // Environment overrides (METACLINIC_SFU__RTC__UDP_PORT, ...) apply; the credential is
     // made up, since only this process talks to the node.
     let mut sfu = metaclinic_sfu::SfuConfig::extract(None)?;
+    // Dev mode serves this machine (signaling is on loopback too): media binds to loopback
+    // unless the environment says otherwise.
+    if std::env::var_os("METACLINIC_SFU__RTC__BIND_IP").is_none() {
+        sfu.rtc.bind_ip = std::net::Ipv4Addr::LOCALHOST.into();
+    }
     sfu.control.credential = format!("dev-{}", uuid_like());
     sfu.validate()?;
     let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

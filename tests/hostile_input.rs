@@ -87,7 +87,7 @@ async fn hostile_input_is_dropped_with_reasons_and_the_call_carries_on() {
     }
     stranger.send_to(&[], media).unwrap();
     stranger
-        .send_to(&stun_binding_request("nosuchufrag:x"), media)
+        .send_to(&stun_binding_request("nosuchufrag:abcd"), media)
         .unwrap();
     stranger
         .send_to(&[0x00, 0x01, 0x00, 0x08, 0x21, 0x12], media)

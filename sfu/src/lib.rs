@@ -56,6 +56,14 @@ pub async fn run(
         })?;
     let node = Node::start(config.clone())?;
     tracing::info!(addr = %listener.local_addr()?, "control API listening");
+    if config.control.listen.ip().is_unspecified() {
+        // Plain HTTP with a bearer credential: on every interface of a host-network pod it
+        // is readable by anyone on the node network.
+        tracing::warn!(
+            addr = %config.control.listen,
+            "the control API listens on all interfaces without TLS; bind control.listen to the node's own address and keep the port firewalled to signaling"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -24,6 +24,9 @@ pub enum DropReason {
     UnknownUfrag,
     /// A STUN request for a session here, failing MESSAGE-INTEGRITY.
     StunIntegrity,
+    /// A STUN request for a session here from another agent than its remote description
+    /// names (the username's second part is not the client's ufrag).
+    StunUsername,
     /// DTLS or RTP from an address no session has verified with STUN.
     UnknownPeer,
     /// RTP or RTCP shorter than its own header says.
@@ -59,12 +62,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Oversized,
         DropReason::Unclassifiable,
         DropReason::MalformedStun,
         DropReason::UnknownUfrag,
         DropReason::StunIntegrity,
+        DropReason::StunUsername,
         DropReason::UnknownPeer,
         DropReason::TruncatedRtp,
         DropReason::PeerRejected,
@@ -90,6 +94,7 @@ impl DropReason {
             DropReason::MalformedStun => "malformed_stun",
             DropReason::UnknownUfrag => "unknown_ufrag",
             DropReason::StunIntegrity => "stun_integrity",
+            DropReason::StunUsername => "stun_username",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::TruncatedRtp => "truncated_rtp",
             DropReason::PeerRejected => "peer_rejected",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
@@ -33,6 +33,10 @@ use crate::node::Node;
 
 /// Largest request body: an SDP with many tracks stays well below this.
 pub const MAX_BODY: usize = 128 * 1024;
+/// What is read and dropped of a body over [`MAX_BODY`] before answering 413.
+const MAX_DRAIN: usize = 4 << 20;
+/// The longest a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A line sent on idle event streams so both ends notice a dead connection.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -118,19 +122,44 @@ fn authorized(node: &Node, req: &Request<Incoming>) -> bool {
 }
 
 async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ControlError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ControlError::PayloadTooLarge
-            } else {
-                ControlError::BadRequest("could not read the request body".into())
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    let mut too_large = false;
+    let read = async {
+        let mut drained = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| ControlError::BadRequest("could not read the request body".into()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if !too_large && bytes.len() + data.len() <= MAX_BODY {
+                bytes.extend_from_slice(data);
+                continue;
             }
-        })?;
-    serde_json::from_slice(&bytes.to_bytes()).map_err(|e| ControlError::BadRequest(e.to_string()))
+            // Over the limit: read the rest and throw it away (up to a bound), so the refusal
+            // reaches the caller. Closing with its bytes unread would reset the connection
+            // under the answer.
+            too_large = true;
+            drained += data.len();
+            if drained > MAX_DRAIN {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(())) if too_large => return Err(ControlError::PayloadTooLarge),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) if too_large => return Err(ControlError::PayloadTooLarge),
+        Err(_) => {
+            return Err(ControlError::BadRequest(
+                "the request body came too slowly".into(),
+            ));
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ControlError::BadRequest(e.to_string()))
 }
 
 fn decode_segment(s: &str) -> Result<String, ControlError> {

@@ -11,10 +11,11 @@ use crate::webrtc::stun::{self, DatagramKind, StunTarget};
 
 pub type SessionKey = usize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// A STUN request for this session from an address it may not know yet.
-    Check(SessionKey),
+    /// A STUN request for this session from an address it may not know yet, naming this
+    /// remote ufrag as its sender.
+    Check(SessionKey, String),
     /// From an address this session has verified.
     Known(SessionKey),
     Drop(DropReason),
@@ -64,8 +65,8 @@ impl Demux {
         match stun::classify(data) {
             DatagramKind::Unknown => Route::Drop(DropReason::Unclassifiable),
             DatagramKind::Stun => match stun::target(data) {
-                StunTarget::Ufrag(ufrag) => match self.by_ufrag.get(&ufrag) {
-                    Some(&key) => Route::Check(key),
+                StunTarget::Ufrag(ufrag, remote) => match self.by_ufrag.get(&ufrag) {
+                    Some(&key) => Route::Check(key, remote),
                     None => Route::Drop(DropReason::UnknownUfrag),
                 },
                 StunTarget::NoUsername => {

@@ -344,7 +344,17 @@ impl Shard {
                 }
                 self.feed(key, now, from, data, tcp)
             }
-            Route::Check(key) => {
+            Route::Check(key, remote) => {
+                // A check from another agent than the one this session negotiated with is
+                // dropped here: the WebRTC stack would log its username in a warning.
+                if self
+                    .sessions
+                    .get(key)
+                    .is_some_and(|s| !s.peer.expects_remote_ufrag(&remote))
+                {
+                    self.tally.drop(DropReason::StunUsername);
+                    return;
+                }
                 self.feed(key, now, from, data, tcp);
                 // An ICE-lite agent answers a valid check with a success response; only then
                 // does the address route to this session.

@@ -103,7 +103,7 @@ fn first_check(stream: &TcpStream, deadline: Instant) -> Option<(usize, Vec<u8>)
     let mut frame = vec![0u8; len];
     read_by(stream, &mut frame, deadline)?;
     match stun::target(&frame) {
-        StunTarget::Ufrag(ufrag) => Some((shard_of_ufrag(&ufrag)?, frame)),
+        StunTarget::Ufrag(ufrag, _) => Some((shard_of_ufrag(&ufrag)?, frame)),
         _ => None,
     }
 }

@@ -198,6 +198,14 @@ fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
     })
 }
 
+/// The ICE ufrag a description gives (`a=ice-ufrag:`, session or first media level; with
+/// BUNDLE all sections share it).
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim_end().to_owned())
+}
+
 /// The SSRCs an SDP declares with `a=ssrc:<ssrc> ...` (RFC 5576), retransmission and FEC
 /// streams included.
 fn declared_ssrcs(sdp: &str) -> HashSet<u32> {
@@ -236,6 +244,8 @@ pub struct Peer {
     learned_ssrcs: simulcast::LearnedSsrcs,
     /// The negotiated id of the audio-level header extension, if any.
     audio_level_ext: Option<u8>,
+    /// The ICE ufrag of the remote side's last description (checks must name it).
+    remote_ufrag: Option<String>,
     /// Round trip measured from the remote side's receiver reports, smoothed.
     rtt_ms: Option<f64>,
     /// RTP packets we handed to the stack to send.
@@ -276,6 +286,7 @@ impl Peer {
             simulcast: Default::default(),
             learned_ssrcs: Default::default(),
             audio_level_ext: None,
+            remote_ufrag: None,
             rtt_ms: None,
             rtp_written: 0,
             replay: Some(Box::default()),
@@ -463,6 +474,13 @@ impl Peer {
         self.audio_level_ext = remote
             .as_deref()
             .and_then(|sdp| extmap_id(sdp, AUDIO_LEVEL_URI));
+        self.remote_ufrag = remote.as_deref().and_then(ice_ufrag);
+    }
+
+    /// May a STUN check naming `remote` as its sender come from our remote side? Before a
+    /// remote description, or when it names no ufrag, the WebRTC stack decides.
+    pub fn expects_remote_ufrag(&self, remote: &str) -> bool {
+        self.remote_ufrag.as_deref().is_none_or(|u| u == remote)
     }
 
     /// May RTP on `ssrc` come in? Yes if the remote side declared the SSRC, or if the packet's

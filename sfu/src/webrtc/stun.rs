@@ -25,8 +25,9 @@ pub fn classify(datagram: &[u8]) -> DatagramKind {
 /// STUN as the demultiplexer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StunTarget {
-    /// A request naming `ufrag` as the receiver's (the part before ':' of USERNAME).
-    Ufrag(String),
+    /// A request naming `ufrag` as the receiver's (the part before ':' of USERNAME) and
+    /// `remote` as the sender's (the part after).
+    Ufrag(String, String),
     /// Well-formed STUN without a usable USERNAME (responses, indications).
     NoUsername,
     Malformed,
@@ -47,9 +48,22 @@ pub fn target(datagram: &[u8]) -> StunTarget {
         return StunTarget::Malformed;
     };
     match username.split_once(':') {
-        Some((local, _remote)) if !local.is_empty() => StunTarget::Ufrag(local.to_owned()),
+        Some((local, remote)) if is_ufrag(local) && is_ufrag(remote) => {
+            StunTarget::Ufrag(local.to_owned(), remote.to_owned())
+        }
         _ => StunTarget::Malformed,
     }
+}
+
+/// An ICE username fragment as RFC 8839 allows it: 4 to 256 of `ALPHA / DIGIT / "+" / "/"`
+/// (a few more harmless marks are let through for lenient agents). Anything else (a newline,
+/// a control character, a colon) never reaches the WebRTC stack, whose warnings would carry
+/// it into the log.
+fn is_ufrag(s: &str) -> bool {
+    (4..=256).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=' | b'.')
+        })
 }
 
 /// Is this outgoing datagram a Binding success response? An ICE-lite agent only answers;
@@ -91,9 +105,22 @@ mod tests {
     fn the_local_ufrag_is_read_from_username() {
         assert_eq!(
             target(&binding_request("srv1:cli9")),
-            StunTarget::Ufrag("srv1".into())
+            StunTarget::Ufrag("srv1".into(), "cli9".into())
         );
         assert_eq!(target(&binding_request(":cli9")), StunTarget::Malformed);
+        assert_eq!(target(&binding_request("srv1:")), StunTarget::Malformed);
+        // Bytes an attacker would like to see in a log never get past this point.
+        for hostile in [
+            "srv1:cli9\nWARN forged",
+            "srv1:cl\u{1b}[2Ji9",
+            "srv1:a:b:c9",
+        ] {
+            assert_eq!(
+                target(&binding_request(&hostile)),
+                StunTarget::Malformed,
+                "{hostile:?}"
+            );
+        }
         assert_eq!(target(&binding_request("nocolon")), StunTarget::Malformed);
         let mut truncated = binding_request("srv1:cli9");
         truncated.truncate(24);

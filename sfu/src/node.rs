@@ -23,8 +23,16 @@ use crate::placement::{self, ThreadLoad};
 use crate::room::RoomKind;
 use crate::shard::{self, Command, ShardHandle, ShardSettings};
 
-/// Room events buffered per room for slow readers before they start missing some.
-const EVENT_BUFFER: usize = 1024;
+/// Room events buffered per room for slow readers before they start missing some: a
+/// consultation (at most 16 people, a quality report each every two seconds) fills 256 in
+/// half a minute; a shared room's hundreds of participants need more. Each slot costs the
+/// size of an event whether used or not, so this is sized by the room's kind.
+fn event_buffer(kind: RoomKind) -> usize {
+    match kind {
+        RoomKind::Consultation => 256,
+        RoomKind::Shared => 4096,
+    }
+}
 
 struct RoomEntry {
     shard: usize,
@@ -257,7 +265,7 @@ impl Node {
             let shard = self
                 .place(&rooms, req.kind)
                 .ok_or(ControlError::Overloaded)?;
-            let (events, _) = broadcast::channel(EVENT_BUFFER);
+            let (events, _) = broadcast::channel(event_buffer(req.kind));
             rooms.insert(
                 req.room.clone(),
                 RoomEntry {

@@ -15,6 +15,16 @@ use metaclinic_sfu::webrtc::{Peer, Side};
 
 const CREDENTIAL: &str = "stun-log-test-credential";
 
+/// The node's process, killed when the test ends however it ends.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn binding_request(username: &[u8]) -> Vec<u8> {
     let mut attrs = Vec::new();
     attrs.extend_from_slice(&0x0006u16.to_be_bytes());
@@ -36,22 +46,24 @@ async fn hostile_stun_usernames_are_dropped_and_never_logged() {
     // The node, with its log on a pipe and the WebRTC stack's warnings let through.
     let media_port = free_udp_ports(1).unwrap();
     let control_addr = free_tcp_addr().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metaclinic"))
-        .arg("sfu")
-        .env("METACLINIC_SFU__CONTROL__LISTEN", control_addr.to_string())
-        .env("METACLINIC_SFU__CONTROL__CREDENTIAL", CREDENTIAL)
-        .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
-        .env("METACLINIC_SFU__RTC__UDP_PORT", media_port.to_string())
-        .env("METACLINIC_SFU__RTC__TCP_PORT", "0")
-        .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
-        .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
-        .env("METACLINIC_LOG", "warn")
-        .env("METACLINIC_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut node = Node(
+        Command::new(env!("CARGO_BIN_EXE_metaclinic"))
+            .arg("sfu")
+            .env("METACLINIC_SFU__CONTROL__LISTEN", control_addr.to_string())
+            .env("METACLINIC_SFU__CONTROL__CREDENTIAL", CREDENTIAL)
+            .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
+            .env("METACLINIC_SFU__RTC__UDP_PORT", media_port.to_string())
+            .env("METACLINIC_SFU__RTC__TCP_PORT", "0")
+            .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
+            .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
+            .env("METACLINIC_LOG", "warn")
+            .env("METACLINIC_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let control = SfuControl::new(&format!("http://{control_addr}"), CREDENTIAL);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(control_addr).is_err() {
@@ -108,15 +120,14 @@ async fn hostile_stun_usernames_are_dropped_and_never_logged() {
     };
     assert!(dropped(&metrics, "malformed_stun") >= 200.0);
 
-    let _ = child.kill();
+    let _ = node.0.kill();
     let mut log = String::new();
-    child
+    node.0
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    let _ = child.wait();
     assert!(
         !log.lines().any(|l| l.starts_with("WARN forged")),
         "a forged line reached the log:\n{log}"

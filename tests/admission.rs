@@ -33,16 +33,12 @@ async fn a_node_past_its_capacity_refuses_new_work_and_keeps_its_calls_whole() {
     let sfu = common::start_sfu_with(1, &[("METACLINIC_SFU__ROOMS__MAX_THREAD_BUSY_PCT", "2")]);
     let c = &sfu.control;
     let driver = ClientDriver::start("admission").unwrap();
-    // Rooms are opened while the thread is still idle. Until the thread has measured them
-    // (once a second), each counts as an average room (1% of a thread), so they are opened
-    // a measurement apart to stay under this test's low limit.
-    let settle = Duration::from_millis(1100);
+    // Rooms are opened while the thread is still idle.
     c.create_room_of_kind("hall", RoomKind::Shared)
         .await
         .unwrap();
     let rooms: Vec<String> = (0..3).map(|i| format!("call-{i}")).collect();
     for room in &rooms {
-        tokio::time::sleep(settle).await;
         c.create_room(room).await.unwrap();
     }
     let mut calls = Vec::new();

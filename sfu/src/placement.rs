@@ -57,14 +57,16 @@ pub fn estimates(threads: &[ThreadLoad]) -> Vec<f64> {
         .collect()
 }
 
-/// The thread for a new room of `kind`, or `None` when every thread that may take it is
-/// estimated at `max_busy` or more (the node is overloaded: place the room elsewhere).
+/// The thread for a new room of `kind`, or `None` when every thread that may take it
+/// measured itself at `max_busy` or more (the node is overloaded: place the room
+/// elsewhere). Refusal goes by what was measured, not by the estimate: a room costs nothing
+/// until people join, and each join is checked against its thread's measured load again.
 pub fn choose(threads: &[ThreadLoad], kind: RoomKind, max_busy: f64) -> Option<usize> {
     let estimates = estimates(threads);
     let pick = |apart: bool| {
         (0..threads.len())
             .filter(|&i| !apart || !threads[i].hosts_other_kind(kind))
-            .filter(|&i| estimates[i] < max_busy)
+            .filter(|&i| threads[i].busy < max_busy)
             .min_by(|&a, &b| {
                 estimates[a]
                     .total_cmp(&estimates[b])
@@ -158,6 +160,15 @@ mod tests {
         let mut one = vec![ThreadLoad::default()];
         place(&mut one, RoomKind::Shared);
         assert_eq!(place(&mut one, RoomKind::Consultation), 0);
+    }
+
+    #[test]
+    fn a_burst_onto_an_idle_thread_is_never_refused_on_estimates_alone() {
+        let mut one = vec![ThreadLoad::default()];
+        for _ in 0..500 {
+            place(&mut one, RoomKind::Consultation);
+        }
+        assert_eq!(one[0].consultations, 500);
     }
 
     #[test]

@@ -332,6 +332,8 @@ class ChartTest(unittest.TestCase):
         self.assertNotIn("METACLINIC_SFU__REDIS__URL", env(static.sfu()))
         # Only METACLINIC_SIGNALING__* variables that are real config keys.
         keys = {"METACLINIC_SIGNALING__SFU__NODES", "METACLINIC_SIGNALING__AUDIT__PATH",
+                "METACLINIC_SIGNALING__AUDIT__CHECKPOINT_PATH",
+                "METACLINIC_SIGNALING__AUDIT__KEY_FILE",
                 "METACLINIC_SIGNALING__DRAIN__DEADLINE_S", "METACLINIC_SIGNALING__REDIS__URL",
                 "METACLINIC_SIGNALING__SFU__CREDENTIAL"}
         for name in e:
@@ -449,7 +451,18 @@ class ChartTest(unittest.TestCase):
         self.assertRegex(generated, r"^[A-Za-z0-9]{40}$")
         self.assertNotIn("booking-key.pem", secret["data"])
         self.assertIn("no booking private key", self.default.notes)
-        self.assertFalse(self.production.all("Secret"))  # both come from existing Secrets
+        # The audit chain's key: generated (kept across upgrades), or an existing Secret.
+        self.assertRegex(base64.b64decode(secret["data"]["audit-key"]).decode(), r"^[A-Za-z0-9]{64}$")
+        self.assertFalse(self.production.all("Secret"))  # all come from existing Secrets
+        for r, name in [(self.default, "mc-metaclinic-secrets"), (self.production, "metaclinic-audit")]:
+            spec = r.signaling()["spec"]["template"]["spec"]
+            vols = {v["name"]: v for v in spec["volumes"]}
+            self.assertEqual(vols["audit-key"]["secret"]["secretName"], name)
+            e = {x["name"]: x for x in spec["containers"][0]["env"]}
+            self.assertEqual(e["METACLINIC_SIGNALING__AUDIT__KEY_FILE"]["value"],
+                             "/etc/metaclinic/audit-key/audit-key")
+            self.assertEqual(e["METACLINIC_SIGNALING__AUDIT__CHECKPOINT_PATH"]["value"],
+                             "/var/lib/metaclinic/audit/$(POD_NAME).checkpoint")
         vols = {v["name"]: v for v in self.production.signaling()["spec"]["template"]["spec"]["volumes"]}
         self.assertEqual(vols["booking-key"]["secret"]["secretName"], "metaclinic-booking")
         self.assertEqual(vols["booking-key"]["secret"]["items"],

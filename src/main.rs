@@ -74,11 +74,46 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check an audit log's hash chain; exits non-zero at the first broken line.
+    /// Check an audit log's MAC chain against its key and checkpoint; exits non-zero at the
+    /// first problem (an edited, forged or missing line, records cut off the end).
     Verify {
         /// The audit log (JSON Lines).
         path: PathBuf,
+        #[command(flatten)]
+        key: AuditKeyArgs,
+        /// The log's checkpoint (audit.checkpoint_path); default: <path>.checkpoint.
+        #[arg(long, conflicts_with = "no_checkpoint")]
+        checkpoint: Option<PathBuf>,
+        /// Check the chain alone: records cut off the end then go unnoticed.
+        #[arg(long)]
+        no_checkpoint: bool,
+        /// Also compare the log with the checkpoint's copy in Redis (the service's redis.url):
+        /// an older checkpoint file put back together with a log cut to match it passes the
+        /// file, not the copy.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// The service's redis.key_prefix.
+        #[arg(long, default_value = "metaclinic:")]
+        redis_key_prefix: String,
     },
+    /// Check a log without its checkpoint, then write a new checkpoint for it (after the
+    /// checkpoint file was lost; the service refuses to continue a MAC'd log without one).
+    Checkpoint {
+        /// The audit log (JSON Lines).
+        path: PathBuf,
+        #[command(flatten)]
+        key: AuditKeyArgs,
+        /// Where to write it (audit.checkpoint_path); default: <path>.checkpoint.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuditKeyArgs {
+    /// The log's MAC key (audit.key_file).
+    #[arg(long, env = "METACLINIC_AUDIT_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -115,11 +150,8 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Audit {
-        command: AuditCommand::Verify { path },
-    } = &cli.command
-    {
-        return audit_verify(path);
+    if let Command::Audit { command } = &cli.command {
+        return audit(command);
     }
     init_logs(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -143,18 +175,112 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn audit_verify(path: &std::path::Path) -> anyhow::Result<()> {
-    match metaclinic_signaling::audit::verify(path) {
-        Ok(report) => {
+fn audit(command: &AuditCommand) -> anyhow::Result<()> {
+    use metaclinic_signaling::audit::{self, AuditKey, VerifyOptions};
+    let read_key = |args: &AuditKeyArgs| -> anyhow::Result<Option<AuditKey>> {
+        args.key_file
+            .as_deref()
+            .map(|p| AuditKey::from_file(p).map_err(|e| anyhow::anyhow!("--key-file: {e}")))
+            .transpose()
+    };
+    let beside = |path: &std::path::Path| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".checkpoint");
+        PathBuf::from(p)
+    };
+    match command {
+        AuditCommand::Verify {
+            path,
+            key,
+            checkpoint,
+            no_checkpoint,
+            redis,
+            redis_key_prefix,
+        } => {
+            let key = read_key(key)?;
+            if let Some(url) = redis {
+                // The copy in Redis, checked first; then the file as for any log.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let copy = runtime
+                    .block_on(audit::checkpoint::from_redis(url, redis_key_prefix, path))
+                    .map_err(|e| anyhow::anyhow!("--redis: {e}"))?;
+                let file = std::env::temp_dir()
+                    .join(format!("metaclinic-checkpoint-{}", std::process::id()));
+                std::fs::write(&file, copy)?;
+                let options = VerifyOptions {
+                    key: key.as_ref(),
+                    checkpoint: Some(&file),
+                };
+                let checked = audit::verify(path, &options);
+                let _ = std::fs::remove_file(&file);
+                match checked {
+                    Ok(r) => println!(
+                        "the checkpoint in Redis ({} records) matches the log",
+                        r.checkpoint.map_or(0, |c| c.records)
+                    ),
+                    Err(e) => {
+                        eprintln!("{} (against the checkpoint in Redis): {e}", path.display());
+                        std::process::exit(1);
+                    }
+                }
+            }
+            let checkpoint = (!no_checkpoint).then(|| checkpoint.clone().unwrap_or(beside(path)));
+            let options = VerifyOptions {
+                key: key.as_ref(),
+                checkpoint: checkpoint.as_deref(),
+            };
+            match audit::verify(path, &options) {
+                Ok(report) => {
+                    println!(
+                        "ok: {} records, chain intact, last mac {}",
+                        report.records, report.last_hash
+                    );
+                    if let Some(cp) = &report.checkpoint {
+                        println!(
+                            "checkpoint of {}: {} records, matches the log",
+                            cp.time, cp.records
+                        );
+                    } else {
+                        println!("no checkpoint compared: records cut off the end would not show");
+                    }
+                    if report.legacy_records > 0 {
+                        println!(
+                            "{} records from before the log had a key (plain hashes)",
+                            report.legacy_records
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Checkpoint {
+            path,
+            key,
+            checkpoint,
+        } => {
+            let key = read_key(key)?.context("--key-file is needed to sign the checkpoint")?;
+            let at = checkpoint.clone().unwrap_or(beside(path));
+            let options = VerifyOptions {
+                key: Some(&key),
+                checkpoint: None,
+            };
+            let report = audit::verify(path, &options)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let (records, last) = (report.records, &report.last_hash);
+            audit::checkpoint::write_new(&at, &key, records, last, report.keyed_from)
+                .with_context(|| format!("writing {}", at.display()))?;
             println!(
-                "ok: {} records, chain intact, last hash {}",
-                report.records, report.last_hash
+                "ok: {} records; checkpoint written to {}",
+                report.records,
+                at.display()
             );
             Ok(())
-        }
-        Err(e) => {
-            eprintln!("{}: {e}", path.display());
-            std::process::exit(1);
         }
     }
 }
@@ -211,6 +337,8 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     if cfg.audit.path == metaclinic_signaling::config::AuditSection::default().path {
         cfg.audit.path = data.join("audit.jsonl");
     }
+    // Dev mode makes the audit key (once) where it is configured or beside the log.
+    cfg.audit.key_file = metaclinic_signaling::dev_audit_key(&cfg);
     cfg.sfu.nodes = vec![SfuNode {
         id: sfu.node.id.clone(),
         url: format!("http://{control_addr}"),
@@ -223,6 +351,7 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     let public = cfg.http.public_url.clone();
     let issuer = Arc::new(metaclinic_signaling::dev::DevIssuer::new(&public)?);
     let audit_path = cfg.audit.path.clone();
+    let audit_key = cfg.audit.key_file.clone();
     let state = metaclinic_signaling::build(
         cfg,
         metaclinic_signaling::Overrides {
@@ -230,7 +359,12 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
             ..Default::default()
         },
     )?;
-    print_dev_banner(&public, &appointments, &audit_path, sfu.rtc.udp_port);
+    print_dev_banner(
+        &public,
+        &appointments,
+        (&audit_path, &audit_key),
+        sfu.rtc.udp_port,
+    );
     let result =
         metaclinic_signaling::serve(listener, state, Some(issuer), shutdown_signal()).await;
     let n = node.clone();
@@ -250,7 +384,7 @@ fn uuid_like() -> String {
 fn print_dev_banner(
     public: &str,
     appointments: &std::path::Path,
-    audit: &std::path::Path,
+    (audit, audit_key): (&std::path::Path, &std::path::Path),
     udp_port: u16,
 ) {
     println!(
@@ -258,13 +392,14 @@ fn print_dev_banner(
          \x20 signaling    {public}  (WebSocket {public}/v1/ws, protocol: signaling/PROTOCOL.md)\n\
          \x20 media        UDP {udp_port} on this machine\n\
          \x20 appointments {}  (FHIR JSON; edit a status to \"cancelled\" to end a call)\n\
-         \x20 audit log    {}  (check it: metaclinic audit verify <path>)\n\n\
+         \x20 audit log    {}  (check it: metaclinic audit verify --key-file {} <path>)\n\n\
          Open {public}/ in two browser windows: pick the doctor in one and the patient in\n\
          the other (the doctor lets the patient in from the waiting room).\n\n\
          Demo appointments: demo-consult, demo-interpreter-invite, demo-group (a shared room:\n\
          \x20 spatial audio, avatars on a map). Demo identities:\n",
         appointments.display(),
-        audit.display()
+        audit.display(),
+        audit_key.display()
     );
     for id in metaclinic_signaling::dev::DEMO_IDENTITIES {
         println!("  {:<28} {}", id.fhir_user, id.label);

@@ -234,7 +234,7 @@ async fn a_booked_consultation_from_lobby_to_end() {
             .any(|r| r["action"] == "end" && r["reason"] == "host_ended")
     );
     assert!(audit.iter().all(|r| r.get("display").is_none()));
-    metaclinic_signaling::audit::verify(&h.audit_path).unwrap();
+    h.verify_audit().unwrap();
     drop(doctor);
 }
 

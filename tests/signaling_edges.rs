@@ -335,7 +335,10 @@ async fn audit_verify_catches_an_edited_line() {
     }
     let verify = |path: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_metaclinic"))
-            .args(["audit", "verify"])
+            .args(["audit", "verify", "--key-file"])
+            .arg(&h.audit_key)
+            .arg("--checkpoint")
+            .arg(&h.audit_checkpoint)
             .arg(path)
             .output()
             .unwrap()

@@ -118,7 +118,17 @@ pub async fn authorize(
     })
 }
 
-/// Count and audit a decision.
+/// The audit's reference to an appointment a client named: `Appointment/<id>` for a valid
+/// FHIR id, `Appointment/invalid` for anything else (never the client's bytes).
+pub fn appointment_ref(appointment: &str) -> String {
+    format!(
+        "Appointment/{}",
+        booking::appointment_id(appointment).unwrap_or("invalid")
+    )
+}
+
+/// Count and audit a decision. A refusal of a caller whose token did not verify is audited
+/// in summary (crate::audit::Refusals): anyone can send bad tokens as fast as they like.
 pub async fn record_decision(
     deps: &Deps,
     action: &str,
@@ -137,25 +147,24 @@ pub async fn record_decision(
         .inc();
     let granted = result.as_ref().ok();
     let identity = granted.map(|g| &g.identity).or(identity);
-    deps.audit
-        .record(AuditEvent {
-            fhir_user: identity.map(|i| i.fhir_user.clone()),
-            jti: identity.and_then(|i| i.jti.clone()),
-            client_ip: client.ip.clone(),
-            user_agent: client.user_agent.clone(),
-            appointment: Some(format!(
-                "Appointment/{}",
-                booking::appointment_id(appointment).unwrap_or("invalid")
-            )),
-            room: None,
-            role: granted.map(|g| role_name(g.access.role).to_owned()),
-            action: action.to_owned(),
-            outcome: outcome.to_owned(),
-            reason: reason.map(str::to_owned),
-            target: None,
-        })
-        .await
-        .map(|_| ())
+    let event = AuditEvent {
+        fhir_user: identity.map(|i| i.fhir_user.clone()),
+        jti: identity.and_then(|i| i.jti.clone()),
+        client_ip: client.ip.clone(),
+        user_agent: client.user_agent.clone(),
+        appointment: Some(appointment_ref(appointment)),
+        room: None,
+        role: granted.map(|g| role_name(g.access.role).to_owned()),
+        action: action.to_owned(),
+        outcome: outcome.to_owned(),
+        reason: reason.map(str::to_owned),
+        target: None,
+        count: None,
+    };
+    if identity.is_none() {
+        return deps.refusals.record(event).await;
+    }
+    deps.audit.record(event).await.map(|_| ())
 }
 
 pub fn role_name(role: policy::Role) -> &'static str {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "METACLINIC_SIGNALING__";
 
+mod validate;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalingConfig {
@@ -35,6 +37,15 @@ pub struct HttpConfig {
     pub public_url: String,
     /// Largest WebSocket message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Milliseconds a connection has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept between requests.
+    pub header_read_timeout_ms: u64,
+    /// Most TCP connections at once (WebSockets included); more wait in the kernel's queue.
+    /// Lowered to three quarters of the process's open-file limit when that is smaller.
+    pub max_connections: usize,
+    /// Proxies (addresses or CIDR prefixes) whose X-Forwarded-For names the client; empty:
+    /// the peer address is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,6 +69,9 @@ pub struct IdentitySection {
     pub jwks_refresh_min_interval_s: u64,
     /// Timeout of a JWKS or discovery request, milliseconds.
     pub http_timeout_ms: u64,
+    /// Accept ES256/ES384 signatures in high-s form too (an identity provider that does not
+    /// normalize its signatures).
+    pub accept_high_s: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -216,8 +230,15 @@ impl Default for RedisSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
-    /// The append-only audit log (JSON Lines, hash-chained).
+    /// The append-only audit log (JSON Lines, chained with a keyed MAC).
     pub path: PathBuf,
+    /// The MAC key: a file of at least 32 bytes (a mounted secret). Required outside dev mode.
+    pub key_file: PathBuf,
+    /// The signed checkpoint (record count and last MAC); empty: `<path>.checkpoint`.
+    pub checkpoint_path: PathBuf,
+    /// Seconds over which refusals of unauthenticated clients are summarised: the first per
+    /// address and reason is written at once, the rest as one record with a count.
+    pub refusal_summary_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -231,6 +252,12 @@ pub struct LimitsSection {
     pub join_timeout_s: u64,
     /// Most WebSocket sessions at once.
     pub max_sessions: usize,
+    /// Most WebSockets one client address (an IPv6 /64) may hold before they have joined.
+    pub max_unjoined_per_address: usize,
+    /// Sustained bytes of WebSocket messages per second per client.
+    pub bytes_per_second: u32,
+    /// Burst of bytes allowed above the sustained rate (at least http.max_message_bytes).
+    pub byte_burst: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -246,6 +273,9 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
             public_url: "http://127.0.0.1:8080".into(),
             max_message_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_connections: 15_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -262,6 +292,7 @@ impl Default for IdentitySection {
             fhir_base: String::new(),
             jwks_refresh_min_interval_s: 30,
             http_timeout_ms: 3000,
+            accept_high_s: false,
         }
     }
 }
@@ -319,6 +350,9 @@ impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
             path: PathBuf::from("audit/audit.jsonl"),
+            key_file: PathBuf::new(),
+            checkpoint_path: PathBuf::new(),
+            refusal_summary_interval_s: 60,
         }
     }
 }
@@ -330,14 +364,15 @@ impl Default for LimitsSection {
             message_burst: 40,
             join_timeout_s: 10,
             max_sessions: 10_000,
+            max_unjoined_per_address: 50,
+            bytes_per_second: 64 * 1024,
+            byte_burst: 256 * 1024,
         }
     }
 }
 
 /// Loading errors are the SFU's: one way of loading serves every process kind.
 pub use metaclinic_sfu::config::ConfigError;
-
-const ALGORITHMS: [&str; 4] = ["RS256", "RS384", "ES256", "ES384"];
 
 impl SignalingConfig {
     /// Defaults, then the file, then the environment; validated.
@@ -358,163 +393,9 @@ impl SignalingConfig {
         Ok(cfg)
     }
 
+    /// Refuse a configuration that cannot work, naming the key ([`validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, problem: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        let id = &self.identity;
-        if !self.dev.enabled {
-            if id.issuer.is_empty() {
-                return invalid("identity.issuer", "required (the identity provider's iss)");
-            }
-            if id.jwks_url.is_none() && id.discovery_url.is_none() {
-                return invalid("identity.jwks_url", "set jwks_url or discovery_url");
-            }
-            if id.fhir_base.is_empty() {
-                return invalid(
-                    "identity.fhir_base",
-                    "required (the FHIR base fhirUser claims sit under)",
-                );
-            }
-        }
-        if id.algorithms.is_empty() {
-            return invalid(
-                "identity.algorithms",
-                "at least one of RS256, RS384, ES256, ES384",
-            );
-        }
-        if let Some(a) = id
-            .algorithms
-            .iter()
-            .find(|a| !ALGORITHMS.contains(&a.as_str()))
-        {
-            return invalid(
-                "identity.algorithms",
-                &format!("{a} is not allowed (RS256, RS384, ES256, ES384)"),
-            );
-        }
-        if id.leeway_s > 60 {
-            return invalid("identity.leeway_s", "at most 60 seconds");
-        }
-        if id.audience.is_empty() {
-            return invalid("identity.audience", "required");
-        }
-        if self.booking.backend == BookingBackend::Fhir {
-            let f = &self.booking.fhir;
-            for (key, value) in [
-                ("booking.fhir.base_url", &f.base_url),
-                ("booking.fhir.token_url", &f.token_url),
-                ("booking.fhir.client_id", &f.client_id),
-                ("booking.fhir.key_id", &f.key_id),
-            ] {
-                if value.is_empty() {
-                    return invalid(key, "required with booking.backend = \"fhir\"");
-                }
-            }
-            if f.private_key_file.as_os_str().is_empty() {
-                return invalid(
-                    "booking.fhir.private_key_file",
-                    "required with booking.backend = \"fhir\"",
-                );
-            }
-            if f.algorithm != "RS384" && f.algorithm != "ES384" {
-                return invalid(
-                    "booking.fhir.algorithm",
-                    "RS384 or ES384 (SMART Backend Services)",
-                );
-            }
-            if f.retries > 5 {
-                return invalid("booking.fhir.retries", "at most 5");
-            }
-        }
-        let p = &self.policy;
-        if p.invite_ttl_min == 0 || p.invite_ttl_min > 30 {
-            return invalid("policy.invite_ttl_min", "1 to 30 minutes");
-        }
-        if p.lead_min > 24 * 60 || p.grace_min > 24 * 60 {
-            return invalid("policy.lead_min", "lead and grace are at most a day");
-        }
-        if p.recheck_interval_s == 0 {
-            return invalid("policy.recheck_interval_s", "at least 1 second");
-        }
-        if let Some(c) = self
-            .rooms
-            .shared_codes
-            .iter()
-            .find(|c| !crate::rooms::is_code_pattern(c))
-        {
-            return invalid(
-                "rooms.shared_codes",
-                &format!("{c:?} is not \"system|code\" or \"code\""),
-            );
-        }
-        let r = &self.redis;
-        let redis_url_ok =
-            r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("rediss://");
-        if !redis_url_ok {
-            return invalid("redis.url", "a redis:// or rediss:// URL, or empty");
-        }
-        let id_ok = r.replica_id.len() <= 64
-            && r.replica_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !id_ok {
-            return invalid(
-                "redis.replica_id",
-                "at most 64 letters, digits, '.', '_' or '-'",
-            );
-        }
-        if r.key_prefix.is_empty() || r.key_prefix.len() > 64 {
-            return invalid("redis.key_prefix", "1 to 64 characters");
-        }
-        if r.timeout_ms == 0 || r.registry_poll_ms < 100 {
-            return invalid(
-                "redis.registry_poll_ms",
-                "at least 100 milliseconds (and redis.timeout_ms at least 1)",
-            );
-        }
-        if r.url.is_empty() {
-            if self.sfu.nodes.is_empty() && !self.dev.enabled {
-                return invalid(
-                    "sfu.nodes",
-                    "at least one SFU node (or set redis.url: nodes register themselves)",
-                );
-            }
-        } else {
-            if !self.sfu.nodes.is_empty() {
-                return invalid(
-                    "sfu.nodes",
-                    "leave it empty with redis.url: SFU nodes register themselves in Redis",
-                );
-            }
-            if self.sfu.credential.len() < 16 {
-                return invalid(
-                    "sfu.credential",
-                    "at least 16 characters (the registered nodes' service credential)",
-                );
-            }
-        }
-        if self.drain.deadline_s == 0 {
-            return invalid("drain.deadline_s", "at least 1 second");
-        }
-        for n in &self.sfu.nodes {
-            if n.credential.len() < 16 {
-                return invalid("sfu.nodes.credential", "at least 16 characters");
-            }
-        }
-        if self.limits.messages_per_second == 0 || self.limits.message_burst == 0 {
-            return invalid("limits.messages_per_second", "must be positive");
-        }
-        if self.http.max_message_bytes < 16 * 1024 {
-            return invalid(
-                "http.max_message_bytes",
-                "at least 16384 (an SDP needs room)",
-            );
-        }
-        Ok(())
+        validate::validate(self)
     }
 
     pub fn leeway(&self) -> Duration {
@@ -522,103 +403,18 @@ impl SignalingConfig {
     }
 }
 
-#[cfg(test)]
-mod sample_tests {
-    use super::*;
-
-    const SAMPLE: &str = include_str!("../../config/signaling.toml");
-    const DEV: &str = include_str!("../../config/dev.toml");
-
-    /// Every leaf key of `table`, as (section path, key).
-    fn leaves(table: &toml::Table, section: &str, out: &mut Vec<(String, String)>) {
-        for (key, value) in table {
-            match value {
-                toml::Value::Table(t) => {
-                    let path = if section.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{section}.{key}")
-                    };
-                    leaves(t, &path, out);
-                }
-                _ => out.push((section.to_owned(), key.clone())),
-            }
+impl AuditSection {
+    /// Where the checkpoint is kept: as configured, or beside the log.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        if self.checkpoint_path.as_os_str().is_empty() {
+            let mut p = self.path.clone().into_os_string();
+            p.push(".checkpoint");
+            PathBuf::from(p)
+        } else {
+            self.checkpoint_path.clone()
         }
-    }
-
-    #[test]
-    fn the_sample_config_parses_and_documents_every_key() {
-        SignalingConfig::from_toml(SAMPLE).unwrap();
-        let defaults = toml::Table::try_from(SignalingConfig::default()).unwrap();
-        let sample: toml::Table = toml::from_str(SAMPLE).unwrap();
-        let mut keys = Vec::new();
-        leaves(&defaults, "", &mut keys);
-        assert!(keys.len() > 30, "{keys:?}");
-        for (section, key) in keys {
-            let present = section
-                .split('.')
-                .try_fold(&sample, |t, s| t.get(s)?.as_table())
-                .and_then(|t| t.get(&key));
-            assert!(
-                present.is_some(),
-                "config/signaling.toml lacks {section}.{key}"
-            );
-            let documented = SAMPLE
-                .lines()
-                .skip_while(|l| l.trim() != format!("[{section}]"))
-                .take_while(|l| !l.starts_with(&format!("{key} =")))
-                .last()
-                .is_some_and(|l| l.trim_start().starts_with('#'));
-            assert!(
-                documented,
-                "config/signaling.toml: {section}.{key} has no comment above it"
-            );
-        }
-    }
-
-    #[test]
-    fn redis_mode_wants_a_credential_and_no_static_nodes() {
-        let mut cfg = SignalingConfig::from_toml(SAMPLE).unwrap();
-        cfg.redis.url = "redis://127.0.0.1:6379/0".into();
-        let key = |cfg: &SignalingConfig| match cfg.validate() {
-            Err(ConfigError::Invalid { key, .. }) => key,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(key(&cfg), "sfu.nodes");
-        cfg.sfu.nodes.clear();
-        assert_eq!(key(&cfg), "sfu.credential");
-        cfg.sfu.credential = "x".repeat(16);
-        cfg.validate().unwrap();
-        cfg.redis.url = "http://127.0.0.1:6379".into();
-        assert_eq!(key(&cfg), "redis.url");
-        cfg.redis.url.clear();
-        assert_eq!(key(&cfg), "sfu.nodes");
-    }
-
-    #[test]
-    fn the_dev_sample_is_valid_once_dev_mode_fills_in_its_part() {
-        let mut cfg: SignalingConfig = metaclinic_sfu::config::from_toml_text(DEV).unwrap();
-        // What `metaclinic dev` sets itself.
-        cfg.dev.enabled = true;
-        cfg.booking.backend = BookingBackend::Files;
-        cfg.sfu.nodes = vec![SfuNode {
-            id: "dev".into(),
-            url: "http://127.0.0.1:7001".into(),
-            credential: "x".repeat(16),
-        }];
-        cfg.validate().unwrap();
-        assert!(
-            cfg.http.listen.ip().is_loopback(),
-            "dev mode must not listen beyond this machine"
-        );
-        // Without dev mode the same file is refused: it names no identity provider.
-        cfg.dev.enabled = false;
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::Invalid {
-                key: "identity.issuer",
-                ..
-            })
-        ));
     }
 }
+
+#[cfg(test)]
+mod sample_tests;

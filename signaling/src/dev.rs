@@ -107,7 +107,9 @@ impl DevIssuer {
             jti: uuid::Uuid::new_v4().to_string(),
             fhir_user: format!("{}/{fhir_user}", self.fhir_base),
         };
-        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+        // p256 does not normalize its signatures; the verifier takes only low-s ones.
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
+        Ok(crate::identity::with_low_s(&token))
     }
 }
 

@@ -15,8 +15,22 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::access::{self, AccessError, ClientInfo};
+use crate::audit::AuditEvent;
 use crate::dev::{DEMO_IDENTITIES, DevIssuer};
 use crate::state::AppState;
+
+/// A WebSocket's read buffer. tungstenite's default (128 KiB, zeroed when the socket opens)
+/// made every idle, unauthenticated socket cost ~135 KiB; a larger message still arrives
+/// (up to http.max_message_bytes), the buffer growing for it only while it is read.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Messages are written out as they are sent, not gathered first (tungstenite would keep a
+/// 128 KiB buffer per socket for that).
+const WS_WRITE_BUFFER: usize = 0;
+
+/// What may pile up unsent for a client that does not read: beyond it the session ends,
+/// instead of the server holding an ever larger backlog for it.
+const WS_MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}`.
 pub struct ApiError {
@@ -78,9 +92,9 @@ pub fn router(state: AppState, dev: Dev) -> Router {
     app.with_state(state)
 }
 
-fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+fn client_info(state: &AppState, addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     ClientInfo {
-        ip: Some(addr.ip().to_string()),
+        ip: Some(state.addresses.client(addr, headers).to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -94,28 +108,27 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let client = client_info(&state, addr, &headers);
     if state.draining.load(Ordering::Relaxed) {
-        state
-            .metrics
-            .ws_refused
-            .with_label_values(&["draining"])
-            .inc();
-        return ApiError::new(503, "draining", "this instance is shutting down; reconnect")
-            .into_response();
+        let message = "this instance is shutting down; reconnect";
+        return refuse_connect(&state, &client, 503, "draining", message).await;
     }
+    let ip = state.addresses.client(addr, &headers);
+    // Held until the session has joined: what one address may keep open unauthenticated.
+    let Some(slot) = state.unjoined.take(ip) else {
+        let message = "too many connections from your address are waiting to join";
+        return refuse_connect(&state, &client, 429, "too_many_connections", message).await;
+    };
     let limit = state.config.limits.max_sessions;
     if state.sessions.fetch_add(1, Ordering::SeqCst) >= limit {
         state.sessions.fetch_sub(1, Ordering::SeqCst);
-        state
-            .metrics
-            .ws_refused
-            .with_label_values(&["too_many_sessions"])
-            .inc();
-        return ApiError::new(503, "too_many_sessions", "try again later").into_response();
+        return refuse_connect(&state, &client, 503, "too_many_sessions", "try again later").await;
     }
-    let client = client_info(addr, &headers);
     let max = state.config.http.max_message_bytes;
     upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER.max(2 * max))
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade({
@@ -125,9 +138,32 @@ async fn websocket(
             }
         })
         .on_upgrade(move |socket| async move {
-            crate::home::route(state.clone(), socket, client).await;
+            crate::home::route(state.clone(), socket, client, Some(slot)).await;
             state.sessions.fetch_sub(1, Ordering::SeqCst);
         })
+}
+
+/// Refuse a WebSocket before it opens: counted, audited in summary (the client has proved
+/// nothing yet), answered with `code`.
+async fn refuse_connect(
+    state: &AppState,
+    client: &ClientInfo,
+    status: u16,
+    code: &'static str,
+    message: &str,
+) -> Response {
+    state.metrics.ws_refused.with_label_values(&[code]).inc();
+    let _ = state
+        .refusals
+        .record(AuditEvent {
+            client_ip: client.ip.clone(),
+            action: "connect".into(),
+            outcome: "deny".into(),
+            reason: Some(code.into()),
+            ..AuditEvent::default()
+        })
+        .await;
+    ApiError::new(status, code, message).into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -146,13 +182,25 @@ async fn access_check(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = client_info(addr, &headers);
+    let client = client_info(&state, addr, &headers);
     let Some(token) = bearer(&headers) else {
         state
             .metrics
             .joins
             .with_label_values(&["deny", "token_missing"])
             .inc();
+        // Nobody to name: the address, the appointment asked about and the reason.
+        let _ = state
+            .refusals
+            .record(AuditEvent {
+                client_ip: client.ip.clone(),
+                appointment: Some(access::appointment_ref(&id)),
+                action: "access_check".into(),
+                outcome: "deny".into(),
+                reason: Some("token_missing".into()),
+                ..AuditEvent::default()
+            })
+            .await;
         return Err(ApiError::new(
             401,
             "token_missing",

@@ -10,7 +10,10 @@
 //! - [`hub`], [`consultation`]: running consultations, lobby, host controls, hard stop.
 //! - [`rooms`]: which kind of SFU room an appointment opens (consultation or shared).
 //! - [`cluster`]: SFU nodes and room placement, in memory or shared through Redis.
-//! - [`audit`]: the append-only, hash-chained, durable audit log.
+//! - [`audit`]: the append-only, MAC-chained, checkpointed, durable audit log.
+//! - [`server`], [`connections`], [`memory`], [`logs`]: what an outsider can hold or cause
+//!   is bounded: connections and their header time, unjoined WebSockets per address, memory
+//!   after bursts, log lines per source.
 //! - [`config`], [`metrics`], [`state`], [`dev`]: the operator's side.
 //! - [`web`]: the reference web client (`signaling/web/`), served at `/`.
 
@@ -19,6 +22,7 @@ pub mod audit;
 pub mod booking;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod consultation;
 pub mod dev;
 pub mod fhir;
@@ -26,10 +30,13 @@ pub mod home;
 pub mod http;
 pub mod hub;
 pub mod identity;
+pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod rooms;
+pub mod server;
 pub mod session;
 pub mod state;
 pub mod web;
@@ -82,6 +89,7 @@ fn identity_config(
         jwks_refresh_min_interval: Duration::from_secs(id.jwks_refresh_min_interval_s),
         dev_hs256_secret: None,
         http_timeout: Duration::from_millis(id.http_timeout_ms),
+        accept_high_s: id.accept_high_s,
     };
     if let Some(d) = dev {
         // Dev mode: this service is its own issuer.
@@ -146,8 +154,13 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         std::fs::create_dir_all(dir)
             .with_context(|| format!("audit.path: cannot create {}", dir.display()))?;
     }
-    let audit = audit::AuditLog::open(&config.audit.path)
-        .map_err(|e| anyhow::anyhow!("audit.path: {e}"))?;
+    let audit = open_audit(&config)?;
+    let metrics = metrics::Metrics::new();
+    let refusals = Arc::new(audit::Refusals::new(
+        audit.clone(),
+        Duration::from_secs(config.audit.refusal_summary_interval_s),
+        metrics.refusals_summarised.clone(),
+    ));
     let p = &config.policy;
     let policy = policy::PolicyConfig {
         lead: chrono::Duration::minutes(p.lead_min as i64),
@@ -167,6 +180,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         c.spawn_watcher(Duration::from_millis(config.redis.registry_poll_ms));
         let replica = replica_id(&config.redis.replica_id);
         tracing::info!(replica = %replica, "signaling replica; consultations shared through Redis");
+        mirror_checkpoints(&audit, c.connection(), &config);
         let homes = home::redis::RedisHomes::start(
             &config.redis.url,
             c.connection(),
@@ -177,6 +191,8 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         (c, homes, true)
     };
+    let addresses = connections::ClientAddresses::new(&config.http.trusted_proxies);
+    let unjoined = connections::Unjoined::new(config.limits.max_unjoined_per_address);
     Ok(Arc::new(Deps {
         cluster,
         shared,
@@ -186,8 +202,12 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         verifier,
         booking,
         audit,
+        refusals,
+        addresses,
+        unjoined,
+        trimmer: Arc::default(),
         hub: hub::Hub::default(),
-        metrics: metrics::Metrics::new(),
+        metrics,
         clock: state::Clock::default(),
         sessions: Default::default(),
         draining: Default::default(),
@@ -207,6 +227,8 @@ pub async fn serve(
     tokio::spawn(hub::follow_lost_nodes(Arc::downgrade(&state)));
     tokio::spawn(hub::keep_homes(Arc::downgrade(&state)));
     tokio::spawn(home::serve_incoming(Arc::downgrade(&state)));
+    tokio::spawn(audit::Refusals::run(Arc::downgrade(&state.refusals)));
+    tokio::spawn(memory::Trimmer::run(Arc::downgrade(&state.trimmer)));
     let app = http::router(state.clone(), http::Dev(dev));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
@@ -215,19 +237,30 @@ pub async fn serve(
         drain(&drain_state).await;
         let _ = drained_tx.send(());
     };
-    let server = axum::serve(
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_millis(state.config.http.header_read_timeout_ms),
+        max_connections: server::connection_cap(state.config.http.max_connections),
+    };
+    let server = server::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
+        app,
+        limits,
+        state.metrics.clone(),
+        state.trimmer.clone(),
+        graceful,
+    );
     tokio::select! {
-        served = server => served.context("serving HTTP")?,
+        () = server => {}
         // Connections that outstay the drain (a client that never closes) do not hold the
         // process: a short while after the drain, it returns anyway.
         _ = async {
             let _ = drained_rx.await;
             tokio::time::sleep(Duration::from_secs(2)).await;
         } => {}
+    }
+    // What the last interval counted of refused clients is audited before the end.
+    if let Err(e) = state.refusals.flush().await {
+        tracing::warn!("writing the summary of refusals: {e}");
     }
     Ok(())
 }
@@ -275,6 +308,80 @@ async fn drain(state: &AppState) {
         // Nobody else holds these consultations: they end with this process.
         state.hub.finish_all(state).await;
     }
+}
+
+/// The audit log, MAC'd with the configured key and checkpointed where configured.
+fn open_audit(config: &SignalingConfig) -> anyhow::Result<audit::AuditLog> {
+    let a = &config.audit;
+    let key = if config.dev.enabled {
+        // Dev mode makes its own key (beside the log unless configured), once.
+        let path = dev_audit_key(config);
+        if path.exists() {
+            audit::AuditKey::from_file(&path)
+        } else {
+            audit::AuditKey::create(&path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    } else {
+        audit::AuditKey::from_file(&a.key_file)
+    }
+    .map_err(|e| anyhow::anyhow!("audit.key_file: {e}"))?;
+    let checkpoint = a.checkpoint_path();
+    if let Some(dir) = checkpoint.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("audit.checkpoint_path: cannot create {}", dir.display()))?;
+    }
+    audit::AuditLog::open(&a.path, key, &checkpoint).map_err(|e| anyhow::anyhow!("audit: {e}"))
+}
+
+/// The audit key dev mode uses: as configured, or `<audit.path>.key`.
+pub fn dev_audit_key(config: &SignalingConfig) -> std::path::PathBuf {
+    if config.audit.key_file.as_os_str().is_empty() {
+        let mut p = config.audit.path.clone().into_os_string();
+        p.push(".key");
+        p.into()
+    } else {
+        config.audit.key_file.clone()
+    }
+}
+
+/// One failure to copy checkpoints to Redis per interval reaches the log.
+static MIRROR_ERRORS: logs::Limiter = logs::Limiter::new(Duration::from_secs(60));
+
+/// How long Redis keeps a replica's last checkpoint after its last write (every key of ours
+/// expires; a replica gone for longer has had its log checked, or archived, by then).
+const CHECKPOINT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// With Redis, every checkpoint is also stored there (latest wins), apart from the disk the
+/// log is on: someone who can rewrite both files still cannot roll this copy back.
+fn mirror_checkpoints(
+    audit: &audit::AuditLog,
+    mut redis: redis::aio::ConnectionManager,
+    config: &SignalingConfig,
+) {
+    let key = audit::checkpoint::redis_key(&config.redis.key_prefix, &config.audit.path);
+    let mut checkpoints = audit.checkpoints();
+    tokio::spawn(async move {
+        while checkpoints.changed().await.is_ok() {
+            let Some(latest) = checkpoints.borrow_and_update().clone() else {
+                continue;
+            };
+            let stored: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(latest.trim_end())
+                .arg("EX")
+                .arg(CHECKPOINT_TTL.as_secs())
+                .query_async(&mut redis)
+                .await;
+            if let Err(e) = stored
+                && let Some(suppressed) = MIRROR_ERRORS.check("redis", std::time::Instant::now())
+            {
+                // The next checkpoint tries again; the file copy is written regardless.
+                tracing::warn!(suppressed, "storing the audit checkpoint in Redis: {e}");
+            }
+        }
+    });
 }
 
 /// This replica's id: configured, or the host name (the pod's, on Kubernetes) with a random

@@ -24,6 +24,12 @@ pub struct Metrics {
     /// Consultations this replica took over from another one's snapshot.
     pub consultations_restored: IntCounter,
     pub draining: IntGauge,
+    /// Open TCP connections (WebSockets included).
+    pub http_connections: IntGauge,
+    /// Accepts that waited because the connection cap was reached.
+    pub http_connection_waits: IntCounter,
+    /// Refusals counted into a summary record instead of audited one by one, by reason.
+    pub refusals_summarised: IntCounterVec,
 }
 
 impl Metrics {
@@ -127,6 +133,27 @@ impl Metrics {
                     "1 while this instance drains (takes no new WebSockets)",
                 )
                 .expect("static metric"),
+            ),
+            http_connections: reg(
+                &registry,
+                IntGauge::new(
+                    "metaclinic_signaling_http_connections",
+                    "Open TCP connections, WebSockets included",
+                )
+                .expect("static metric"),
+            ),
+            http_connection_waits: reg(
+                &registry,
+                IntCounter::new(
+                    "metaclinic_signaling_http_connection_waits_total",
+                    "Times the listener stopped accepting because http.max_connections was reached",
+                )
+                .expect("static metric"),
+            ),
+            refusals_summarised: counter_vec(
+                "metaclinic_signaling_audit_refusals_summarised_total",
+                "Refusals of unauthenticated clients counted into a summary audit record, by reason",
+                &["reason"],
             ),
             jwks_fetches: reg(
                 &registry,

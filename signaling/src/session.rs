@@ -3,15 +3,16 @@
 //! ([`host`]). Every decision and host action is audited before it is acknowledged. A
 //! session the server ends gets a close frame whose code says why ([`Close`]).
 
+mod flood;
 mod frames;
 mod host;
 
+pub use frames::{FirstFrame, first_frame};
 pub(crate) use frames::{Incoming, linger, read, send_close};
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::pin::Pin;
 
 use axum::extract::ws::Message;
 use futures_util::{SinkExt, StreamExt};
@@ -22,49 +23,12 @@ use tracing::{debug, info, warn};
 
 use crate::access::{self, ClientInfo, Granted, role_name};
 use crate::audit::AuditEvent;
+use crate::connections::UnjoinedSlot;
 use crate::consultation::{Consultation, Entry, Outbound, rights_for};
 use crate::policy::{Admission, Role};
 use crate::protocol::{self, ClientMessage, Close, Description, SdpKind, ServerMessage, VERSION};
 use crate::state::AppState;
-
-/// A token bucket per connection: floods are answered, then cut off.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-    refused: u32,
-}
-
-/// Messages refused in a row before the connection is closed.
-const MAX_REFUSED: u32 = 100;
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        RateLimit {
-            tokens: burst as f64,
-            rate: rate as f64,
-            burst: burst as f64,
-            last: Instant::now(),
-            refused: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.refused = 0;
-            true
-        } else {
-            self.refused += 1;
-            false
-        }
-    }
-}
+use flood::{Budget, Spend};
 
 /// Where a session writes: the client's WebSocket, or a pipe to the replica it is connected
 /// to (crate::home).
@@ -73,47 +37,6 @@ pub type FrameSink = Pin<Box<dyn futures_util::Sink<Message, Error = axum::Error
 pub type FrameStream =
     Pin<Box<dyn futures_util::Stream<Item = Result<Message, axum::Error>> + Send>>;
 type Sink = FrameSink;
-
-/// The client's first frame (pings skipped), or none within the join timeout.
-pub enum FirstFrame {
-    TimedOut,
-    Frame(Option<Result<Message, axum::Error>>),
-}
-
-impl FirstFrame {
-    /// The appointment a well-formed join asks for (where its consultation runs decides
-    /// where the session runs).
-    pub fn joins(&self) -> Option<String> {
-        let FirstFrame::Frame(Some(Ok(Message::Text(t)))) = self else {
-            return None;
-        };
-        match protocol::parse_client(t) {
-            Ok(ClientMessage::Join { appointment, .. }) => {
-                crate::booking::appointment_id(&appointment).map(str::to_owned)
-            }
-            _ => None,
-        }
-    }
-
-    pub fn text(&self) -> Option<&str> {
-        match self {
-            FirstFrame::Frame(Some(Ok(Message::Text(t)))) => Some(t.as_str()),
-            _ => None,
-        }
-    }
-}
-
-/// Read the first frame a client sends, skipping pings, within `timeout`.
-pub async fn first_frame(stream: &mut FrameStream, timeout: Duration) -> FirstFrame {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => return FirstFrame::TimedOut,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(frame) => return FirstFrame::Frame(frame),
-        }
-    }
-}
 
 async fn send(sink: &mut Sink, msg: &ServerMessage) -> bool {
     match serde_json::to_string(msg) {
@@ -148,6 +71,16 @@ struct Joined {
 }
 
 impl Joined {
+    /// Count and audit a refused message (in summary: a member can send junk as fast as
+    /// anyone).
+    async fn refused(&self, deps: &AppState, code: &'static str) {
+        deps.metrics.ws_refused.with_label_values(&[code]).inc();
+        let _ = deps
+            .refusals
+            .record(self.event("message", "deny", Some(code), None))
+            .await;
+    }
+
     fn event(
         &self,
         action: &str,
@@ -167,6 +100,7 @@ impl Joined {
             outcome: outcome.to_owned(),
             reason: reason.map(str::to_owned),
             target: target.map(str::to_owned),
+            count: None,
         }
     }
 }
@@ -177,22 +111,61 @@ async fn refuse(sink: &mut Sink, code: &'static str, message: impl Into<String>)
     Some(Close::after_error(code))
 }
 
+/// A refusal of a client that has not joined (nothing it sent is trusted yet).
+struct BeforeJoin<'a> {
+    client: &'a ClientInfo,
+    code: &'static str,
+    /// The appointment a well-formed join named.
+    appointment: Option<&'a str>,
+}
+
+impl BeforeJoin<'_> {
+    /// Count and audit it, in summary: anyone can open WebSockets and send junk.
+    async fn audit(&self, deps: &AppState) {
+        deps.metrics
+            .ws_refused
+            .with_label_values(&[self.code])
+            .inc();
+        let event = AuditEvent {
+            client_ip: self.client.ip.clone(),
+            appointment: self.appointment.map(access::appointment_ref),
+            action: "join".into(),
+            outcome: "deny".into(),
+            reason: Some(self.code.into()),
+            ..AuditEvent::default()
+        };
+        // The refusal stands whether or not the audit could be written.
+        let _ = deps.refusals.record(event).await;
+    }
+
+    /// Audit it, tell the client, and end the session.
+    async fn refuse(&self, deps: &AppState, sink: &mut Sink, message: impl Into<String>) -> Ending {
+        self.audit(deps).await;
+        refuse(sink, self.code, message).await
+    }
+}
+
 /// How a session ends: closed by the server (with this close frame), or by the client or
 /// a broken connection (`None`: nothing left to say).
 type Ending = Option<Close>;
 
 /// Serve one client from its first frame on, here: this replica runs (or now opened) the
-/// consultation it joins.
+/// consultation it joins. `unjoined` is the client's place among its address's unjoined
+/// WebSockets (crate::connections), given back once it has joined.
 pub async fn run(
     deps: AppState,
     first: FirstFrame,
     mut stream: FrameStream,
     mut sink: FrameSink,
     client: ClientInfo,
+    unjoined: Option<UnjoinedSlot>,
 ) {
     deps.metrics.ws_sessions.inc();
     let ending = match join(&deps, &mut sink, first, client).await {
-        Ok((joined, inbox)) => serve(&deps, &mut sink, &mut stream, joined, inbox).await,
+        Ok((joined, inbox)) => {
+            drop(unjoined);
+            serve(&deps, &mut sink, &mut stream, joined, inbox).await
+        }
         Err(ending) => ending,
     };
     if let Some(close) = ending {
@@ -210,25 +183,39 @@ async fn join(
     first: FirstFrame,
     client: ClientInfo,
 ) -> Result<(Joined, mpsc::UnboundedReceiver<Outbound>), Ending> {
+    let before_join = |code, appointment| BeforeJoin {
+        client: &client,
+        code,
+        appointment,
+    };
     let first = match first {
         FirstFrame::TimedOut => {
-            return Err(refuse(sink, "join_timeout", "send a join message first").await);
+            let msg = "send a join message first";
+            return Err(before_join("join_timeout", None)
+                .refuse(deps, sink, msg)
+                .await);
         }
         FirstFrame::Frame(frame) => match read(frame) {
             Incoming::Closed => return Err(None),
+            // A reset or an unreadable frame: the transport failed, nothing was asked.
             Incoming::Broken => return Err(Some(Close::BROKEN_FRAME)),
             Incoming::TooLarge => {
-                let code = "message_too_large";
-                deps.metrics.ws_refused.with_label_values(&[code]).inc();
-                return Err(refuse(sink, code, "the message is over the size limit").await);
+                let msg = "the message is over the size limit";
+                return Err(before_join("message_too_large", None)
+                    .refuse(deps, sink, msg)
+                    .await);
             }
             // first_frame() skips these; a join is still owed.
             Incoming::Skip => {
-                return Err(refuse(sink, "join_first", "the first message must be a join").await);
+                let msg = "the first message must be a join";
+                return Err(before_join("join_first", None)
+                    .refuse(deps, sink, msg)
+                    .await);
             }
             Incoming::Bad(r) => {
-                deps.metrics.ws_refused.with_label_values(&[r.code]).inc();
-                return Err(refuse(sink, r.code, r.message).await);
+                return Err(before_join(r.code, None)
+                    .refuse(deps, sink, r.message)
+                    .await);
             }
             Incoming::Message(m) => m,
         },
@@ -240,11 +227,15 @@ async fn join(
         invite,
     } = first
     else {
-        return Err(refuse(sink, "join_first", "the first message must be a join").await);
+        let msg = "the first message must be a join";
+        return Err(before_join("join_first", None)
+            .refuse(deps, sink, msg)
+            .await);
     };
     if v != VERSION {
         let msg = format!("this server speaks version {VERSION}");
-        return Err(refuse(sink, "unsupported_version", msg).await);
+        let refusal = before_join("unsupported_version", Some(&appointment));
+        return Err(refusal.refuse(deps, sink, msg).await);
     }
     // An invite is honoured only while valid and unused in this appointment's consultation.
     let appointment_id = crate::booking::appointment_id(&appointment).map(str::to_owned);
@@ -445,53 +436,58 @@ async fn serve(
     joined: Joined,
     mut inbox: mpsc::UnboundedReceiver<Outbound>,
 ) -> Ending {
-    let mut limit = RateLimit::new(
-        deps.config.limits.messages_per_second,
-        deps.config.limits.message_burst,
+    let l = &deps.config.limits;
+    let mut budget = Budget::new(
+        l.messages_per_second,
+        l.message_burst,
+        l.bytes_per_second,
+        l.byte_burst,
+        Instant::now(),
     );
     let mut left = false;
     let ending = loop {
         tokio::select! {
             frame = stream.next() => {
-                let refusal = match read(frame) {
+                let size = frames::size(&frame);
+                let message = match read(frame) {
                     Incoming::Closed => break None,
                     Incoming::Broken => break Some(Close::BROKEN_FRAME),
                     Incoming::Skip => continue,
                     Incoming::TooLarge => {
                         let code = "message_too_large";
-                        deps.metrics.ws_refused.with_label_values(&[code]).inc();
+                        joined.refused(deps, code).await;
                         break refuse(sink, code, "the message is over the size limit").await;
                     }
-                    Incoming::Bad(r) => {
-                        deps.metrics.ws_refused.with_label_values(&[r.code]).inc();
-                        Some(r)
-                    }
-                    Incoming::Message(m) => {
-                        if limit.allow() {
-                            match handle(deps, sink, &joined, m).await {
-                                Flow::Continue => continue,
-                                Flow::Leave => {
-                                    left = true;
-                                    break Some(Close::LEFT);
-                                }
-                            }
-                        }
-                        deps.metrics.ws_refused.with_label_values(&["rate_limited"]).inc();
-                        None
-                    }
+                    Incoming::Bad(r) => Err(r),
+                    Incoming::Message(m) => Ok(m),
                 };
-                // Refusals count against the rate too: a flood of junk is still a flood.
-                if let Some(r) = refusal
-                    && limit.allow()
-                {
-                    send_error(sink, r.code, r.message).await;
-                    continue;
+                // Refused frames count against the budget too: a flood of junk is still a
+                // flood.
+                match budget.spend(size, Instant::now()) {
+                    Spend::Taken => {}
+                    Spend::Dropped { first } => {
+                        joined.refused(deps, "rate_limited").await;
+                        if first {
+                            send_error(sink, "rate_limited", "slow down").await;
+                        }
+                        continue;
+                    }
+                    Spend::Flooding => {
+                        joined.refused(deps, "flooding").await;
+                        break refuse(sink, "flooding", "too many messages; disconnected").await;
+                    }
                 }
-                if limit.refused > MAX_REFUSED {
-                    break refuse(sink, "flooding", "too many messages; disconnected").await;
-                }
-                if limit.refused == 1 {
-                    send_error(sink, "rate_limited", "slow down").await;
+                match message {
+                    Err(r) => {
+                        joined.refused(deps, r.code).await;
+                        send_error(sink, r.code, r.message).await;
+                    }
+                    Ok(m) => {
+                        if let Flow::Leave = handle(deps, sink, &joined, m).await {
+                            left = true;
+                            break Some(Close::LEFT);
+                        }
+                    }
                 }
             }
             out = inbox.recv() => match out {

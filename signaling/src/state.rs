@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Refusals};
 use crate::booking::BookingSystem;
 use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
+use crate::connections::{ClientAddresses, Unjoined};
 use crate::home::Homes;
 use crate::hub::Hub;
 use crate::identity::Verifier;
+use crate::memory::Trimmer;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
 
@@ -45,6 +47,14 @@ pub struct Deps {
     pub verifier: Verifier,
     pub booking: Arc<dyn BookingSystem>,
     pub audit: AuditLog,
+    /// Refusals of unauthenticated clients, audited in summary.
+    pub refusals: Arc<Refusals>,
+    /// Who a request comes from (through the trusted proxies).
+    pub addresses: ClientAddresses,
+    /// WebSockets that have not joined yet, per client address.
+    pub unjoined: Unjoined,
+    /// Gives memory back after bursts of closed connections.
+    pub trimmer: Arc<Trimmer>,
     /// SFU nodes and room placement: in memory, or shared through Redis.
     pub cluster: Arc<dyn Cluster>,
     /// Several replicas share the placement (Redis): a draining replica leaves its

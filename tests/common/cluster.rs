@@ -296,6 +296,7 @@ credential = "{credential}"
 
 [audit]
 path = "{audit}"
+key_file = "{audit_key}"
 
 [drain]
 deadline_s = 10
@@ -313,9 +314,19 @@ replica_id = "{name}"
         appointments = shared.appointments().display(),
         credential = CREDENTIAL,
         audit = dir.join(format!("audit-{name}.jsonl")).display(),
+        audit_key = audit_key(dir).display(),
         redis = REDIS_URL,
         prefix = prefix.prefix,
     )
+}
+
+/// The audit key the replicas share (written once per test).
+fn audit_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("audit.key");
+    if !path.exists() {
+        std::fs::write(&path, "a test audit key of at least thirty-two bytes\n").unwrap();
+    }
+    path
 }
 
 /// GET a URL; (status, body).

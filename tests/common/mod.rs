@@ -53,4 +53,5 @@ pub mod browser;
 pub mod cluster;
 pub mod dev;
 pub mod signaling;
+pub mod standalone;
 pub mod web;

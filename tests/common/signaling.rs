@@ -72,7 +72,9 @@ impl Idp {
             "iss": self.issuer, "aud": self.audience, "sub": fhir_user, "iat": now, "exp": now + 3600,
             "jti": uuid::Uuid::new_v4().to_string(), "fhirUser": fhir_user,
         });
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+        // As providers that normalize their signatures do: the verifier takes low-s only.
+        let token = jsonwebtoken::encode(&header, &claims, &self.key).unwrap();
+        metaclinic_signaling::identity::with_low_s(&token)
     }
 }
 
@@ -308,6 +310,9 @@ pub struct Harness {
     pub base: String,
     pub ws_url: String,
     pub audit_path: std::path::PathBuf,
+    /// The audit log's MAC key and its checkpoint.
+    pub audit_key: std::path::PathBuf,
+    pub audit_checkpoint: std::path::PathBuf,
     pub client_key: ClientKey,
     _dir: tempfile::TempDir,
 }
@@ -338,6 +343,12 @@ impl Harness {
         cfg.booking.fhir.timeout_ms = 1000;
         cfg.booking.fhir.retries = 1;
         cfg.audit.path = dir.path().join("audit.jsonl");
+        cfg.audit.key_file = dir.path().join("audit.key");
+        std::fs::write(
+            &cfg.audit.key_file,
+            "a test audit key of at least thirty-two bytes\n",
+        )
+        .unwrap();
         cfg.policy.recheck_interval_s = 1;
         cfg.sfu.nodes = vec![SfuNode {
             id: "sfu-test".into(),
@@ -347,6 +358,8 @@ impl Harness {
         adjust(&mut cfg);
         cfg.validate().unwrap();
         let audit_path = cfg.audit.path.clone();
+        let audit_key = cfg.audit.key_file.clone();
+        let audit_checkpoint = cfg.audit.checkpoint_path();
         let state = metaclinic_signaling::build(cfg, Default::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -364,6 +377,8 @@ impl Harness {
             base: format!("http://{addr}"),
             ws_url: format!("ws://{addr}/v1/ws"),
             audit_path,
+            audit_key,
+            audit_checkpoint,
             client_key,
             _dir: dir,
         }
@@ -372,6 +387,19 @@ impl Harness {
     /// A token whose `fhirUser` is `reference` under the FHIR base (as SMART issuers write it).
     pub fn token(&self, reference: &str) -> String {
         self.idp.token(&format!("{}/{reference}", self.fhir.base))
+    }
+
+    /// Verify the audit log with its key and checkpoint.
+    pub fn verify_audit(
+        &self,
+    ) -> Result<metaclinic_signaling::audit::VerifyReport, metaclinic_signaling::audit::VerifyError>
+    {
+        let key = metaclinic_signaling::audit::AuditKey::from_file(&self.audit_key).unwrap();
+        let options = metaclinic_signaling::audit::VerifyOptions {
+            key: Some(&key),
+            checkpoint: Some(&self.audit_checkpoint),
+        };
+        metaclinic_signaling::audit::verify(&self.audit_path, &options)
     }
 
     /// The audit log's records.

@@ -64,6 +64,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "metaclinic.fullname" .)) .Values.secrets.bookingKey.existingSecret }}
 {{- end }}
 
+{{- define "metaclinic.auditKeySecret" -}}
+{{- default (printf "%s-secrets" (include "metaclinic.fullname" .)) .Values.secrets.auditKey.existingSecret }}
+{{- end }}
+
 {{- define "metaclinic.bookingKeyProvided" -}}
 {{- if or .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.value }}true{{ end }}
 {{- end }}
@@ -146,7 +150,7 @@ substitutes the Secret's value, so the ConfigMap never holds it.
 
 {{/* Pod annotations that roll pods when their configuration changes. */}}
 {{- define "metaclinic.secretChecksum" -}}
-{{- printf "%s|%s|%s|%s|%s|%s" .Values.secrets.controlCredential.existingSecret .Values.secrets.controlCredential.key .Values.secrets.controlCredential.value .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.key .Values.secrets.bookingKey.value | sha256sum }}
+{{- printf "%s|%s|%s|%s|%s|%s|%s|%s|%s" .Values.secrets.controlCredential.existingSecret .Values.secrets.controlCredential.key .Values.secrets.controlCredential.value .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.key .Values.secrets.bookingKey.value .Values.secrets.auditKey.existingSecret .Values.secrets.auditKey.key .Values.secrets.auditKey.value | sha256sum }}
 {{- end }}
 
 {{/* The rendered configuration files (ConfigMap data; their checksums roll the pods). */}}

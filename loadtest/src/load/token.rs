@@ -76,7 +76,9 @@ impl TokenSigner {
             jti: format!("lt-{:016x}", rand::random::<u64>()),
             fhir_user,
         };
-        Ok(jsonwebtoken::encode(&self.header, &claims, &self.key)?)
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.key)?;
+        // Signaling refuses high-S ECDSA signatures (malleable); ours are normalized.
+        Ok(metaclinic_signaling::identity::with_low_s(&token))
     }
 }
 

@@ -30,6 +30,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::access::ClientInfo;
+use crate::audit::AuditEvent;
+use crate::connections::UnjoinedSlot;
 use crate::protocol::{Close, ServerMessage};
 use crate::session::{self, FirstFrame, FrameSink, FrameStream, Incoming};
 use crate::state::AppState;
@@ -148,9 +150,19 @@ pub trait Homes: Send + Sync {
     fn drain(&self, after_ms: u64) -> BoxFuture<'_, usize>;
 }
 
+/// Failures of the shared state, which any client's join runs into before it is verified,
+/// reach the log once per interval.
+static CLAIM_ERRORS: crate::logs::Limiter = crate::logs::Limiter::new(Duration::from_secs(10));
+
 /// Serve one WebSocket: read the join, find where its consultation runs, and run the
-/// session here or pipe it there.
-pub async fn route(deps: AppState, socket: WebSocket, client: ClientInfo) {
+/// session here or pipe it there. `unjoined`: the client's place among its address's
+/// unjoined WebSockets, held until it has joined (or been piped to where it joins).
+pub async fn route(
+    deps: AppState,
+    socket: WebSocket,
+    client: ClientInfo,
+    unjoined: Option<UnjoinedSlot>,
+) {
     let (sink, stream) = socket.split();
     let mut sink: FrameSink = Box::pin(sink);
     let mut stream: FrameStream = Box::pin(stream);
@@ -160,11 +172,14 @@ pub async fn route(deps: AppState, socket: WebSocket, client: ClientInfo) {
         Some(appointment) => match deps.homes.claim(&appointment).await {
             Ok(h) => h,
             Err(e) => {
-                warn!("cannot find where the consultation runs: {e}");
+                if let Some(suppressed) = CLAIM_ERRORS.check("claim", std::time::Instant::now()) {
+                    warn!(suppressed, "cannot find where the consultation runs: {e}");
+                }
                 deps.metrics
                     .ws_refused
                     .with_label_values(&["state_unavailable"])
                     .inc();
+                refused(&deps, &client, "state_unavailable").await;
                 let refusal = state_unavailable();
                 let _ = send(&mut sink, &refusal).await;
                 session::send_close(&mut sink, Close::after(&refusal)).await;
@@ -178,10 +193,24 @@ pub async fn route(deps: AppState, socket: WebSocket, client: ClientInfo) {
     match (home, first.text()) {
         (Home::Elsewhere(replica), Some(text)) => {
             let text = text.to_owned();
+            // The home verifies the join; a pipe to it is bounded by its answer.
+            drop(unjoined);
             edge(&deps, &replica, text, stream, sink, client).await;
         }
-        _ => session::run(deps, first, stream, sink, client).await,
+        _ => session::run(deps, first, stream, sink, client, unjoined).await,
     }
+}
+
+/// Audit a refusal at this replica (in summary: the client is not verified here).
+async fn refused(deps: &AppState, client: &ClientInfo, code: &str) {
+    let event = AuditEvent {
+        client_ip: client.ip.clone(),
+        action: "join".into(),
+        outcome: "deny".into(),
+        reason: Some(code.into()),
+        ..AuditEvent::default()
+    };
+    let _ = deps.refusals.record(event).await;
 }
 
 fn state_unavailable() -> ServerMessage {
@@ -209,13 +238,20 @@ async fn edge(
     client: ClientInfo,
 ) {
     let reconnect = ServerMessage::Reconnect { after_ms: 0 };
+    // The client's address, for refusals this edge answers itself.
+    let client_ip = ClientInfo {
+        ip: client.ip.clone(),
+        user_agent: None,
+    };
     let (end, mut from_home) = match deps.homes.open_pipe(home, client, first).await {
         Ok(p) => p,
         Err(e) => {
-            warn!(
-                home,
-                "cannot reach the replica running the consultation: {e}"
-            );
+            if let Some(suppressed) = CLAIM_ERRORS.check(home, std::time::Instant::now()) {
+                warn!(
+                    home,
+                    suppressed, "cannot reach the replica running the consultation: {e}"
+                );
+            }
             let _ = send(&mut sink, &reconnect).await;
             let close = Close::after(&reconnect);
             session::send_close(&mut sink, close).await;
@@ -241,6 +277,7 @@ async fn edge(
                     Some(Err(e)) => {
                         let close = match session::read(Some(Err(e))) {
                             Incoming::TooLarge => {
+                                refused(deps, &client_ip, "message_too_large").await;
                                 let refusal = ServerMessage::Error {
                                     code: "message_too_large".into(),
                                     message: "the message is over the size limit".into(),
@@ -355,7 +392,7 @@ async fn home_side(deps: AppState, pipe: IncomingPipe) {
         },
     ));
     let first = FirstFrame::Frame(Some(Ok(Message::Text(pipe.first.into()))));
-    session::run(deps.clone(), first, stream, sink, pipe.client).await;
+    session::run(deps.clone(), first, stream, sink, pipe.client, None).await;
     deps.homes.send(&end, PipeOp::Close).await;
     deps.homes.close_pipe(&end);
     deps.sessions.fetch_sub(1, Ordering::SeqCst);

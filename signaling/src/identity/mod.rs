@@ -6,7 +6,8 @@
 //!    development, never are);
 //! 2. the key comes from the provider's JWKS by `kid` and must fit `alg` (a published RSA key
 //!    is never an HMAC secret; the token's own `jwk`/`jku` headers are ignored);
-//! 3. the signature is verified before any claim is read;
+//! 3. the signature is verified before any claim is read, and an ECDSA signature only in its
+//!    low-s form (its high-s twin would be a second token from the same signing);
 //! 4. `iss`, `aud`, `exp`, `nbf` are checked against the `now` we are given, with a small leeway;
 //! 5. `fhirUser` must be present and name a user resource on our FHIR server.
 //!
@@ -23,6 +24,7 @@ mod jwks;
 mod token;
 
 pub use fhir_user::normalize_fhir_user;
+pub use token::with_low_s;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -101,6 +103,9 @@ pub struct IdentityConfig {
     pub dev_hs256_secret: Option<String>,
     /// Timeout of each JWKS or discovery request.
     pub http_timeout: Duration,
+    /// Accept ECDSA signatures in high-s form too (for an identity provider that does not
+    /// normalize its signatures; such a token's high-s twin is then a second valid token).
+    pub accept_high_s: bool,
 }
 
 impl Default for IdentityConfig {
@@ -118,6 +123,7 @@ impl Default for IdentityConfig {
             jwks_refresh_min_interval: Duration::from_secs(30),
             dev_hs256_secret: None,
             http_timeout: Duration::from_secs(5),
+            accept_high_s: false,
         }
     }
 }
@@ -226,6 +232,7 @@ struct Inner {
     /// one fetch and then look again, instead of each fetching.
     fetch: tokio::sync::Mutex<FetchState>,
     fetches: AtomicU64,
+    accept_high_s: bool,
 }
 
 enum KeySource {
@@ -353,6 +360,7 @@ impl Verifier {
                 keys: RwLock::new(Arc::new(Cache::default())),
                 fetch: tokio::sync::Mutex::new(FetchState::default()),
                 fetches: AtomicU64::new(0),
+                accept_high_s: cfg.accept_high_s,
             }),
         })
     }
@@ -385,6 +393,10 @@ impl Verifier {
                 &from_jwks.key
             }
         };
+        // Only the one canonical (low-s) form of an ECDSA signature is accepted.
+        if !inner.accept_high_s && !token::ecdsa_s_is_low(alg, compact.signature) {
+            return Err(AuthError::SignatureInvalid);
+        }
         let valid = jsonwebtoken::crypto::verify(
             compact.signature,
             compact.signing_input.as_bytes(),

@@ -119,6 +119,54 @@ impl Claims {
     }
 }
 
+/// Whether an ES256 or ES384 signature (JOSE form: `r || s`, base64url) has a low `s`
+/// (s <= n/2). For every valid ECDSA signature (r, s), (r, n - s) is valid too, so without
+/// this rule anyone can mint a second, different token from one they saw: a token that is not
+/// byte-for-byte the one the provider issued (what a denylist or a replay cache of raw
+/// tokens would look for). Providers that sign with low `s` lose nothing; others are refused
+/// as `signature_invalid`. `false` also for what is not such a signature at all.
+pub(super) fn ecdsa_s_is_low(alg: super::SigningAlg, signature: &str) -> bool {
+    let Ok(bytes) = b64(signature) else {
+        return false;
+    };
+    match alg {
+        super::SigningAlg::ES256 => {
+            p256::ecdsa::Signature::from_slice(&bytes).is_ok_and(|sig| sig.normalize_s().is_none())
+        }
+        super::SigningAlg::ES384 => {
+            p384::ecdsa::Signature::from_slice(&bytes).is_ok_and(|sig| sig.normalize_s().is_none())
+        }
+        _ => true,
+    }
+}
+
+/// `token` (a compact JWS signed with ES256 or ES384) with its signature in low-s form: what
+/// an issuer that does not normalize its signatures must do before we accept its tokens (the
+/// dev issuer does; test doubles and the load tool can). Other tokens are returned as given.
+pub fn with_low_s(token: &str) -> String {
+    let Some((input, signature)) = token.rsplit_once('.') else {
+        return token.to_owned();
+    };
+    let Ok(bytes) = b64(signature) else {
+        return token.to_owned();
+    };
+    let normalized = match bytes.len() {
+        64 => p256::ecdsa::Signature::from_slice(&bytes)
+            .ok()
+            .and_then(|s| s.normalize_s())
+            .map(|s| s.to_bytes().to_vec()),
+        96 => p384::ecdsa::Signature::from_slice(&bytes)
+            .ok()
+            .and_then(|s| s.normalize_s())
+            .map(|s| s.to_bytes().to_vec()),
+        _ => None,
+    };
+    match normalized {
+        Some(low) => format!("{input}.{}", URL_SAFE_NO_PAD.encode(low)),
+        None => token.to_owned(),
+    }
+}
+
 fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
     // The strict engine refuses padding and non-canonical trailing bits, so each token has one
     // encoding and a "tampered but equivalent" variant cannot exist.

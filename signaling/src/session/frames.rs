@@ -1,6 +1,6 @@
-//! A client's frames as the session sees them ([`read`]), and how the server ends a
-//! WebSocket: a close frame whose code says why ([`send_close`]), then a short wait for the
-//! client's own ([`linger`]).
+//! A client's frames as the session sees them ([`first_frame`], [`read`]), and how the
+//! server ends a WebSocket: a close frame whose code says why ([`send_close`]), then a short
+//! wait for the client's own ([`linger`]).
 
 use std::time::Duration;
 
@@ -9,6 +9,56 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::{FrameSink, FrameStream};
 use crate::protocol::{self, ClientMessage, Close, Refusal, close_code};
+
+/// The client's first frame (pings skipped), or none within the join timeout.
+pub enum FirstFrame {
+    TimedOut,
+    Frame(Option<Result<Message, axum::Error>>),
+}
+
+impl FirstFrame {
+    /// The appointment a well-formed join asks for (where its consultation runs decides
+    /// where the session runs).
+    pub fn joins(&self) -> Option<String> {
+        let FirstFrame::Frame(Some(Ok(Message::Text(t)))) = self else {
+            return None;
+        };
+        match protocol::parse_client(t) {
+            Ok(ClientMessage::Join { appointment, .. }) => {
+                crate::booking::appointment_id(&appointment).map(str::to_owned)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            FirstFrame::Frame(Some(Ok(Message::Text(t)))) => Some(t.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Read the first frame a client sends, skipping pings, within `timeout`.
+pub async fn first_frame(stream: &mut FrameStream, timeout: Duration) -> FirstFrame {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return FirstFrame::TimedOut,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(frame) => return FirstFrame::Frame(frame),
+        }
+    }
+}
+
+/// The bytes a frame carries (what the byte budget counts).
+pub(crate) fn size(frame: &Option<Result<Message, axum::Error>>) -> usize {
+    match frame {
+        Some(Ok(Message::Text(t))) => t.len(),
+        Some(Ok(Message::Binary(b))) => b.len(),
+        _ => 0,
+    }
+}
 
 /// What an incoming frame is to the session.
 pub(crate) enum Incoming {

@@ -22,16 +22,8 @@ fn packet(seq: u16) -> RtpPacket {
 #[test]
 fn transport_wide_feedback_reaches_both_sides() {
     let mut now = Instant::now();
-    let mut server = Peer::new(
-        Side::Server {
-            ufrag: "srvufrag".into(),
-            pwd: "serverpasswordserverpass".into(),
-        },
-        addr(40000),
-        now,
-    )
-    .unwrap();
-    let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+    let mut server = server_peer(now);
+    let mut client = client_peer(now);
     let up = client
         .add_outbound(Codec::Vp8, 4321, "c", "c-video")
         .unwrap();

@@ -28,16 +28,8 @@ fn vp8_packet(seq: u16) -> RtpPacket {
 #[test]
 fn a_keyframe_request_reaches_the_publisher() {
     let mut now = Instant::now();
-    let mut server = Peer::new(
-        Side::Server {
-            ufrag: "srvufrag".into(),
-            pwd: "serverpasswordserverpass".into(),
-        },
-        addr(40000),
-        now,
-    )
-    .unwrap();
-    let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+    let mut server = server_peer(now);
+    let mut client = client_peer(now);
     let video = client
         .add_outbound(Codec::Vp8, 4321, "c", "c-video")
         .unwrap();

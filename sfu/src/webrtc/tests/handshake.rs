@@ -5,16 +5,8 @@ use super::*;
 use std::time::Duration;
 
 fn pair(now: Instant) -> (Peer, Peer) {
-    let mut server = Peer::new(
-        Side::Server {
-            ufrag: "srvufrag".into(),
-            pwd: "serverpasswordserverpass".into(),
-        },
-        addr(40000),
-        now,
-    )
-    .unwrap();
-    let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+    let mut server = server_peer(now);
+    let mut client = client_peer(now);
     client
         .add_outbound(Codec::Opus, 1234, "c", "c-audio")
         .unwrap();

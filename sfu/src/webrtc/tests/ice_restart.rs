@@ -31,16 +31,8 @@ fn opus(seq: u16) -> RtpPacket {
 #[test]
 fn an_ice_restart_from_a_new_port_keeps_the_session() {
     let mut now = Instant::now();
-    let mut server = Peer::new(
-        Side::Server {
-            ufrag: "srvufrag".into(),
-            pwd: "serverpasswordserverpass".into(),
-        },
-        addr(40000),
-        now,
-    )
-    .unwrap();
-    let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+    let mut server = server_peer(now);
+    let mut client = client_peer(now);
     let audio = client
         .add_outbound(Codec::Opus, 777, "c", "c-audio")
         .unwrap();

@@ -14,6 +14,20 @@ pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The SFU's end of a connection (ICE-lite, fixed credentials) at port 40000.
+pub(super) fn server_peer(now: Instant) -> Peer {
+    let side = Side::Server {
+        ufrag: "srvufrag".into(),
+        pwd: "serverpasswordserverpass".into(),
+    };
+    Peer::new(side, addr(40000), now).expect("a server peer")
+}
+
+/// A client (full ICE) at port 50000.
+pub(super) fn client_peer(now: Instant) -> Peer {
+    Peer::new(Side::Client, addr(50000), now).expect("a client peer")
+}
+
 /// Move datagrams both ways for `steps` of 5 ms: the client, at `client_at`, talks to the
 /// server, and hears what the server sends to `client_at` (as from port 40000). Every output
 /// goes to `seen` (`true`: the client's).

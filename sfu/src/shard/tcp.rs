@@ -228,50 +228,37 @@ impl Shard {
         if !readable {
             return;
         }
+        // Read until the socket has nothing more (mio is edge-triggered: bytes left unread
+        // raise no new event until the client sends again), unframing after every read so
+        // the buffer holds at most one partial frame beside the last read.
         let mut buf = [0u8; 16 * 1024];
         let mut closed = false;
         loop {
             let Some(c) = self.tcp.conns.get_mut(index) else {
                 return;
             };
-            match c.stream.read(&mut buf) {
+            let drained = match c.stream.read(&mut buf) {
                 Ok(0) => {
                     closed = true;
-                    break;
+                    true
                 }
-                Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    c.inbuf.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     closed = true;
-                    break;
+                    true
                 }
-            }
-            if c.inbuf.len() > 4 * MAX_FRAME {
-                break; // process what we have before reading more
-            }
-        }
-        // Unframe: every complete frame is one datagram.
-        loop {
-            let Some(c) = self.tcp.conns.get_mut(index) else {
-                return;
             };
-            if c.inbuf.len() < 2 {
-                break;
-            }
-            let len = usize::from(u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]));
-            if len == 0 || len > MAX_FRAME {
-                // Not RFC 4571 framing: nothing after this can be trusted.
-                self.tally.drop(DropReason::Oversized);
+            if !self.unframe_tcp(index, now) {
                 closed = true;
+            }
+            if drained || closed {
                 break;
             }
-            if c.inbuf.len() < 2 + len {
-                break;
-            }
-            let frame: Vec<u8> = c.inbuf.drain(..2 + len).skip(2).collect();
-            let peer = c.peer;
-            self.on_datagram(now, peer, &frame, false, true);
         }
         if closed {
             self.close_tcp(index);
@@ -279,6 +266,30 @@ impl Shard {
     }
 
     /// Queue one datagram on the connection with `to`, framed, and write what the socket takes.
+    /// Hand every complete frame of the connection's buffer on as a datagram. False: the
+    /// stream is not RFC 4571 framing, and nothing after this can be trusted.
+    fn unframe_tcp(&mut self, index: usize, now: Instant) -> bool {
+        loop {
+            let Some(c) = self.tcp.conns.get_mut(index) else {
+                return true;
+            };
+            if c.inbuf.len() < 2 {
+                return true;
+            }
+            let len = usize::from(u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]));
+            if len == 0 || len > MAX_FRAME {
+                self.tally.drop(DropReason::Oversized);
+                return false;
+            }
+            if c.inbuf.len() < 2 + len {
+                return true;
+            }
+            let frame: Vec<u8> = c.inbuf.drain(..2 + len).skip(2).collect();
+            let peer = c.peer;
+            self.on_datagram(now, peer, &frame, false, true);
+        }
+    }
+
     pub(super) fn send_tcp(&mut self, to: SocketAddr, data: &[u8]) {
         let Some(&index) = self.tcp.by_addr.get(&to) else {
             self.tally.drop(DropReason::SendFailed);

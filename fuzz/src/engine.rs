@@ -207,6 +207,11 @@ fn install_watchdogs(hang_after: Duration) {
                     if fd >= 0 {
                         libc::write(fd, cur.input.as_ptr().cast(), cur.input.len());
                         libc::close(fd);
+                        let say = b"\nFINDING (abort): the input is saved to ";
+                        libc::write(2, say.as_ptr().cast(), say.len());
+                        let path = path.as_bytes();
+                        libc::write(2, path.as_ptr().cast(), path.len());
+                        libc::write(2, b"\n".as_ptr().cast(), 1);
                     }
                 }
             }
@@ -356,7 +361,7 @@ pub fn run(target: &Target, opts: &Options) -> Report {
         if runs_done(mutated) {
             break;
         }
-        if mutated % 64 == 0 {
+        if mutated.is_multiple_of(64) {
             let now = Instant::now();
             if opts
                 .seconds

@@ -44,7 +44,9 @@ struct Args {
 }
 
 fn default_findings() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-findings")
+    // The workspace's target/, beside fuzz/.
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    fuzz.parent().unwrap_or(fuzz).join("target/fuzz-findings")
 }
 
 fn main() -> ExitCode {

@@ -185,7 +185,7 @@ impl Mutator<'_> {
                 out.splice(at..at, bytes);
             }
             7 if !self.dict.is_empty() => {
-                let word = rng.pick(self.dict).to_vec();
+                let word = pick_word(rng, self.dict).to_vec();
                 out.splice(at..at, word);
             }
             8 => {
@@ -224,6 +224,10 @@ impl Mutator<'_> {
             }
         }
     }
+}
+
+fn pick_word<'a>(rng: &mut Rng, dict: &[&'a [u8]]) -> &'a [u8] {
+    dict[rng.below(dict.len())]
 }
 
 fn overwrite(out: &mut Vec<u8>, at: usize, bytes: &[u8]) {
@@ -281,7 +285,7 @@ fn json_mutation(rng: &mut Rng, out: &mut Vec<u8>, other: &[u8], dict: &[&[u8]])
         }
         1 if !dict.is_empty() => {
             let mut word = vec![b'"'];
-            word.extend_from_slice(*rng.pick(dict));
+            word.extend_from_slice(pick_word(rng, dict));
             word.push(b'"');
             out.splice(s..e, word);
         }
@@ -368,9 +372,10 @@ fn sdp_mutation(rng: &mut Rng, out: &mut Vec<u8>, other: &[u8], dict: &[&[u8]]) 
             lines.swap(at, to);
         }
         3 if !theirs.is_empty() => lines.insert(at, rng.pick(&theirs).to_string()),
-        4 if !dict.is_empty() => {
-            lines.insert(at, String::from_utf8_lossy(*rng.pick(dict)).into_owned())
-        }
+        4 if !dict.is_empty() => lines.insert(
+            at,
+            String::from_utf8_lossy(pick_word(rng, dict)).into_owned(),
+        ),
         5 => {
             // A line's end changed: bare \n, \r, or none.
             let ending = *rng.pick(&["\n", "\r", "", "\r\n\r\n"]);
@@ -393,7 +398,7 @@ fn sdp_mutation(rng: &mut Rng, out: &mut Vec<u8>, other: &[u8], dict: &[&[u8]]) 
             let k = rng.below(bounds.len() / 2);
             let (s, e) = (bounds[2 * k], bounds[2 * k + 1]);
             let word = if rng.chance(3) && !dict.is_empty() {
-                String::from_utf8_lossy(*rng.pick(dict)).into_owned()
+                String::from_utf8_lossy(pick_word(rng, dict)).into_owned()
             } else {
                 rng.pick(SDP_VALUES).to_string()
             };

@@ -36,7 +36,7 @@ impl Rng {
     }
 
     pub fn chance(&mut self, one_in: u32) -> bool {
-        self.next_u64() % u64::from(one_in.max(1)) == 0
+        self.next_u64().is_multiple_of(u64::from(one_in.max(1)))
     }
 
     pub fn byte(&mut self) -> u8 {

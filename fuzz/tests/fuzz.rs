@@ -186,7 +186,11 @@ fn a_panic_is_caught_saved_and_replayable() {
         note.contains("planted bug") && note.contains("--replay"),
         "{note}"
     );
-    let replayed = engine::replay(&planted, &options(&dir, 1), &[finding.input.clone()]);
+    let replayed = engine::replay(
+        &planted,
+        &options(&dir, 1),
+        std::slice::from_ref(&finding.input),
+    );
     assert!(replayed[0].1.is_err(), "the saved input panics again");
     // A panic on another thread, during an input, is a finding too.
     let mut h = |_: &[u8]| {

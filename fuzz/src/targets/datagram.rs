@@ -200,8 +200,9 @@ impl Harness for RtpHarness {
             Ok(p) => p.marshal().map(|b| b.len()).ok(),
             Err(_) => None,
         };
+        let admitted = admitted.map_or("-", |a| if a { "admitted" } else { "refused" });
         outcome(&[&format!(
-            "{fits} {} {admitted:?} {} {}",
+            "{fits} {} {admitted} {} {}",
             ssrc.is_some(),
             parsed.as_ref().map(|_| "ok").unwrap_or("err"),
             reencoded.is_some()
@@ -259,7 +260,7 @@ pub fn rtcp() -> Target {
                 let parsed = rtc::rtcp::packet::unmarshal(&mut buf);
                 let kinds = match &parsed {
                     Ok(packets) => {
-                        let mut kinds = String::new();
+                        let mut kinds = std::collections::BTreeSet::new();
                         for p in packets {
                             // What the SFU reads of every packet: its type and its SSRCs
                             // (and `Debug` in the stack's trace logs). Not `Display`: rtc-rtcp
@@ -267,10 +268,10 @@ pub fn rtcp() -> Target {
                             // of 1e21 bit/s and more, and nothing in the product prints it.
                             let _ = p.destination_ssrc();
                             let _ = format!("{p:?}");
-                            kinds.push_str(&format!("{:?},", p.header().packet_type));
+                            kinds.insert(format!("{:?}", p.header().packet_type));
                         }
                         let _ = rtc::rtcp::packet::marshal(packets);
-                        kinds
+                        format!("{kinds:?}").replace('"', "'")
                     }
                     Err(e) => e.to_string(),
                 };

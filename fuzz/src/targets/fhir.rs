@@ -161,7 +161,12 @@ pub fn practitioner_role() -> Target {
                     let practitioner = role.practitioner.as_ref().and_then(|p| p.relative());
                     outcome(&[
                         "ok",
-                        &format!("{} {:?}", practitioner.is_some(), role.active),
+                        &format!(
+                            "{} {}",
+                            practitioner.is_some(),
+                            role.active
+                                .map_or("-", |a| if a { "active" } else { "inactive" })
+                        ),
                     ])
                 }
                 Err(e) => {

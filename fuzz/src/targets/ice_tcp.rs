@@ -166,7 +166,7 @@ fn first_frame_kind(data: &[u8]) -> String {
             at += 2 + usize::from(u16::from_be_bytes([l[0], l[1]]));
             n += 1;
         }
-        n.min(8)
+        "f".repeat(n.min(8)) // as letters: `outcome` leaves digits out
     };
     use metaclinic_sfu::webrtc::stun::{StunTarget, target};
     let first = match data.get(2..2 + len).map(target) {

@@ -157,7 +157,11 @@ pub fn jwks() -> Target {
                         }
                     }
                 }
-                outcome(&["ok", &format!("{} {}", keys.len().min(4), found.min(8))])
+                outcome(&[
+                    "ok",
+                    &"k".repeat(keys.len().min(4)),
+                    &"f".repeat(found.min(8)),
+                ])
             })
         },
     }

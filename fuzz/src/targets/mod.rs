@@ -92,25 +92,17 @@ pub fn find(name: &str) -> Option<Target> {
     all().into_iter().find(|t| t.name == name)
 }
 
-/// A fingerprint of an outcome described in words, with what varies with the input (digits,
-/// quoted or parenthesised text) left out, so that "line 3 column 7" and "line 4 column 1" count as one.
+/// A fingerprint of an outcome described in words, with what varies with the input left
+/// out: digits, and everything from the first quote or parenthesis on (where messages quote
+/// the input), so that "line 3 column 7" and "line 4 column 1" count as one.
 pub fn outcome(parts: &[&str]) -> u64 {
-    let mut coarse = Vec::new();
+    let mut coarse = String::new();
     for part in parts {
-        let mut quoted = None;
-        for c in part.chars().take(160) {
-            match (quoted, c) {
-                (Some(q), c) if c == q => quoted = None,
-                (Some(_), _) => {}
-                (None, '`' | '"') => quoted = Some(c),
-                (None, '(') => quoted = Some(')'),
-                (None, c) if c.is_ascii_digit() => {}
-                (None, c) => coarse.push(c),
-            }
-        }
+        let head = part.split(['`', '"', '(']).next().unwrap_or("");
+        coarse.extend(head.chars().filter(|c| !c.is_ascii_digit()).take(80));
         coarse.push('|');
     }
-    fnv1a(coarse.into_iter().collect::<String>().as_bytes())
+    fnv1a(coarse.as_bytes())
 }
 
 /// `bytes` as text the way a WebSocket text frame or an HTTP body reaches the parser: frames

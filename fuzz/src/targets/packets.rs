@@ -13,7 +13,7 @@ fn stun_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -199,7 +199,7 @@ fn rtcp(count: u8, pt: u8, body: &[u8]) -> Vec<u8> {
 
 fn words(parts: &[&[u8]]) -> Vec<u8> {
     let mut v: Vec<u8> = parts.concat();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v

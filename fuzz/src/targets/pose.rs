@@ -86,7 +86,7 @@ pub fn target() -> Target {
                     );
                     let _ = p.direction_to([0.0, 0.0, 0.0]);
                 }
-                outcome(&[&format!("{:?}", decoded.map(|_| ()))])
+                outcome(&[&decoded.map_or_else(|e| e.to_string(), |_| "ok".into())])
             })
         },
     }

@@ -62,6 +62,9 @@ EXPOSE 7001/tcp
 EXPOSE 40000/udp
 # An SFU node's ICE-TCP port (rtc.tcp_port).
 EXPOSE 40000/tcp
+# An SFU node's embedded TURN server over UDP and TCP (turn.udp_port, turn.tcp_port).
+EXPOSE 3478/udp
+EXPOSE 3478/tcp
 USER 10001:10001
 WORKDIR /
 ENTRYPOINT ["metaclinic"]

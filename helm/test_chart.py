@@ -209,13 +209,58 @@ class ChartTest(unittest.TestCase):
     def test_sfu_ports_follow_the_configuration(self):
         ports = container(self.production.sfu())["ports"]
         udp = sorted(p["containerPort"] for p in ports if p["protocol"] == "UDP")
+        udp.remove(3478)  # TURN
         self.assertEqual(udp, list(range(40000, 40008)))  # media_threads = 8
         tcp = {p["name"]: p["containerPort"] for p in ports if p["protocol"] == "TCP"}
-        self.assertEqual(tcp, {"ice-tcp": 4443, "control": 7001})
+        self.assertEqual(tcp, {"ice-tcp": 4443, "control": 7001, "turn-tcp": 3478, "turn-tls": 5349})
         for p in ports:
             self.assertEqual(p["hostPort"], p["containerPort"])
         default_ports = {(p["protocol"], p["containerPort"]) for p in container(self.default.sfu())["ports"]}
-        self.assertEqual(default_ports, {("UDP", 40000), ("TCP", 40000), ("TCP", 7001)})
+        self.assertEqual(default_ports, {("UDP", 40000), ("TCP", 40000), ("TCP", 7001),
+                                         ("UDP", 3478), ("TCP", 3478)})
+
+    def test_sfu_turn_server_ports_certificate_and_secret(self):
+        # Production: TLS from a cert-manager Secret, mounted as a directory (renewals reach
+        # the pod), on an unprivileged port that clients know as 443.
+        ds = self.production.sfu()
+        turn = self.production.toml("sfu")["turn"]
+        self.assertEqual(turn["tls_port"], 5349)
+        self.assertEqual(turn["tls_public_port"], 443)
+        self.assertEqual(turn["tls_cert_path"], "/etc/metaclinic/turn-tls/tls.crt")
+        self.assertEqual(turn["tls_key_path"], "/etc/metaclinic/turn-tls/tls.key")
+        self.assertEqual(turn["tls_host"], "{node}.turn.hospital.example")
+        self.assertNotIn("shared_secret", turn)
+        spec = ds["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in spec["volumes"]}
+        self.assertEqual(vols["turn-tls"]["secret"], {"secretName": "metaclinic-turn-tls"})
+        mounts = {m["name"]: m for m in container(ds)["volumeMounts"]}
+        self.assertEqual(mounts["turn-tls"]["mountPath"], "/etc/metaclinic/turn-tls")
+        self.assertNotIn("subPath", mounts["turn-tls"])
+        # One secret for the nodes and signaling (which signs the clients' credentials).
+        for w, name in [(ds, "METACLINIC_SFU__TURN__SHARED_SECRET"),
+                        (self.production.signaling(),
+                         "METACLINIC_SIGNALING__ICE_SERVERS__TURN_SHARED_SECRET")]:
+            self.assertEqual(env(w)[name]["valueFrom"]["secretKeyRef"],
+                             {"name": "metaclinic-turn", "key": "shared-secret"})
+        # Default: no certificate, so no TLS listener; the secret is generated.
+        self.assertEqual(self.default.toml("sfu")["turn"]["tls_port"], 0)
+        secret = self.default.get("Secret", "mc-metaclinic-secrets")
+        self.assertRegex(base64.b64decode(secret["data"]["turn-shared-secret"]).decode(),
+                         r"^[A-Za-z0-9]{48}$")
+        # Off: no ports, no secret in the environment.
+        off = Rendered({"sfu": {"turn": {"enabled": False}}})
+        self.assertFalse(off.toml("sfu")["turn"]["enabled"])
+        names = {p["name"] for p in container(off.sfu())["ports"]}
+        self.assertFalse({"turn-udp", "turn-tcp", "turn-tls"} & names)
+        self.assertNotIn("METACLINIC_SFU__TURN__SHARED_SECRET", env(off.sfu()))
+        # The TLS port must be one the pod can bind; the chart owns the sfu.toml section.
+        for bad in [{"sfu": {"turn": {"tlsPort": 443}}},
+                    {"sfu": {"config": {"turn": {"udp_port": 3478}}}},
+                    {"secrets": {"turnSecret": {"value": "short"}}}]:
+            with self.subTest(bad=bad):
+                with helm.Chart.load(CHART) as chart:
+                    with self.assertRaises(helm.HelmValuesError):
+                        chart.render(bad, name="mc")
 
     def test_sfu_announces_the_host_ip_and_takes_its_identity_from_the_node(self):
         e = env(self.production.sfu())
@@ -335,11 +380,24 @@ class ChartTest(unittest.TestCase):
                 "METACLINIC_SIGNALING__AUDIT__CHECKPOINT_PATH",
                 "METACLINIC_SIGNALING__AUDIT__KEY_FILE",
                 "METACLINIC_SIGNALING__DRAIN__DEADLINE_S", "METACLINIC_SIGNALING__REDIS__URL",
-                "METACLINIC_SIGNALING__SFU__CREDENTIAL"}
+                "METACLINIC_SIGNALING__SFU__CREDENTIAL",
+                "METACLINIC_SIGNALING__WEBHOOKS__OUTBOX_PATH",
+                "METACLINIC_SIGNALING__ICE_SERVERS__TURN_SHARED_SECRET"}
         for name in e:
             if name.startswith("METACLINIC_SIGNALING__"):
                 self.assertIn(name, keys)
         self.assertFalse(self.production.signaling()["spec"]["template"]["spec"]["enableServiceLinks"])
+
+    def test_webhook_endpoints_reach_signaling_as_a_list_of_tables(self):
+        endpoints = [
+            {"name": "records", "url": "https://ehr.hospital.example/hooks", "events": [],
+             "secret_file": "/etc/metaclinic/webhooks/records"},
+            {"name": "billing", "url": "https://billing.hospital.example/in",
+             "events": ["consultation.ended"], "secret_file": "/etc/metaclinic/webhooks/billing"},
+        ]
+        r = Rendered({"signaling": {"config": {"webhooks": {"endpoints": endpoints}}}})
+        self.assertEqual(r.toml("signaling")["webhooks"]["endpoints"], endpoints)
+        self.assertEqual(self.production.toml("signaling")["webhooks"]["endpoints"], [])
 
     def test_with_redis_nodes_register_and_signaling_reads_the_registry(self):
         e = env(self.production.signaling())

@@ -7,6 +7,8 @@
 #   setup_missing_build_tools      the Debian packages the Rust build still needs (the opus crate
 #                                  builds libopus with cmake and a C compiler), one per line.
 #   setup_need_cargo WHO           exit 1 with a pointer to rustup when cargo is missing.
+#   setup_browser_packages WHO     `npm ci` the browser tests' packages (tests/browser: axe-core,
+#                                  pinned in its package-lock.json) unless already installed.
 
 setup_install() {
     local who=$1
@@ -40,4 +42,18 @@ setup_need_cargo() {
     command -v cargo >/dev/null 2>&1 && return 0
     echo "$1: cargo is missing; install Rust (https://rustup.rs)" >&2
     exit 1
+}
+
+setup_browser_packages() {
+    local dir=tests/browser
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "$1: npm is missing (the accessibility tests inject axe-core from $dir); on Debian: apt-get install npm" >&2
+        exit 1
+    fi
+    # npm ci wipes and reinstalls: only when the lock file changed since the last install.
+    if [ -f "$dir/node_modules/.package-lock.json" ] && [ ! "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        return 0
+    fi
+    echo "$1: installing $dir's packages (npm ci)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
 }

@@ -96,6 +96,15 @@ enum AuditCommand {
         #[arg(long, default_value = "metaclinic:")]
         redis_key_prefix: String,
     },
+    /// Write the log's records as FHIR R4 AuditEvents (IHE BALP), one JSON per line
+    /// (NDJSON), to stdout: what the FHIR write-back sends.
+    Export {
+        /// The audit log (JSON Lines).
+        path: PathBuf,
+        /// As FHIR AuditEvents (the one format there is).
+        #[arg(long, required = true)]
+        fhir: bool,
+    },
     /// Check a log without its checkpoint, then write a new checkpoint for it (after the
     /// checkpoint file was lost; the service refuses to continue a MAC'd log without one).
     Checkpoint {
@@ -259,6 +268,15 @@ fn audit(command: &AuditCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        AuditCommand::Export { path, fhir: _ } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = metaclinic_signaling::fhir::audit_event::export_ndjson(path, &mut out)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("{written} AuditEvents written");
+            Ok(())
+        }
         AuditCommand::Checkpoint {
             path,
             key,
@@ -321,7 +339,12 @@ async fn dev(config: Option<PathBuf>, appointments: Option<PathBuf>) -> anyhow::
     }
     sfu.control.credential = format!("dev-{}", uuid_like());
     sfu.validate()?;
-    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // A free loopback port unless one is asked for (a test that reads the node's metrics).
+    let control_listen = match std::env::var_os("METACLINIC_SFU__CONTROL__LISTEN") {
+        Some(_) => sfu.control.listen,
+        None => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+    };
+    let control = tokio::net::TcpListener::bind(control_listen).await?;
     let control_addr = control.local_addr()?;
     let node = metaclinic_sfu::Node::start(sfu.clone()).context("starting the SFU node")?;
     tokio::spawn(metaclinic_sfu::control::http::serve(

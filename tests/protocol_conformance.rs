@@ -88,6 +88,9 @@ fn sample(t: &str) -> Value {
         "admit" | "deny" | "return_to_lobby" | "remove" => json!({"type": t, "participant": who}),
         "mute" => json!({"type": t, "participant": who, "kind": "audio", "muted": true}),
         "extend" => json!({"type": t, "minutes": 1}),
+        "share_vitals" => json!({"type": t, "companions": false}),
+        "chat" => json!({"type": t, "text": "hi"}),
+        "allow_chat" => json!({"type": t, "allowed": true}),
         "end" | "invite_interpreter" | "leave" | "ping" => json!({"type": t}),
         other => panic!("PROTOCOL.md documents {other}, which this test has no sample of"),
     }
@@ -149,7 +152,7 @@ enum Got {
 
 /// Messages that arrive whenever the call changes, between a request and its answer.
 const EVENTS: &str = "lobby_changed members_changed track_published track_ended track_muted \
-                      active_speaker quality warning extended";
+                      active_speaker quality warning extended chat chat_allowed";
 
 struct Client {
     ws: Ws,
@@ -442,6 +445,32 @@ async fn the_call_goes_as_documented() {
     host.say(r#"{"type":"extend","minutes":5}"#).await;
     assert_eq!(patient.until("extended").await["type"], "extended");
     assert_eq!(host.until("extended").await["type"], "extended");
+    // The chat: a line reaches everyone in the call, its sender too; a host stops it.
+    patient
+        .say(r#"{"type":"chat","text":"Amoxicillin 500 mg"}"#)
+        .await;
+    let line = host.until("chat").await;
+    assert_eq!(
+        (&line["from"], &line["role"], &line["text"]),
+        (
+            &json!("Patient/pat-1042"),
+            &json!("patient"),
+            &json!("Amoxicillin 500 mg")
+        )
+    );
+    assert!(
+        line["sent_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
+    assert_eq!(patient.until("chat").await["text"], "Amoxicillin 500 mg");
+    host.say(r#"{"type":"allow_chat","allowed":false}"#).await;
+    assert_eq!(patient.until("chat_allowed").await["allowed"], false);
+    host.say(r#"{"type":"allow_chat","allowed":true}"#).await;
+    assert_eq!(patient.until("chat_allowed").await["allowed"], true);
+    // Vitals shared with companions: no reply (PROTOCOL.md, "Vitals").
+    host.say(r#"{"type":"share_vitals","companions":true}"#)
+        .await;
+    host.alive().await;
     host.say(r#"{"type":"return_to_lobby","participant":"Patient/pat-1042"}"#)
         .await;
     assert_eq!(patient.reply().await["type"], "returned_to_lobby");
@@ -625,6 +654,36 @@ async fn every_error_is_documented_and_closes_as_documented() {
     }
     host.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
     l.refused(&mut host, "bad_message", true).await;
+
+    // Chat lines out of bounds, or while a host stopped the chat.
+    host.say(r#"{"type":"chat","text":"  "}"#).await;
+    l.refused(&mut host, "chat_invalid", true).await;
+    host.send(json!({"type": "chat", "text": "a".repeat(501)}))
+        .await;
+    l.refused(&mut host, "chat_too_long", true).await;
+    host.say(r#"{"type":"allow_chat","allowed":false}"#).await;
+    host.say(r#"{"type":"chat","text":"x"}"#).await;
+    l.refused(&mut host, "chat_off", true).await;
+    host.say(r#"{"type":"allow_chat","allowed":true}"#).await;
+    // Ten at once: five pass (the burst), then `chat_rate_limited`.
+    for _ in 0..10 {
+        host.say(r#"{"type":"chat","text":"x"}"#).await;
+    }
+    host.say(r#"{"type":"ping"}"#).await;
+    let mut codes = Vec::new();
+    loop {
+        let v = host.reply().await;
+        if v["type"] == "pong" {
+            break;
+        }
+        codes.extend(v["code"].as_str().map(str::to_owned));
+    }
+    assert!(
+        codes.iter().all(|c| c == "chat_rate_limited") && codes.len() >= 4,
+        "{codes:?}"
+    );
+    assert!(l.doc.errors["chat_rate_limited"].contains("stays open"));
+    l.provoked.insert("chat_rate_limited".into());
 
     // From the lobby: no media, no host controls.
     let (mut patient, first) = Client::join(&h, appt, "Patient/pat-1042").await;

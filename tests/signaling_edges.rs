@@ -36,7 +36,10 @@ async fn the_access_check_answers_without_joining() {
     let (s, b) = access(&h, "tele-interp-1", Some(&h.token("Practitioner/prac-77"))).await;
     assert_eq!(
         (s, b.clone()),
-        (200, json!({ "role": "host", "admission": "direct" })),
+        (
+            200,
+            json!({ "role": "host", "admission": "direct", "ice_servers": [] })
+        ),
         "{b}"
     );
     let (s, b) = access(
@@ -47,17 +50,26 @@ async fn the_access_check_answers_without_joining() {
     .await;
     assert_eq!(
         (s, b),
-        (200, json!({ "role": "patient", "admission": "lobby" }))
+        (
+            200,
+            json!({ "role": "patient", "admission": "lobby", "ice_servers": [] })
+        )
     );
     let (s, b) = access(&h, "tele-interp-1", Some(&h.token("RelatedPerson/rp-3"))).await;
     assert_eq!(
         (s, b),
-        (200, json!({ "role": "companion", "admission": "lobby" }))
+        (
+            200,
+            json!({ "role": "companion", "admission": "lobby", "ice_servers": [] })
+        )
     );
     let (s, b) = access(&h, "tele-interp-1", Some(&h.token("Practitioner/interp-9"))).await;
     assert_eq!(
         (s, b),
-        (200, json!({ "role": "interpreter", "admission": "lobby" }))
+        (
+            200,
+            json!({ "role": "interpreter", "admission": "lobby", "ice_servers": [] })
+        )
     );
     // Whatever a valid token says, another appointment's participant is nobody here.
     let (s, b) = access(&h, "tele-interp-1", Some(&h.token("Patient/pat-3003"))).await;

@@ -78,6 +78,8 @@ async fn consultation() {
     // Each receives the other's audio and video.
     wait_for_media(&browser, &doctor, "Patient/pat-demo", 40).await;
     wait_for_media(&browser, &patient, "Practitioner/dr-demo", 40).await;
+    // No TURN configured: the page says it connected straight to the node over UDP.
+    wait_for(&browser, &patient, "metaclinic.way() === 'udp'", 20).await;
     let tiles = doctor.eval("metaclinic.tiles()").await;
     assert!(
         tiles

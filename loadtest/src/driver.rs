@@ -23,6 +23,8 @@ use crate::participant::{Participant, ParticipantSpec, ParticipantStats};
 pub struct ParticipantKey(usize);
 
 const WAKER: Token = Token(usize::MAX);
+/// Tokens of TURN relay sockets: the participant's key with this bit set.
+const RELAY_TOKEN_BIT: usize = 1 << 29;
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read from one socket before the participant's outputs are taken.
 const READ_BATCH: usize = 32;
@@ -32,7 +34,7 @@ type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
 enum Command {
     /// Create a participant and return its initial offer.
     Create {
-        spec: ParticipantSpec,
+        spec: Box<ParticipantSpec>,
         reply: Reply<(ParticipantKey, String)>,
     },
     AcceptAnswer {
@@ -137,6 +139,15 @@ pub struct ClientDriver {
 
 impl ClientDriver {
     pub fn start(name: &str) -> io::Result<ClientDriver> {
+        Self::start_in(name, || Ok(()))
+    }
+
+    /// Like `start`, with `enter` run first on the driver's thread: to move it into a network
+    /// namespace (its sockets are made there), say. Its error fails the start.
+    pub fn start_in(
+        name: &str,
+        enter: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> io::Result<ClientDriver> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -149,9 +160,21 @@ impl ClientDriver {
             tones: HashMap::new(),
             buf: vec![0u8; MAX_DATAGRAM],
         };
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("clients-{name}"))
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let entered = enter();
+                let ok = entered.is_ok();
+                let _ = entered_tx.send(entered);
+                if ok {
+                    worker.run();
+                }
+            })?;
+        if let Ok(Err(e)) = entered_rx.recv() {
+            let _ = thread.join();
+            return Err(io::Error::other(e));
+        }
         Ok(ClientDriver {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -173,7 +196,11 @@ impl ClientDriver {
     }
 
     pub async fn create(&self, spec: ParticipantSpec) -> anyhow::Result<(ParticipantKey, String)> {
-        self.call(|reply| Command::Create { spec, reply }).await
+        self.call(|reply| Command::Create {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
     }
 
     pub async fn accept_answer(&self, key: ParticipantKey, sdp: String) -> anyhow::Result<()> {
@@ -326,9 +353,12 @@ impl Worker {
             let mut readable = Vec::new();
             let mut commands = false;
             let mut tcp_readable = Vec::new();
+            let mut relay_readable = Vec::new();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     commands = true;
+                } else if ev.token().0 & RELAY_TOKEN_BIT != 0 {
+                    relay_readable.push(ev.token().0 & !RELAY_TOKEN_BIT);
                 } else if ev.token().0 & crate::ice_tcp::TCP_TOKEN_BIT != 0 {
                     tcp_readable.push(ev.token().0 & !crate::ice_tcp::TCP_TOKEN_BIT);
                 } else {
@@ -337,6 +367,9 @@ impl Worker {
             }
             for key in tcp_readable {
                 self.read_tcp(key, now);
+            }
+            for key in relay_readable {
+                self.read_relay(key, now);
             }
             if commands && !self.handle_commands(now) {
                 return;
@@ -369,8 +402,9 @@ impl Worker {
             let mut read = 0;
             while read < READ_BATCH {
                 match p.socket.recv_from(&mut self.buf) {
-                    // A network that blocks UDP lets nothing in.
-                    Ok(_) if p.spec.tcp_only => {}
+                    // A network that blocks UDP lets nothing in; relay-only takes nothing
+                    // but what the relay brings.
+                    Ok(_) if p.spec.tcp_only || p.relay.is_some() => {}
                     Ok((n, from)) => match &mut p.downlink {
                         Some(link) => link.push(now, from, self.buf[..n].to_vec()),
                         None => p.peer.handle_datagram(now, from, &self.buf[..n]),
@@ -404,12 +438,38 @@ impl Worker {
         self.service(key, now);
     }
 
+    /// What the participant's TURN relay received, or its end.
+    fn read_relay(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let Some(relay) = &mut p.relay else { return };
+        if let Err(e) = relay.read(now) {
+            tracing::debug!(participant = %p.spec.name, "TURN relay closed: {e}");
+            relay.deregister(self.poll.registry());
+            p.relay = None;
+            p.spec.tcp_only = true; // nothing else may carry its media: it goes silent
+        }
+        self.service(key, now);
+    }
+
     /// Everything a participant has to do now: timers, media, outputs, datagrams; then
     /// schedule its next wake-up.
     fn service(&mut self, key: usize, now: Instant) {
         let Some(p) = self.participants.get_mut(key) else {
             return;
         };
+        if let Some(relay) = &mut p.relay {
+            if relay.next_timeout().is_some_and(|t| t <= now) {
+                relay.handle_timeout(now);
+            }
+            while let Some((from, data)) = relay.pop_received() {
+                match &mut p.downlink {
+                    Some(link) => link.push(now, from, data.to_vec()),
+                    None => p.peer.handle_datagram(now, from, &data),
+                }
+            }
+        }
         if let Some(link) = &mut p.downlink {
             while let Some((from, data)) = link.pop_due(now) {
                 p.peer.handle_datagram(now, from, &data);
@@ -440,6 +500,10 @@ impl Worker {
                 }
                 continue;
             }
+            if let Some(relay) = &mut p.relay {
+                relay.send(now, t.to, t.data);
+                continue;
+            }
             if p.spec.tcp_only {
                 continue; // UDP is blocked on this participant's network
             }
@@ -464,7 +528,12 @@ impl Worker {
             .into_iter()
             .flatten()
             .filter_map(|l| l.next_release());
-        let next = [p.peer_timer, p.next_media()]
+        let relay_timer = p
+            .relay
+            .as_mut()
+            .and_then(|r| r.next_timeout())
+            .map(|t| t.max(now + Duration::from_millis(1)));
+        let next = [p.peer_timer, p.next_media(), relay_timer]
             .into_iter()
             .flatten()
             .chain(links)
@@ -482,7 +551,7 @@ impl Worker {
             match cmd {
                 Command::Shutdown => return false,
                 Command::Create { spec, reply } => {
-                    let _ = reply.send(self.create(spec, now));
+                    let _ = reply.send(self.create(*spec, now));
                 }
                 Command::AcceptAnswer { key, sdp, reply } => {
                     let r = self.with(key, |p| p.peer.accept_answer(now, &sdp).map_err(Into::into));
@@ -611,9 +680,20 @@ impl Worker {
                     if self.participants.contains(key.0) {
                         let mut p = self.participants.remove(key.0);
                         let _ = self.poll.registry().deregister(&mut p.socket);
+                        if let Some(r) = &mut p.relay {
+                            r.deregister(self.poll.registry());
+                        }
                         p.peer.close();
                         while let Some(t) = p.peer.poll_transmit() {
-                            let _ = p.socket.send_to(&t.data, t.to);
+                            match &mut p.relay {
+                                Some(r) => r.send(now, t.to, t.data),
+                                None => {
+                                    let _ = p.socket.send_to(&t.data, t.to);
+                                }
+                            }
+                        }
+                        if let Some(r) = &mut p.relay {
+                            r.close(now);
                         }
                         self.scheduled.remove(&key.0);
                     }
@@ -683,6 +763,9 @@ impl Worker {
         self.poll
             .registry()
             .register(&mut p.socket, Token(key), Interest::READABLE)?;
+        if let Some(r) = &mut p.relay {
+            r.register(self.poll.registry(), Token(key | RELAY_TOKEN_BIT))?;
+        }
         entry.insert(p);
         self.service(key, now);
         Ok((ParticipantKey(key), offer))

@@ -61,6 +61,11 @@ pub struct ForwardArgs {
     /// Create every room at once (the top of the hour in a clinic), not one after another.
     #[arg(long)]
     pub burst: bool,
+    /// Also run the same rooms with every participant relay-only through the node's
+    /// embedded TURN server over this transport (udp, tcp or tls), and report both: the CPU
+    /// a relayed packet costs beside a direct one.
+    #[arg(long)]
+    pub relay: Option<crate::relay::RelayTransport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +107,15 @@ pub struct ForwardReport {
     pub nacked_pkts: u64,
     pub retransmitted_pkts: u64,
     pub nacks_answered_pct: f64,
+    /// Relay-only through the node's TURN server over this transport (None: direct).
+    pub relay: Option<String>,
+    /// Packets the TURN server relayed (both directions) in the window, the CPU of its
+    /// thread, and that CPU per relayed packet.
+    pub turn_relayed_pkts: u64,
+    pub turn_cpu_s: f64,
+    pub turn_cpu_us_per_relayed_pkt: f64,
+    /// With `--relay`: the same rooms on the direct path, measured first.
+    pub direct: Option<Box<ForwardReport>>,
 }
 
 /// Packets received and lost.
@@ -162,7 +176,22 @@ async fn totals(participants: &[SfuParticipant]) -> anyhow::Result<Totals> {
     Ok(t)
 }
 
+/// The benchmark; with `--relay`, the direct path first, then the relayed one.
 pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
+    let Some(transport) = args.relay else {
+        return run_scenario(args, None).await;
+    };
+    let direct = run_scenario(args.clone(), None).await?;
+    let setup = crate::forward_relay::RelaySetup::new(transport)?;
+    let mut relayed = run_scenario(args, Some(&setup)).await?;
+    relayed.direct = Some(Box::new(direct));
+    Ok(relayed)
+}
+
+async fn run_scenario(
+    args: ForwardArgs,
+    relay: Option<&crate::forward_relay::RelaySetup>,
+) -> anyhow::Result<ForwardReport> {
     anyhow::ensure!(
         args.rooms > 0 && args.publishers > 0,
         "--rooms and --publishers must be at least 1"
@@ -185,11 +214,9 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         None => sibling_binary("metaclinic")?,
     };
     let max = per_room.max(2).to_string();
-    let sfu = LocalSfu::start(
-        &bin,
-        args.sfu_threads,
-        &[("METACLINIC_SFU__ROOMS__MAX_PARTICIPANTS", &max)],
-    )?;
+    let mut env = vec![("METACLINIC_SFU__ROOMS__MAX_PARTICIPANTS", max.as_str())];
+    env.extend(relay.map(|r| r.env()).unwrap_or_default());
+    let sfu = LocalSfu::start(&bin, args.sfu_threads, &env)?;
     let control = sfu.control.clone();
     let drivers: Vec<ClientDriver> = (0..args.client_threads.max(1))
         .map(|i| ClientDriver::start(&format!("fwd-{i}")))
@@ -240,6 +267,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
                     spec = spec.with_video(v.clone());
                 }
             }
+            spec.relay = relay.map(|r| r.spec_for(&name));
             let driver = drivers[jobs.len() % drivers.len()].clone();
             jobs.push((driver, room.clone(), spec));
         }
@@ -294,6 +322,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     let t0 = Instant::now();
     let m0 = control.metrics().await?;
     let threads0 = thread_cpu_seconds(sfu.pid(), "media-")?;
+    let turn0 = thread_cpu_seconds(sfu.pid(), "turn")?;
     let (cpu0, own0, fwd0, rx0) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
@@ -303,6 +332,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let m1 = control.metrics().await?;
     let threads1 = thread_cpu_seconds(sfu.pid(), "media-")?;
+    let turn1 = thread_cpu_seconds(sfu.pid(), "turn")?;
     let (cpu1, own1, fwd1, rx1) = (
         sfu.cpu_seconds()?,
         process_cpu_seconds(own_pid)?,
@@ -320,6 +350,9 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         delta("metaclinic_sfu_send_batches_total"),
     );
     let elapsed = t0.elapsed().as_secs_f64();
+    let turn_relayed_pkts = delta("metaclinic_sfu_turn_relayed_packets_total").max(0.0) as u64;
+    let turn_cpu_s =
+        turn1.iter().map(|t| t.1).sum::<f64>() - turn0.iter().map(|t| t.1).sum::<f64>();
     let nacked_pkts = delta("metaclinic_sfu_nacked_packets_total").max(0.0) as u64;
     let retransmitted_pkts = delta("metaclinic_sfu_retransmissions_total").max(0.0) as u64;
 
@@ -384,6 +417,15 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
         } else {
             0.0
         },
+        relay: relay.map(|r| format!("{:?}", r.transport).to_lowercase()),
+        turn_relayed_pkts,
+        turn_cpu_s,
+        turn_cpu_us_per_relayed_pkt: if turn_relayed_pkts > 0 {
+            turn_cpu_s * 1e6 / turn_relayed_pkts as f64
+        } else {
+            0.0
+        },
+        direct: None,
     };
     for p in participants {
         let _ = p.leave().await;
@@ -391,8 +433,26 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<ForwardReport> {
     Ok(report)
 }
 
-/// The human summary; the caller prints the JSON line after it.
+/// The human summary; the caller prints the JSON line after it. With `--relay`, the direct
+/// run's first, then the relayed one's with what TURN cost.
 pub fn summary(r: &ForwardReport) -> String {
+    let Some(direct) = &r.direct else {
+        return summary_one(r);
+    };
+    format!(
+        "direct path:\n{}\nrelayed through the node's TURN server ({}):\n{}\n\x20 TURN        {} packets relayed, its thread {:.2} s CPU, {:.2} us per relayed packet\n\x20 per packet  {:.2} us SFU CPU per forwarded packet relayed, {:.2} us direct",
+        summary_one(direct),
+        r.relay.as_deref().unwrap_or("?"),
+        summary_one(r),
+        r.turn_relayed_pkts,
+        r.turn_cpu_s,
+        r.turn_cpu_us_per_relayed_pkt,
+        r.cpu_us_per_fwd_pkt,
+        direct.cpu_us_per_fwd_pkt,
+    )
+}
+
+fn summary_one(r: &ForwardReport) -> String {
     format!(
         "forward: {rooms} rooms x ({p} publishers + {s} subscribers) = {n} participants, {secs:.1} s window, {t} SFU media thread(s){sim}\n\
          \x20 forwarded   {fwd} packets ({rate:.0}/s)\n\

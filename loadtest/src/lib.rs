@@ -11,6 +11,7 @@
 pub use metaclinic_sfu::control::client as control;
 pub mod driver;
 pub mod forward;
+pub mod forward_relay;
 pub mod ice_tcp;
 pub mod join;
 pub mod load;
@@ -18,12 +19,13 @@ pub mod local;
 pub mod media;
 pub mod netem;
 pub mod participant;
+pub mod relay;
 pub mod sfu_client;
 pub mod signaling_client;
 
 pub use control::SfuControl;
 pub use driver::ClientDriver;
 pub use netem::LinkSpec;
-pub use participant::{ParticipantSpec, ParticipantStats, VideoSpec};
+pub use participant::{ParticipantSpec, ParticipantStats, VideoSpec, VitalsSpec};
 pub use sfu_client::SfuParticipant;
 pub use signaling_client::{Phase, SignalingParticipant};

@@ -224,6 +224,29 @@ impl SignalingParticipant {
         let _ = self.commands.send(msg);
     }
 
+    /// Send a line of the call's text chat (PROTOCOL.md, "Chat").
+    pub fn chat(&self, text: &str) {
+        self.send(ClientMessage::Chat {
+            text: text.to_owned(),
+        });
+    }
+
+    /// As a host: allow the call's chat, or stop it.
+    pub fn allow_chat(&self, allowed: bool) {
+        self.send(ClientMessage::AllowChat { allowed });
+    }
+
+    /// The next chat line heard within `timeout`: (from, text); other messages are skipped.
+    pub async fn next_chat(&mut self, timeout: Duration) -> Option<(String, String)> {
+        match self
+            .wait_for(timeout, |m| matches!(m, ServerMessage::Chat { .. }))
+            .await
+        {
+            Some(ServerMessage::Chat { from, text, .. }) => Some((from, text)),
+            _ => None,
+        }
+    }
+
     /// The next server message for which `pred` holds, within `timeout` (others are
     /// skipped).
     pub async fn wait_for(
@@ -349,11 +372,22 @@ impl Session {
                 let _ = self.phase.send(Phase::Lobby);
                 vec![]
             }
-            ServerMessage::Joined { .. } => {
+            ServerMessage::Joined { ice_servers, .. } => {
                 if let Some(k) = self.key() {
                     let _ = self.driver.close(k).await;
                 }
-                match self.driver.create(self.spec.clone()).await {
+                let mut spec = self.spec.clone();
+                if let Some((transport, ca)) = &spec.relay_via {
+                    spec.relay = crate::relay::RelaySpec::from_ice_servers(
+                        ice_servers,
+                        *transport,
+                        ca.clone(),
+                    );
+                    if spec.relay.is_none() {
+                        tracing::warn!(participant = %spec.name, "relay-only, but `joined` names no TURN server over {transport:?}");
+                    }
+                }
+                match self.driver.create(spec).await {
                     Ok((key, offer)) => {
                         let _ = self.phase.send(Phase::InCall(key));
                         vec![ClientMessage::Sdp {

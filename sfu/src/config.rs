@@ -27,6 +27,8 @@ pub struct SfuConfig {
     pub drain: DrainConfig,
     /// The node registry signaling places rooms from (several nodes).
     pub redis: RedisConfig,
+    /// The embedded TURN server.
+    pub turn: crate::turn::TurnConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -291,6 +293,9 @@ impl SfuConfig {
                 key: "spatial",
                 problem: e.to_string(),
             });
+        }
+        if let Err((key, problem)) = self.turn.validate() {
+            return Err(ConfigError::Invalid { key, problem });
         }
         if !(1..=100).contains(&self.rooms.max_thread_busy_pct) {
             return invalid("rooms.max_thread_busy_pct", "must be from 1 to 100");

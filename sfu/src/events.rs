@@ -101,6 +101,12 @@ pub enum RoomEvent {
     DominantSpeaker {
         participant: Option<ParticipantId>,
     },
+    /// A checked reading from the patient's device (see `vitals`), for the record (FHIR
+    /// write-back). Signaling must never log it.
+    VitalSign {
+        participant: ParticipantId,
+        reading: crate::vitals::Reading,
+    },
     RoomClosed,
 }
 

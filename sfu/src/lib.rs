@@ -10,6 +10,8 @@
 //! - [`forward`]: per-subscriber rewriting decisions (SSRC, sequence numbers, timestamps,
 //!   simulcast layer switches); [`allocator`]: which layers fit a subscriber's bandwidth.
 //! - [`webrtc`]: the only module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O).
+//! - [`turn`]: the embedded TURN server (UDP, TCP, TLS) that relays only to this node.
+//! - [`vitals`]: the patient's device readings on a consultation's data channel.
 //! - [`media`], [`events`], [`ids`]: our own vocabulary, free of library types.
 //! - [`config`], [`metrics`], [`error`], [`registry`]: the operator's side (the registry:
 //!   heartbeats to Redis when several nodes serve one deployment).
@@ -34,6 +36,8 @@ pub mod session;
 pub mod shard;
 pub mod spatial;
 pub mod speaker;
+pub mod turn;
+pub mod vitals;
 pub mod webrtc;
 
 pub use config::SfuConfig;

@@ -59,10 +59,14 @@ pub enum DropReason {
     BadPose,
     /// Poses faster than the rate limit (40 per second).
     PoseRate,
+    /// A vitals message that does not parse or is implausible (see `vitals`).
+    BadVitals,
+    /// Vitals from a participant other than the patient, or faster than the rate limit.
+    VitalsRefused,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Oversized,
         DropReason::Unclassifiable,
         DropReason::MalformedStun,
@@ -85,6 +89,8 @@ impl DropReason {
         DropReason::MixerRejected,
         DropReason::BadPose,
         DropReason::PoseRate,
+        DropReason::BadVitals,
+        DropReason::VitalsRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +117,8 @@ impl DropReason {
             DropReason::MixerRejected => "mixer_rejected",
             DropReason::BadPose => "bad_pose",
             DropReason::PoseRate => "pose_rate",
+            DropReason::BadVitals => "bad_vitals",
+            DropReason::VitalsRefused => "vitals_refused",
         }
     }
 
@@ -141,6 +149,8 @@ pub struct Metrics {
     pub sessions_closed: IntCounterVec,
     pub nacked_packets: IntCounter,
     pub unanswerable_nacks: IntCounter,
+    /// Patient device readings relayed in consultations (values are never logged).
+    pub vitals_relayed: IntCounter,
     pub retransmissions: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub layer_switches: IntCounterVec,
@@ -276,6 +286,10 @@ impl Metrics {
             unanswerable_nacks: counter(
                 "metaclinic_sfu_nacks_unanswerable_total",
                 "Packets subscribers NACKed that the SFU never sent or no longer holds (answered with a keyframe request)",
+            ),
+            vitals_relayed: counter(
+                "metaclinic_sfu_vitals_readings_total",
+                "Readings from patients' devices relayed to clinicians in consultations",
             ),
             retransmissions: counter(
                 "metaclinic_sfu_retransmissions_total",

@@ -53,6 +53,11 @@ pub struct Node {
     draining: AtomicBool,
     /// The node registry (Redis, when configured) took the last heartbeat.
     registry_reachable: AtomicBool,
+    /// Who has a session here: the TURN server allocates only for them.
+    placed: Arc<crate::turn::PlacedParticipants>,
+    /// The embedded TURN server, when it runs.
+    turn: Mutex<Option<crate::turn::TurnServer>>,
+    turn_advert: Option<crate::turn::TurnAdvert>,
 }
 
 impl Node {
@@ -123,6 +128,18 @@ impl Node {
             shards.push(Mutex::new(handle));
         }
         info!(node = %config.node.id, shards = shards.len(), first_port = config.rtc.udp_port, "SFU node started");
+        let placed = Arc::new(crate::turn::PlacedParticipants::default());
+        let turn = if config.turn.active() {
+            let server = crate::turn::TurnServer::start(&config, placed.clone(), &metrics.registry)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(server)
+        } else {
+            if config.turn.enabled {
+                info!("the embedded TURN server is off: no turn.shared_secret");
+            }
+            None
+        };
+        let turn_advert = turn.as_ref().map(|t| t.advert.clone());
         let node = Arc::new(Node {
             config,
             shards,
@@ -132,6 +149,9 @@ impl Node {
             mixer_pool: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             registry_reachable: AtomicBool::new(true),
+            placed,
+            turn: Mutex::new(turn),
+            turn_advert,
         });
         if let Some(listener) = tcp_listener {
             let weak = Arc::downgrade(&node);
@@ -366,6 +386,7 @@ impl Node {
             .await;
         // Dropping the entry drops the event sender: every event stream ends after RoomClosed.
         self.rooms().remove(room);
+        self.placed.remove_room(room);
         result
     }
 
@@ -389,12 +410,14 @@ impl Node {
                 reply,
             })
             .await?;
+        self.placed.add(room, &participant);
         Ok(SessionOpened {
             room: room.clone(),
             participant,
             node: self.config.node.id.clone(),
             replaced,
             session,
+            turn: self.turn_advert.clone(),
         })
     }
 
@@ -403,12 +426,15 @@ impl Node {
         room: &RoomId,
         participant: &ParticipantId,
     ) -> Result<(), ControlError> {
-        self.ask(room, |reply| Command::CloseSession {
-            room: room.clone(),
-            participant: participant.clone(),
-            reply,
-        })
-        .await
+        let closed = self
+            .ask(room, |reply| Command::CloseSession {
+                room: room.clone(),
+                participant: participant.clone(),
+                reply,
+            })
+            .await;
+        self.placed.remove(room, participant);
+        closed
     }
 
     /// The participant's offer; returns the SFU's answer.
@@ -475,6 +501,19 @@ impl Node {
         .await
     }
 
+    pub async fn set_vitals_sharing(
+        &self,
+        room: &RoomId,
+        companions: bool,
+    ) -> Result<(), ControlError> {
+        self.ask(room, |reply| Command::SetVitalsSharing {
+            room: room.clone(),
+            companions,
+            reply,
+        })
+        .await
+    }
+
     pub async fn set_video_preference(
         &self,
         room: &RoomId,
@@ -530,6 +569,7 @@ impl Node {
             participants: shards.iter().map(|s| s.sessions).sum(),
             shards,
             draining: self.is_draining(),
+            turn: self.turn_advert.clone(),
         }
     }
 
@@ -568,6 +608,9 @@ impl Node {
 
     /// Close every room and stop the media threads.
     pub fn shutdown(&self) {
+        if let Some(mut t) = self.turn.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.shutdown();
+        }
         for h in &self.shards {
             h.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         }

@@ -213,6 +213,8 @@ pub struct Room {
     /// poses were last told back (see `shard::spatial`), and when that was.
     pub poses_changed: bool,
     pub poses_sent: Option<Instant>,
+    /// Consultations: a host lets companions see the patient's vitals too.
+    pub vitals_to_companions: bool,
     events: broadcast::Sender<RoomEventEnvelope>,
     next_seq: u64,
 }
@@ -228,6 +230,7 @@ impl Room {
             mixer: None,
             poses_changed: false,
             poses_sent: None,
+            vitals_to_companions: false,
             events,
             next_seq: 0,
         }

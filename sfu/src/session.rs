@@ -52,6 +52,10 @@ pub struct Session {
     pub pose_channel: Option<crate::webrtc::ChannelId>,
     /// Which video layers fit this subscriber's bandwidth (see `shard::allocation`).
     pub allocation: crate::shard::allocation::LayerAllocation,
+    /// Consultations: the participant's open `vitals` data channel (see `vitals`).
+    pub vitals_channel: Option<crate::webrtc::ChannelId>,
+    /// Readings taken in the current second, and when that second began (rate limit).
+    pub vitals_window: (Instant, u32),
 }
 
 /// A listener's spatial mix on its way out: our own sequence numbers and timestamps.
@@ -100,6 +104,8 @@ impl Session {
             mix: None,
             last_pose: None,
             pose_channel: None,
+            vitals_channel: None,
+            vitals_window: (now, 0),
             allocation: crate::shard::allocation::LayerAllocation::new(now),
         }
     }

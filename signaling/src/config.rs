@@ -26,6 +26,12 @@ pub struct SignalingConfig {
     pub drain: DrainSection,
     pub redis: RedisSection,
     pub dev: DevSection,
+    /// STUN/TURN servers handed to clients (crate::ice).
+    pub ice_servers: crate::ice::IceServersSection,
+    /// Signed events to the hospital's systems (crate::webhooks).
+    pub webhooks: crate::webhooks::WebhooksSection,
+    /// Encounters and AuditEvents written to the booking system's FHIR server.
+    pub fhir_writeback: crate::fhir::writeback::FhirWritebackSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

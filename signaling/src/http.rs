@@ -228,8 +228,9 @@ async fn access_check(
     .await
     .map_err(|_| ApiError::new(503, "audit_unavailable", "the audit log cannot be written"))?;
     let granted = result?;
+    let ice_servers = crate::ice::precall(&state, &granted).await;
     Ok(Json(
-        json!({ "role": granted.access.role, "admission": granted.access.admission }),
+        json!({ "role": granted.access.role, "admission": granted.access.admission, "ice_servers": ice_servers }),
     ))
 }
 

@@ -70,7 +70,10 @@ impl Hub {
                 info!(appointment = %appointment_id, members = s.members.len(), "consultation continued from another replica's snapshot");
                 Consultation::restore(appointment_id, kind, node, s, deps.clock.now())
             }
-            None => Consultation::new(appointment_id, kind, node, closes_at),
+            None => {
+                audit_start(deps, appointment_id, &room).await;
+                Consultation::new(appointment_id, kind, node, closes_at)
+            }
         });
         follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
@@ -218,6 +221,25 @@ impl Hub {
             let lost = lost.to_owned();
             tokio::spawn(async move { move_room(&deps, &c, &lost).await });
         }
+    }
+}
+
+/// A consultation begins (not one continued from a snapshot): the start of its Encounter
+/// and of its webhooks (crate::webhooks).
+async fn audit_start(deps: &Deps, appointment_id: &str, room: &str) {
+    let audited = deps
+        .audit
+        .record(AuditEvent {
+            appointment: Some(format!("Appointment/{appointment_id}")),
+            room: Some(room.to_owned()),
+            action: "start".into(),
+            outcome: "ok".into(),
+            ..AuditEvent::default()
+        })
+        .await;
+    if let Err(e) = audited {
+        // The join that opens it is audited on its own, and refused if the log is stopped.
+        warn!(appointment = %appointment_id, "auditing the start failed: {e}");
     }
 }
 
@@ -469,6 +491,19 @@ async fn relay(
                 participant,
                 quality,
             } => c.send(participant.as_str(), ServerMessage::Quality(quality)),
+            RoomEvent::VitalSign {
+                participant,
+                reading,
+            } => {
+                // Off the relay: the outbox may take a moment, the call's events must not.
+                if let Some(p) = deps.webhooks.clone() {
+                    let appointment = c.appointment_id.clone();
+                    tokio::spawn(async move {
+                        p.record_vital(&appointment, participant.as_str(), &reading)
+                            .await
+                    });
+                }
+            }
             RoomEvent::RoomClosed => return,
             _ => {}
         }

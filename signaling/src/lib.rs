@@ -16,6 +16,8 @@
 //!   after bursts, log lines per source.
 //! - [`config`], [`metrics`], [`state`], [`dev`]: the operator's side.
 //! - [`web`]: the reference web client (`signaling/web/`), served at `/`.
+//! - [`webhooks`]: signed events to the hospital's systems, and the FHIR write-back, fed by
+//!   the audit log through a durable outbox.
 
 pub mod access;
 pub mod audit;
@@ -29,6 +31,7 @@ pub mod fhir;
 pub mod home;
 pub mod http;
 pub mod hub;
+pub mod ice;
 pub mod identity;
 pub mod logs;
 pub mod memory;
@@ -40,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod web;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -116,6 +120,8 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
     let verifier =
         identity::Verifier::new(identity_config(&config, overrides.dev_issuer.as_deref()))
             .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+    // The SMART client, shared by the booking reads and the FHIR write-back.
+    let mut smart = None;
     let booking: Arc<dyn booking::BookingSystem> = match overrides.booking {
         Some(b) => b,
         None => match config.booking.backend {
@@ -139,6 +145,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
                     &f.scope,
                     key,
                 ));
+                smart = Some(auth.clone());
                 Arc::new(booking::FhirBooking::new(
                     http.clone(),
                     &f.base_url,
@@ -168,6 +175,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         interpreters_direct: p.interpreters_direct,
     };
     type Shared = (Arc<dyn cluster::Cluster>, Arc<dyn home::Homes>, bool);
+    let mut redis_connection = None;
     let (cluster, homes, shared): Shared = if config.redis.url.is_empty() {
         (
             Arc::new(cluster::fixed::FixedNodes::new(&config.sfu.nodes)),
@@ -181,6 +189,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         let replica = replica_id(&config.redis.replica_id);
         tracing::info!(replica = %replica, "signaling replica; consultations shared through Redis");
         mirror_checkpoints(&audit, c.connection(), &config);
+        redis_connection = Some(c.connection());
         let homes = home::redis::RedisHomes::start(
             &config.redis.url,
             c.connection(),
@@ -191,6 +200,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         (c, homes, true)
     };
+    let webhooks = webhooks::Pipeline::build(&config, redis_connection, smart, &metrics.registry)?;
     let addresses = connections::ClientAddresses::new(&config.http.trusted_proxies);
     let unjoined = connections::Unjoined::new(config.limits.max_unjoined_per_address);
     Ok(Arc::new(Deps {
@@ -207,6 +217,7 @@ pub fn build(config: SignalingConfig, overrides: Overrides) -> anyhow::Result<Ap
         unjoined,
         trimmer: Arc::default(),
         hub: hub::Hub::default(),
+        webhooks,
         metrics,
         clock: state::Clock::default(),
         sessions: Default::default(),
@@ -229,6 +240,9 @@ pub async fn serve(
     tokio::spawn(home::serve_incoming(Arc::downgrade(&state)));
     tokio::spawn(audit::Refusals::run(Arc::downgrade(&state.refusals)));
     tokio::spawn(memory::Trimmer::run(Arc::downgrade(&state.trimmer)));
+    if let Some(w) = &state.webhooks {
+        w.start(&state);
+    }
     let app = http::router(state.clone(), http::Dev(dev));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub ws_refused: IntCounterVec,
     pub consultations: IntGauge,
     pub host_actions: IntCounterVec,
+    /// Chat lines passed on to the call (refused ones are in `ws_refused`).
+    pub chat_messages: IntCounter,
     pub jwks_fetches: IntCounter,
     /// Rooms moved off a lost SFU node, by outcome (moved, no_node).
     pub room_moves: IntCounterVec,
@@ -99,6 +101,14 @@ impl Metrics {
                 "metaclinic_signaling_host_actions_total",
                 "Host actions, by action and outcome",
                 &["action", "outcome"],
+            ),
+            chat_messages: reg(
+                &registry,
+                IntCounter::new(
+                    "metaclinic_signaling_chat_messages_total",
+                    "Chat lines passed on to the people in a call",
+                )
+                .expect("static metric"),
             ),
             room_moves: counter_vec(
                 "metaclinic_signaling_room_moves_total",

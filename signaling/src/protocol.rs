@@ -12,6 +12,7 @@ use crate::policy::Role;
 pub mod errors;
 mod parse;
 
+pub use crate::ice::IceServer;
 pub use errors::{Close, ERROR_CODES, close_code};
 pub use parse::{Refusal, parse_client};
 
@@ -84,6 +85,12 @@ pub enum ClientMessage {
     },
     /// Host: remove someone from the consultation.
     Remove { participant: String },
+    /// Host: whether companions see the patient's vitals too (clinicians always do).
+    ShareVitals { companions: bool },
+    /// In the call: a line of text for everyone in the call (PROTOCOL.md, "Chat").
+    Chat { text: String },
+    /// Host: allow the call's text chat, or stop it.
+    AllowChat { allowed: bool },
     /// Host: end the consultation for everyone.
     #[serde(deserialize_with = "no_fields")]
     End,
@@ -121,6 +128,9 @@ impl ClientMessage {
         "return_to_lobby",
         "mute",
         "remove",
+        "share_vitals",
+        "chat",
+        "allow_chat",
         "end",
         "extend",
         "invite_interpreter",
@@ -140,6 +150,9 @@ impl ClientMessage {
             ClientMessage::ReturnToLobby { .. } => "return_to_lobby",
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Remove { .. } => "remove",
+            ClientMessage::ShareVitals { .. } => "share_vitals",
+            ClientMessage::Chat { .. } => "chat",
+            ClientMessage::AllowChat { .. } => "allow_chat",
             ClientMessage::End => "end",
             ClientMessage::Extend { .. } => "extend",
             ClientMessage::InviteInterpreter => "invite_interpreter",
@@ -186,6 +199,12 @@ pub enum ServerMessage {
         v: u32,
         role: Role,
         participant: String,
+        /// The appointment's booked start and end, RFC 3339 in UTC (clients show them in
+        /// the patient's own time zone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_at: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ends_at: Option<String>,
     },
     /// In the consultation: negotiate media now (send an offer).
     Joined {
@@ -198,6 +217,12 @@ pub enum ServerMessage {
         /// `consultation`, or `shared`: a room with spatial audio (one stereo mix of
         /// everyone, placed by their avatars' poses on the data channel).
         room_kind: RoomKind,
+        /// STUN/TURN servers for the peer connection (`RTCIceServer`s), with credentials.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
+        /// Whether the call's text chat is on (a host can stop it).
+        #[serde(default = "chat_on")]
+        chat_allowed: bool,
     },
     /// Hosts: who is waiting.
     LobbyChanged {
@@ -270,6 +295,28 @@ pub enum ServerMessage {
     /// Your own connection as the SFU measures it, every few seconds.
     Quality(metaclinic_sfu::events::QualityReport),
     Pong,
+    /// A chat line from someone in the call (the sender too hears it), to everyone in it.
+    Chat {
+        from: String,
+        role: Role,
+        text: String,
+        /// When the server passed it on, RFC 3339 in UTC.
+        sent_at: String,
+    },
+    /// A host allowed the chat, or stopped it.
+    ChatAllowed {
+        allowed: bool,
+    },
+}
+
+/// A time as the protocol writes it: RFC 3339 in UTC, to the second.
+pub fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A `joined` without `chat_allowed` (an older server) has the chat on.
+fn chat_on() -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -346,6 +393,9 @@ pub(crate) mod tests {
                     muted: true,
                 },
                 "remove" => ClientMessage::Remove { participant: p() },
+                "share_vitals" => ClientMessage::ShareVitals { companions: true },
+                "chat" => ClientMessage::Chat { text: "hi".into() },
+                "allow_chat" => ClientMessage::AllowChat { allowed: false },
                 "end" => ClientMessage::End,
                 "extend" => ClientMessage::Extend { minutes: 5 },
                 "invite_interpreter" => ClientMessage::InviteInterpreter,
@@ -364,6 +414,8 @@ pub(crate) mod tests {
                 v: 1,
                 role: Role::Patient,
                 participant: "Patient/p".into(),
+                starts_at: None,
+                ends_at: None,
             },
             ServerMessage::Joined {
                 v: 1,
@@ -372,6 +424,8 @@ pub(crate) mod tests {
                 closes_at: "2026-01-01T00:00:00Z".into(),
                 members: vec![],
                 room_kind: RoomKind::Consultation,
+                ice_servers: vec![],
+                chat_allowed: true,
             },
             ServerMessage::LobbyChanged { waiting: vec![] },
             ServerMessage::MembersChanged { members: vec![] },
@@ -427,6 +481,13 @@ pub(crate) mod tests {
             ServerMessage::ActiveSpeaker { participant: None },
             ServerMessage::Quality(QualityReport::default()),
             ServerMessage::Pong,
+            ServerMessage::Chat {
+                from: "Patient/p".into(),
+                role: Role::Patient,
+                text: "hi".into(),
+                sent_at: String::new(),
+            },
+            ServerMessage::ChatAllowed { allowed: false },
         ];
         for m in &v {
             match m {
@@ -451,7 +512,9 @@ pub(crate) mod tests {
                 | ServerMessage::Error { .. }
                 | ServerMessage::ActiveSpeaker { .. }
                 | ServerMessage::Quality(_)
-                | ServerMessage::Pong => {}
+                | ServerMessage::Pong
+                | ServerMessage::Chat { .. }
+                | ServerMessage::ChatAllowed { .. } => {}
             }
         }
         v
@@ -505,6 +568,8 @@ pub(crate) mod tests {
             v: 1,
             role: Role::Patient,
             participant: "Patient/p".into(),
+            starts_at: None,
+            ends_at: None,
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

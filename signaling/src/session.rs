@@ -3,6 +3,7 @@
 //! ([`host`]). Every decision and host action is audited before it is acknowledged. A
 //! session the server ends gets a close frame whose code says why ([`Close`]).
 
+mod chat;
 mod flood;
 mod frames;
 mod host;
@@ -355,6 +356,8 @@ async fn join(
                     v: VERSION,
                     role,
                     participant: joined.participant.clone(),
+                    starts_at: joined.granted.appointment.start.map(protocol::utc),
+                    ends_at: joined.granted.appointment.end.map(protocol::utc),
                 },
             )
             .await;
@@ -406,7 +409,12 @@ async fn open_media(
         .await
     {
         Ok(opened) => {
-            c.media_opened(participant, opened.session);
+            let now_s = deps.clock.now().timestamp().max(0) as u64;
+            let ice = deps
+                .config
+                .ice_servers
+                .servers_for(opened.turn.as_ref(), participant, now_s);
+            c.media_opened(participant, opened.session, ice);
             Ok(())
         }
         Err(e) => {
@@ -603,6 +611,9 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             if let Err(e) = set {
                 sfu_refused(sink, c, e).await;
             }
+        }
+        m @ (ClientMessage::Chat { .. } | ClientMessage::AllowChat { .. }) => {
+            chat::handle(deps, sink, j, m).await;
         }
         host_control => host::control(deps, sink, j, in_call, host_control).await,
     }

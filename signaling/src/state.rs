@@ -63,6 +63,8 @@ pub struct Deps {
     /// Which replica runs which consultation, and the pipes to it.
     pub homes: Arc<dyn Homes>,
     pub hub: Hub,
+    /// Webhooks and the FHIR write-back, when configured.
+    pub webhooks: Option<Arc<crate::webhooks::Pipeline>>,
     pub metrics: Metrics,
     pub clock: Clock,
     /// Open WebSocket sessions.

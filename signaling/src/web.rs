@@ -17,6 +17,18 @@ struct Asset {
     body: &'static str,
 }
 
+/// A message catalogue of the client: `signaling/web/i18n/<name>.json`, served at
+/// `/i18n/<name>.json`.
+macro_rules! catalogue {
+    ($name:literal) => {
+        Asset {
+            name: concat!("i18n/", $name, ".json"),
+            content_type: "application/json; charset=utf-8",
+            body: include_str!(concat!("../web/i18n/", $name, ".json")),
+        }
+    };
+}
+
 const INDEX: Asset = Asset {
     name: "index.html",
     content_type: "text/html; charset=utf-8",
@@ -31,7 +43,7 @@ const FAVICON: Asset = Asset {
     body: include_str!("../web/favicon.svg"),
 };
 
-const ASSETS: [Asset; 7] = [
+const ASSETS: &[Asset] = &[
     INDEX,
     Asset {
         name: "app.js",
@@ -54,6 +66,40 @@ const ASSETS: [Asset; 7] = [
         body: include_str!("../web/session.js"),
     },
     Asset {
+        name: "vitals.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/vitals.js"),
+    },
+    Asset {
+        name: "chat.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/chat.js"),
+    },
+    Asset {
+        name: "host.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/host.js"),
+    },
+    Asset {
+        name: "network.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/network.js"),
+    },
+    Asset {
+        name: "i18n.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/i18n.js"),
+    },
+    catalogue!("languages"),
+    catalogue!("en"),
+    catalogue!("ko"),
+    catalogue!("zh"),
+    catalogue!("ja"),
+    catalogue!("ru"),
+    catalogue!("vi"),
+    catalogue!("mn"),
+    catalogue!("ar"),
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../web/style.css"),
@@ -73,6 +119,12 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|headers: HeaderMap| async move { serve(&FAVICON, &headers) }),
         )
         .route("/{file}", get(file))
+        .route(
+            "/i18n/{file}",
+            get(|Path(name): Path<String>, headers: HeaderMap| async move {
+                file(Path(format!("i18n/{name}")), headers).await
+            }),
+        )
 }
 
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
@@ -166,7 +218,7 @@ mod tests {
 
     #[test]
     fn the_page_loads_only_files_that_are_served() {
-        for asset in &ASSETS {
+        for asset in ASSETS {
             for line in asset.body.lines() {
                 for quote in ["src=\"/", "href=\"/", "from './"] {
                     if let Some((_, rest)) = line.split_once(quote) {

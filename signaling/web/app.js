@@ -8,32 +8,22 @@
 import { Session } from './session.js';
 import { Call, levelMeter, openCamera, openDevices } from './media.js';
 import { RoomMap } from './room.js';
+import { ChatPanel } from './chat.js';
+import { HostControls, button, confirmStep } from './host.js';
+import { VitalsEntry, VitalsMonitor } from './vitals.js';
+import { NetworkStatus, relayOnly } from './network.js';
+import * as i18n from './i18n.js';
 
+const { t } = i18n;
 const $ = (id) => document.getElementById(id);
-const ROLE = { host: 'Clinician', patient: 'Patient', interpreter: 'Interpreter', companion: 'Companion' };
+const ROLES = new Set(['host', 'patient', 'interpreter', 'companion']);
 
-const ENDED = {
-  host_ended: 'Your clinician ended the consultation.',
-  time_over: 'The appointment time is over.',
-  cancelled: 'The appointment was cancelled.',
-  denied_by_host: 'Your clinician did not let you in. Contact the clinic if you think this is a mistake.',
-  removed: 'You were removed from the consultation.',
-  replaced: 'You joined from another window or device, so this one has stopped.',
-  left: 'You left the consultation.',
-};
+/** Why the consultation ended, as the catalogue says it (`ended.<reason>`). */
+const ENDED = new Set(['host_ended', 'time_over', 'cancelled', 'denied_by_host', 'removed', 'replaced', 'left']);
 
-const REFUSED = {
-  token_expired: 'Your link has expired. Ask the clinic for a new one.',
-  too_early: 'This appointment has not opened yet. Try again closer to its start time.',
-  too_late: 'This appointment is over.',
-  not_a_participant: 'You are not on this appointment.',
-  appointment_not_found: 'This appointment could not be found.',
-  appointment_status: 'This appointment is not active (it may have been cancelled or moved).',
-  consultation_ended: 'This consultation has already ended.',
-  removed_by_host: 'You were removed from this consultation and cannot rejoin it.',
-  invite_invalid: 'The interpreter invite is not valid (it may have been used or have expired).',
-  participant_declined: 'You declined this appointment.',
-};
+/** Join refusals the catalogue explains (`refused.<code>`); others get `refused.other`. */
+const REFUSED = new Set(['token_expired', 'too_early', 'too_late', 'not_a_participant', 'appointment_not_found',
+  'appointment_status', 'consultation_ended', 'removed_by_host', 'invite_invalid', 'participant_declined']);
 
 const app = {
   view: 'none',
@@ -48,6 +38,12 @@ const app = {
   endedReason: null,
   roomKind: 'consultation',
   map: null,
+  chat: null,
+  chatAllowed: true,
+  network: new NetworkStatus({ precall: $('network'), call: $('path'), words: i18n }),
+  iceServers: [],
+  // What the page says, kept as catalogue keys so a change of language says it again.
+  said: { status: null, problems: [], warning: null, ended: null, quality: null, lobby: null },
 };
 
 /** The stream id of the shared room's mix (PROTOCOL.md, Shared rooms). */
@@ -60,21 +56,20 @@ function show(view) {
   if (heading) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
 }
 
-function announce(text) {
-  $('status').textContent = text;
+/** Say `key` in the status line (announced to screen readers). */
+function announce(key, params = {}) {
+  app.said.status = [key, params];
+  $('status').textContent = t(key, params);
+}
+
+/** Show `key` in `el` now and after every change of language. */
+function setText(el, key) {
+  el.dataset.i18n = key;
+  el.textContent = t(key);
 }
 
 function roleLabel(role) {
-  return ROLE[role] || 'Participant';
-}
-
-function button(text, onClick, className = 'secondary') {
-  const b = document.createElement('button');
-  b.type = 'button';
-  b.textContent = text;
-  b.className = className;
-  b.addEventListener('click', onClick);
-  return b;
+  return t(ROLES.has(role) ? `role.${role}` : 'role.unknown');
 }
 
 // ---- Start: a link, or the dev picker ----------------------------------------------------
@@ -95,8 +90,9 @@ async function start() {
   const res = await fetch('/dev/identities').catch(() => null);
   if (!res || !res.ok) {
     show('ended');
-    $('ended-title').textContent = 'Open your appointment link';
-    $('ended-reason').textContent = 'Use the link the clinic sent you for your appointment.';
+    setText($('ended-title'), 'start.no_link_title');
+    app.said.ended = ['start.no_link', {}];
+    renderEnded();
     return;
   }
   const list = $('start-identities');
@@ -107,15 +103,19 @@ async function start() {
     list.append(label);
   });
   show('start');
-  announce('Development mode');
+  announce('start.dev_mode');
   $('start-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const form = new FormData(e.target);
     const r = await fetch('/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ fhir_user: form.get('who') }) });
-    if (!r.ok) return announce('Could not get a demo token.');
+    if (!r.ok) return announce('start.token_failed');
     const appt = form.get('appointment').trim();
     const code = form.get('invite').trim() || undefined;
-    history.replaceState(null, '', `/?appointment=${encodeURIComponent(appt)}${code ? `&invite=${encodeURIComponent(code)}` : ''}`);
+    const lang = new URLSearchParams(location.search).get('lang');
+    const query = new URLSearchParams({ appointment: appt });
+    if (code) query.set('invite', code);
+    if (lang) query.set('lang', lang);
+    history.replaceState(null, '', `/?${query}`);
     precall({ appointment: appt, token: (await r.json()).token, invite: code });
   });
 }
@@ -124,7 +124,8 @@ async function start() {
 
 async function precall(link) {
   show('precall');
-  announce('Checking your camera and microphone…');
+  app.devicesChecked = false;
+  announce('precall.checking');
   let stopMeter = () => {};
   const check = async () => {
     stopMeter();
@@ -133,12 +134,14 @@ async function precall(link) {
     app.local = stream;
     $('preview').srcObject = stream;
     $('no-camera').hidden = stream.getVideoTracks().length > 0;
-    $('device-message').hidden = problems.length === 0;
-    $('device-message').textContent = problems.join(' ');
+    app.said.problems = problems;
+    renderProblems();
     stopMeter = levelMeter(stream, $('level'));
-    announce(problems.length ? 'Some devices are not available.' : 'Camera and microphone are ready.');
+    announce(problems.length ? 'precall.some_missing' : 'precall.ready');
+    app.devicesChecked = true;
   };
   await check();
+  app.network.check(link.appointment, link.token);
   $('retry-devices').onclick = check;
   const go = (audioOnly) => {
     stopMeter();
@@ -156,25 +159,37 @@ function join(link) {
     ...link,
     onMessage: onMessage,
     onState: (state, attempt) => {
-      if (state === 'connecting') announce('Connecting…');
+      if (state === 'connecting') announce('status.connecting');
       if (state === 'reconnecting') {
         closeCall();
-        announce(`Connection lost: reconnecting${attempt > 1 ? ` (attempt ${attempt})` : ''}…`);
-        setQuality('reconnecting', 'Connection: reconnecting…');
+        announce(attempt > 1 ? 'status.reconnecting_attempt' : 'status.reconnecting', { count: attempt });
+        setQuality('reconnecting', 'quality.reconnecting');
       }
     },
   });
   app.session.open();
 }
 
-function finish(reason, text) {
+/** The end: `said` is what to tell ([key, params]), else the reason's own words. */
+function finish(reason, said) {
   app.endedReason = reason;
   app.session.stop(reason === 'left');
   closeCall();
-  app.local.getTracks().forEach((t) => t.stop());
-  $('ended-reason').textContent = text || ENDED[reason] || `The consultation ended (${reason}).`;
+  app.local.getTracks().forEach((track) => track.stop());
+  app.said.ended = said || [ENDED.has(reason) ? `ended.${reason}` : 'ended.other', {}];
+  renderEnded();
   show('ended');
-  announce('The consultation has ended.');
+  announce('status.ended');
+}
+
+function renderEnded() {
+  if (app.said.ended) $('ended-reason').textContent = t(...app.said.ended);
+}
+
+function renderProblems() {
+  const problems = app.said.problems;
+  $('device-message').hidden = problems.length === 0;
+  $('device-message').textContent = problems.map((p) => t(p.key, { error: p.error })).join(' ');
 }
 
 function onMessage(m) {
@@ -183,23 +198,26 @@ function onMessage(m) {
       closeCall();
       app.role = m.role;
       app.me = m.participant;
-      $('lobby-role').textContent = roleLabel(m.role).toLowerCase();
+      app.said.lobby = { role: m.role, starts: m.starts_at, ends: m.ends_at };
+      renderLobby();
       show('lobby');
-      return announce('In the waiting room. Your clinician will let you in.');
+      return announce('lobby.status');
     case 'returned_to_lobby':
       closeCall();
       show('lobby');
-      return announce('Your clinician moved you back to the waiting room.');
+      return announce('lobby.returned');
     case 'joined':
       app.role = m.role;
       app.me = m.participant;
       app.closesAt = m.closes_at;
       app.roomKind = m.room_kind || 'consultation';
+      app.chatAllowed = m.chat_allowed !== false;
+      app.iceServers = m.ice_servers || [];
       return enterCall(m.members);
     case 'members_changed':
       return setMembers(m.members);
     case 'lobby_changed':
-      return setWaiting(m.waiting);
+      return host.setWaiting(m.waiting);
     case 'sdp':
       return app.call && app.call.onSdp(m.description);
     case 'track_published':
@@ -214,7 +232,7 @@ function onMessage(m) {
     case 'muted_by_host':
       hostMutedOf(app.me)[m.kind] = m.muted;
       renderTile(app.me);
-      return announce(`Your clinician ${m.muted ? 'muted' : 'unmuted'} your ${m.kind === 'audio' ? 'microphone' : 'camera'}.`);
+      return announce(`status.host_${m.muted ? 'muted' : 'unmuted'}.${m.kind === 'audio' ? 'audio' : 'video'}`);
     case 'active_speaker':
       app.speaker = m.participant;
       for (const p of app.tiles.keys()) renderTile(p);
@@ -223,19 +241,25 @@ function onMessage(m) {
       app.quality = m;
       return;
     case 'warning':
-      $('warning').hidden = false;
-      $('warning').textContent = `The appointment ends at ${time(m.closes_at)}.`;
-      return announce($('warning').textContent);
+      app.said.warning = m.closes_at;
+      renderWarning();
+      return announce('status.ends_at', { time: i18n.time(m.closes_at) });
     case 'extended':
       app.closesAt = m.closes_at;
-      $('warning').hidden = true;
-      return announce(`Extended: the consultation now ends at ${time(m.closes_at)}.`);
+      app.said.warning = null;
+      renderWarning();
+      return announce('status.extended', { time: i18n.time(m.closes_at) });
     case 'invite': {
       const url = `${location.origin}/?appointment=${encodeURIComponent(app.session.appointment)}&invite=${encodeURIComponent(m.code)}`;
-      $('invite-code').hidden = false;
-      $('invite-code').textContent = `Interpreter invite code ${m.code} (until ${time(m.expires_at)}): ${url}`;
-      return;
+      return host.setInvite({ code: m.code, expires: m.expires_at, url });
     }
+    case 'chat':
+      return app.chat && app.chat.add(m);
+    case 'chat_allowed':
+      app.chatAllowed = m.allowed;
+      if (app.chat) app.chat.setAllowed(m.allowed);
+      host.setChatAllowed(m.allowed);
+      return announce(m.allowed ? 'chat.turned_on' : 'chat.turned_off');
     case 'denied':
       return finish(m.code || 'denied_by_host');
     case 'removed':
@@ -256,15 +280,29 @@ function onError(m) {
   if (m.code === 'glare') return app.call && app.call.onOfferRefused('glare');
   if (m.code === 'media_lost') return app.session.reconnect();
   if (!app.session.entered) {
-    if (app.session.stopped) return finish(m.code, REFUSED[m.code] || `You could not join this consultation (${m.code}).`);
-    return announce('The service is busy: trying again…');
+    if (app.session.stopped) return finish(m.code, REFUSED.has(m.code) ? [`refused.${m.code}`, {}] : ['refused.other', { code: m.code }]);
+    return announce('status.busy');
   }
-  console.warn('server error', m.code, m.message);
-  announce(`That did not work (${m.code.replaceAll('_', ' ')}).`);
+  if (app.chat && app.chat.refused(m.code)) return;
+  console.warn('server error', m.code);
+  announce('status.failed', { code: m.code });
 }
 
-function time(iso) {
-  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+function renderLobby() {
+  const l = app.said.lobby;
+  if (!l) return;
+  $('lobby-role').textContent = t(ROLES.has(l.role) ? `lobby.you_are.${l.role}` : 'lobby.you_are.patient');
+  const timed = Boolean(l.starts && l.ends);
+  $('lobby-time').hidden = !timed;
+  if (!timed) return;
+  const started = new Date(l.starts).getTime() <= Date.now();
+  $('lobby-time').textContent = `${t('lobby.time', { start: i18n.time(l.starts), end: i18n.time(l.ends) })} ${
+    t(started ? 'lobby.started' : 'lobby.starts', { relative: i18n.relative(l.starts) })}`;
+}
+
+function renderWarning() {
+  $('warning').hidden = !app.said.warning;
+  if (app.said.warning) $('warning').textContent = t('status.ends_at', { time: i18n.time(app.said.warning) });
 }
 
 // ---- The call ---------------------------------------------------------------------------
@@ -275,7 +313,9 @@ function enterCall(members) {
   $('host').hidden = app.role !== 'host';
   const shared = app.roomKind === 'shared';
   $('room').hidden = !shared;
-  announce(`In the ${shared ? 'shared room' : 'consultation'} as ${roleLabel(app.role).toLowerCase()}, until ${time(app.closesAt)}.`);
+  announce(shared ? 'call.in_shared' : 'call.in_consultation', { time: i18n.time(app.closesAt) });
+  chatPanel().enter(app.me, app.chatAllowed);
+  host.setChatAllowed(app.chatAllowed);
   app.call = new Call({
     send: (msg) => app.session.send(msg),
     onTrack: addTrack,
@@ -284,7 +324,12 @@ function enterCall(members) {
     shared,
     onChannelOpen: () => app.map && app.map.flush(),
     onChannelMessage: (data) => app.map && app.map.onMessage(data),
+    onVital: (reading) => vitalsPanel().monitor && app.vitals.monitor.show(reading),
+    iceServers: app.iceServers,
+    relay: relayOnly(),
   });
+  const call = app.call;
+  setupVitals(shared, (reading) => call === app.call && call.sendVital(reading));
   if (shared) {
     const call = app.call;
     roomMap().enter(app.me, (buffer) => call === app.call && call.sendPose(buffer));
@@ -292,6 +337,32 @@ function enterCall(members) {
   app.call.start(app.local);
   setMembers(members);
   updateButtons();
+}
+
+/**
+ * Vitals in a consultation: the patient may send readings; clinicians see them, and
+ * companions when a host shares them (the panel shows with the first reading).
+ */
+function setupVitals(shared, send) {
+  const panel = $('vitals');
+  panel.replaceChildren();
+  app.vitals = { monitor: null };
+  panel.hidden = true;
+  $('share-vitals').checked = false;
+  if (shared) return;
+  const { t } = i18n;
+  if (app.role === 'patient') {
+    new VitalsEntry({ root: panel, t, send });
+    panel.hidden = false;
+  } else if (app.role === 'host' || app.role === 'companion') {
+    app.vitals.monitor = new VitalsMonitor({ root: panel, t, formatTime: (d) => i18n.time(d.toISOString()) });
+    panel.hidden = app.role !== 'host';
+  }
+}
+
+function vitalsPanel() {
+  if (app.vitals && app.vitals.monitor) $('vitals').hidden = false;
+  return app.vitals || {};
 }
 
 /** The page's one map of the shared room, made on first use. */
@@ -303,9 +374,23 @@ function roomMap() {
       list: $('room-list'),
       label: (p) => roleLabel(roleOf(p)),
       isInterpreter: (p) => roleOf(p) === 'interpreter',
+      words: i18n,
     });
   }
   return app.map;
+}
+
+/** The page's one chat panel, made on first use. */
+function chatPanel() {
+  if (!app.chat) {
+    app.chat = new ChatPanel({
+      root: $('chat'),
+      send: (msg) => Boolean(app.session && app.session.send(msg)),
+      words: i18n,
+      label: roleLabel,
+    });
+  }
+  return app.chat;
 }
 
 function closeCall() {
@@ -314,6 +399,7 @@ function closeCall() {
   if (!app.call) return;
   app.call.close();
   app.call = null;
+  app.network.update(null);
   clearTimeout(app.iceTimer);
   for (const [p, t] of app.tiles) {
     if (p !== app.me) t.stream.getTracks().forEach((tr) => t.stream.removeTrack(tr));
@@ -323,9 +409,10 @@ function closeCall() {
 
 function onConnection(state) {
   clearTimeout(app.iceTimer);
+  if (app.call) app.network.update(state === 'connected' ? app.call.pc : null);
   if (state === 'failed') return app.session.reconnect();
   if (state === 'disconnected') {
-    setQuality('poor', 'Connection: unstable…');
+    setQuality('poor', 'quality.unstable');
     app.iceTimer = setTimeout(() => app.call && app.call.pc.connectionState !== 'connected' && app.session.reconnect(), 8000);
   }
 }
@@ -335,8 +422,14 @@ function setMembers(members) {
   const now = new Set(members.map((m) => m.participant));
   const came = members.filter((m) => !before.has(m.participant) && m.participant !== app.me);
   const went = app.members.filter((m) => !now.has(m.participant));
-  const news = [...came.map((m) => `${roleLabel(m.role)} joined.`), ...went.map((m) => `${roleLabel(m.role)} left.`)];
-  if (before.size && news.length) announce(news.join(' '));
+  const news = [...came.map((m) => ['status.joined', m.role]), ...went.map((m) => ['status.left', m.role])];
+  if (before.size && news.length) {
+    // Said again after a change of language, as the rest of the status.
+    app.said.status = null;
+    const say = () => news.map(([key, role]) => t(key, { role: roleLabel(role) })).join(' ');
+    $('status').textContent = say();
+    app.said.news = say;
+  }
   app.members = members;
   const present = new Set([app.me, ...members.map((m) => m.participant)]);
   for (const [p, t] of app.tiles) {
@@ -392,21 +485,23 @@ function renderTile(participant) {
   const speaking = participant === app.speaker;
   t.el.classList.toggle('speaking', speaking);
   // The interpreter is marked (a badge, not only a colour); so is who is speaking.
-  const role = Object.assign(document.createElement('span'), { textContent: roleLabel(t.role) });
+  const name = roleLabel(t.role);
+  const role = Object.assign(document.createElement('span'), { textContent: name });
   if (t.role === 'interpreter') role.className = 'badge';
-  t.label.replaceChildren(self ? 'You: ' : '', role, silent ? ' (muted)' : '', speaking ? ' · speaking' : '');
+  const [before, after] = self ? i18n.t('tile.you', { role: '\u0000' }).split('\u0000') : ['', ''];
+  t.label.replaceChildren(before, role, after, silent ? i18n.t('tile.muted') : '', speaking ? i18n.t('tile.speaking') : '');
   t.el.setAttribute('aria-label', t.label.textContent);
+  t.el.querySelector('.frame').dataset.noVideo = i18n.t('tile.camera_off');
   t.controls.replaceChildren();
   if (app.role === 'host' && !self) {
-    const name = roleLabel(t.role).toLowerCase();
-    const mute = button(muted.audio ? 'Unmute' : 'Mute', () => app.session.send({ type: 'mute', participant, kind: 'audio', muted: !muted.audio }));
+    const mute = button(muted.audio ? 'call.unmute' : 'call.mute', () => app.session.send({ type: 'mute', participant, kind: 'audio', muted: !muted.audio }));
     mute.dataset.action = 'mute';
-    mute.setAttribute('aria-label', `${muted.audio ? 'Unmute' : 'Mute'} the ${name}`);
-    const back = button('To waiting room', () => app.session.send({ type: 'return_to_lobby', participant }));
-    back.setAttribute('aria-label', `Send the ${name} back to the waiting room`);
-    const remove = button('Remove', () => {}, 'danger');
-    confirmStep(remove, 'Confirm removal', () => app.session.send({ type: 'remove', participant }));
-    remove.setAttribute('aria-label', `Remove the ${name}`);
+    mute.setAttribute('aria-label', i18n.t(muted.audio ? 'host.unmute_label' : 'host.mute_label', { role: name }));
+    const back = button('host.to_lobby', () => app.session.send({ type: 'return_to_lobby', participant }));
+    back.setAttribute('aria-label', i18n.t('host.to_lobby_label', { role: name }));
+    const remove = button('host.remove', () => {}, 'danger');
+    confirmStep(remove, 'host.remove_confirm', () => app.session.send({ type: 'remove', participant }), announce);
+    remove.setAttribute('aria-label', i18n.t('host.remove_label', { role: name }));
     t.controls.append(mute, back, remove);
   }
 }
@@ -434,45 +529,7 @@ function removeTrack(participant, trackId) {
   renderTile(participant);
 }
 
-function setWaiting(waiting) {
-  const list = $('waiting');
-  list.replaceChildren();
-  if (!waiting.length) {
-    list.append(Object.assign(document.createElement('li'), { textContent: 'Nobody is waiting.' }));
-  }
-  for (const w of waiting) {
-    const li = document.createElement('li');
-    const name = roleLabel(w.role);
-    li.append(Object.assign(document.createElement('span'), { textContent: `${name} is waiting` }));
-    const admit = button('Let in', () => app.session.send({ type: 'admit', participant: w.participant }), '');
-    admit.dataset.action = 'admit';
-    admit.dataset.participant = w.participant;
-    admit.setAttribute('aria-label', `Let the ${name.toLowerCase()} in`);
-    const deny = button('Deny', () => app.session.send({ type: 'deny', participant: w.participant }));
-    deny.setAttribute('aria-label', `Turn the ${name.toLowerCase()} away`);
-    li.append(admit, deny);
-    list.append(li);
-  }
-  if (waiting.length) announce(`${waiting.map((w) => roleLabel(w.role)).join(', ')} waiting to be let in.`);
-}
-
 // ---- Controls ---------------------------------------------------------------------------
-
-/** A second press within five seconds confirms (no modal dialogs: they trap screen readers and tests alike). */
-function confirmStep(b, armedText, action) {
-  const text = b.textContent;
-  b.addEventListener('click', () => {
-    if (b.dataset.armed) {
-      delete b.dataset.armed;
-      b.textContent = text;
-      return action();
-    }
-    b.dataset.armed = 'yes';
-    b.textContent = armedText;
-    announce(`Press "${armedText}" again to confirm.`);
-    setTimeout(() => { delete b.dataset.armed; b.textContent = text; }, 5000);
-  });
-}
 
 function micOn() {
   return app.local.getAudioTracks().some((t) => t.enabled);
@@ -481,10 +538,10 @@ function micOn() {
 function updateButtons() {
   const mic = app.local.getAudioTracks()[0];
   $('mic').disabled = !mic;
-  $('mic').textContent = mic && !mic.enabled ? 'Unmute' : 'Mute';
+  $('mic').textContent = t(mic && !mic.enabled ? 'call.unmute' : 'call.mute');
   $('mic').setAttribute('aria-pressed', String(Boolean(mic && !mic.enabled)));
   const cam = app.local.getVideoTracks().length > 0;
-  $('camera').textContent = cam ? 'Camera off' : 'Camera on';
+  $('camera').textContent = t(cam ? 'call.camera_off' : 'call.camera_on');
   $('camera').setAttribute('aria-pressed', String(!cam));
   renderTile(app.me);
 }
@@ -492,7 +549,7 @@ function updateButtons() {
 $('mic').addEventListener('click', () => {
   app.local.getAudioTracks().forEach((t) => { t.enabled = !t.enabled; });
   updateButtons();
-  announce(micOn() ? 'Microphone on.' : 'Microphone muted.');
+  announce(micOn() ? 'status.mic_on' : 'status.mic_off');
 });
 
 $('camera').addEventListener('click', async () => {
@@ -501,15 +558,15 @@ $('camera').addEventListener('click', async () => {
     current.stop();
     app.local.removeTrack(current);
     if (app.call) app.call.setCamera(null);
-    announce('Camera off.');
+    announce('status.camera_off');
   } else {
     try {
       const track = await openCamera();
       app.local.addTrack(track);
       if (app.call) app.call.setCamera(track);
-      announce('Camera on.');
+      announce('status.camera_on');
     } catch (e) {
-      announce(`The camera could not be started (${e.name}).`);
+      announce('status.camera_failed', { error: e.name });
     }
   }
   tile(app.me, app.role).video.srcObject = app.local;
@@ -517,32 +574,38 @@ $('camera').addEventListener('click', async () => {
 });
 
 $('leave').addEventListener('click', () => finish('left'));
+$('share-vitals').addEventListener('change', (e) => app.session.send({ type: 'share_vitals', companions: e.target.checked }));
 $('leave-lobby').addEventListener('click', () => finish('left'));
-confirmStep($('end'), 'Confirm: end for everyone', () => app.session.send({ type: 'end' }));
-$('extend').addEventListener('click', () => app.session.send({ type: 'extend', minutes: 10 }));
-$('invite').addEventListener('click', () => app.session.send({ type: 'invite_interpreter' }));
+const host = new HostControls({ $, send: (msg) => app.session.send(msg), announce, roleLabel });
 
 // ---- Connection quality: the SFU's view of our link, and our own getStats -------------
 
-function setQuality(level, text, detail = '') {
+/** The connection indicator: a level (for its colour), the catalogue's key, the details. */
+function setQuality(level, key, detail = []) {
+  app.said.quality = [level, key, detail];
   const q = $('quality');
   q.className = `quality ${level}`;
+  const text = t(key);
   if (q.textContent !== text) q.textContent = text;
-  q.title = detail;
+  q.title = i18n.list(detail.map(([k, params]) => t(k, params)), 'unit');
 }
 
 setInterval(async () => {
   if (!app.call || app.view !== 'call') return;
   const s = await app.call.stats();
-  if (s.state !== 'connected') return setQuality('fair', `Connection: ${s.state === 'new' || s.state === 'connecting' ? 'connecting…' : s.state}`);
+  if (s.state !== 'connected') {
+    const key = { new: 'quality.connecting', connecting: 'quality.connecting', disconnected: 'quality.unstable' }[s.state];
+    return setQuality('fair', key || 'quality.lost');
+  }
+  app.network.update(app.call.pc);
   const q = app.quality || {};
   const rtt = q.rtt_ms ?? s.rttMs;
   const loss = Math.max(q.loss_up_pct || 0, q.loss_down_pct || 0);
   const level = loss < 2 && (rtt == null || rtt < 250) ? 'good' : loss < 10 && rtt < 500 ? 'fair' : 'poor';
-  const parts = [rtt != null && `round trip ${Math.round(rtt)} ms`, `loss ${loss.toFixed(1)} %`,
-    q.jitter_ms != null && `jitter ${Math.round(q.jitter_ms)} ms`,
-    q.kbps_up != null && `${Math.round(q.kbps_up)} kbit/s up, ${Math.round(q.kbps_down)} kbit/s down`].filter(Boolean);
-  setQuality(level, `Connection: ${level}`, parts.join(', '));
+  const parts = [rtt != null && ['quality.rtt', { ms: Math.round(rtt) }], ['quality.loss', { percent: i18n.number(loss, 1) }],
+    q.jitter_ms != null && ['quality.jitter', { ms: Math.round(q.jitter_ms) }],
+    q.kbps_up != null && ['quality.rate', { up: Math.round(q.kbps_up), down: Math.round(q.kbps_down) }]].filter(Boolean);
+  setQuality(level, `quality.${level}`, parts);
 }, 2000);
 
 // ---- Test hook: read-only views of the page's state -----------------------------------
@@ -560,6 +623,43 @@ window.metaclinic = {
   avatars: () => (app.map ? app.map.avatars() : []),
   /** Put one's own avatar at (x, z) metres: what dragging it there does. */
   place: (x, z) => app.map && app.map.placeAt(x, z),
+  devicesChecked: () => Boolean(app.devicesChecked),
+  /** The pre-call check's relays that answered (`udp`, `tcp`, `tls`); null: none to ask. */
+  relayWays: () => app.network.ways,
+  /** The way the call connected: `udp`, `tcp`, `relay-udp`, `relay-tcp`, `relay-tls`. */
+  way: () => app.network.way,
+  language: () => i18n.language(),
+  chatLines: () => (app.chat ? app.chat.lines() : []),
+  /** Whether the page's session has a WebSocket open (a change of language keeps it). */
+  connected: () => Boolean(app.session && app.session.ws && app.session.ws.readyState === WebSocket.OPEN),
+  /** The session's WebSocket (compared, not read: a change of language keeps the same one). */
+  connection: () => (app.session ? app.session.ws : null),
 };
 
-start();
+/** The language changed: everything the page says, said again in it. */
+function rerender() {
+  if (app.said.status) $('status').textContent = t(...app.said.status);
+  else if (app.said.news) $('status').textContent = app.said.news();
+  renderProblems();
+  renderLobby();
+  renderWarning();
+  renderEnded();
+  host.render();
+  if (app.said.quality) setQuality(...app.said.quality);
+  app.network.render();
+  if (app.view === 'call') updateButtons();
+  for (const p of app.tiles.keys()) renderTile(p);
+  if (app.chat) app.chat.render();
+  if (app.map) app.map.draw();
+}
+
+// "It starts in 5 minutes" stays true while the patient waits.
+setInterval(() => app.view === 'lobby' && renderLobby(), 30000);
+
+i18n.init().then(() => {
+  i18n.picker($('language'));
+  i18n.onChange(rerender);
+  rerender();
+  setQuality('', 'quality.measuring');
+  start();
+});

@@ -1,32 +1,38 @@
 // Camera, microphone and the one peer connection to the SFU. Nothing here touches the page
 // layout: app.js decides what to show.
 
+import { rtcConfig } from './network.js';
+
 const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
 
-/** Why getUserMedia failed, in words for the person in front of the screen. */
+/**
+ * Why getUserMedia failed, as a catalogue key (`device.<reason>.<what>`, i18n/*.json) and
+ * the error's name: app.js says it in the patient's language.
+ */
 function explain(error, what) {
-  switch (error && error.name) {
+  const name = (error && error.name) || 'Error';
+  switch (name) {
     case 'NotAllowedError':
     case 'SecurityError':
-      return `Permission to use your ${what} was denied. Allow it in your browser's site settings (the icon next to the address), then choose "Check devices again".`;
+      return { key: `device.denied.${what}`, error: name };
     case 'NotFoundError':
     case 'OverconstrainedError':
-      return `No ${what} was found. Connect one, or join without it.`;
+      return { key: `device.missing.${what}`, error: name };
     case 'NotReadableError':
     case 'AbortError':
-      return `Your ${what} is in use by another program or could not be started. Close the other program and check again.`;
+      return { key: `device.busy.${what}`, error: name };
     default:
-      return `Your ${what} could not be started (${(error && error.name) || 'unknown error'}).`;
+      return { key: `device.failed.${what}`, error: name };
   }
 }
 
 /**
- * Open the microphone and (if `video`) the camera. Whatever works is returned, with plain
- * messages about what did not: one missing device never blocks joining.
+ * Open the microphone and (if `video`) the camera. Whatever works is returned, with what
+ * did not as `problems` ({ key, error }): one missing device never blocks joining.
  */
 export async function openDevices(video) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    return { stream: new MediaStream(), problems: ['This page cannot use a camera or microphone here: open it over https (or on this computer at 127.0.0.1).'] };
+    return { stream: new MediaStream(), problems: [{ key: 'device.insecure', error: '' }] };
   }
   const problems = [];
   const get = (constraints) => navigator.mediaDevices.getUserMedia(constraints);
@@ -49,7 +55,7 @@ export async function openDevices(video) {
         problems.push(explain(e, 'camera'));
       }
     }
-    if (!problems.length) problems.push(explain(first, video ? 'camera and microphone' : 'microphone'));
+    if (!problems.length) problems.push(explain(first, video ? 'both' : 'microphone'));
   }
   return { stream: new MediaStream([audio, camera].filter(Boolean)), problems };
 }
@@ -91,14 +97,16 @@ export class Call {
    * ways (`onChannelOpen`, `onChannelMessage(data)`), and the one audio track received is
    * the SFU's stereo mix.
    */
-  constructor({ send, onTrack, onTrackRemoved, onConnection, shared = false, onChannelOpen = () => {}, onChannelMessage = () => {} }) {
+  constructor({ send, onTrack, onTrackRemoved, onConnection, shared = false, onChannelOpen = () => {}, onChannelMessage = () => {}, onVital = () => {}, iceServers = [], relay = false }) {
+    this.onVital = onVital;
     this.send = send;
     this.onTrack = onTrack;
     this.onConnection = onConnection;
     this.shared = shared;
     this.onChannelOpen = onChannelOpen;
     this.onChannelMessage = onChannelMessage;
-    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    // `iceServers` from `joined` (the node's TURN, the operator's); `relay`: TURN only.
+    this.pc = new RTCPeerConnection(rtcConfig(iceServers, relay));
     this.chain = Promise.resolve();
     this.wantOffer = false;
     this.outstanding = 0;
@@ -129,10 +137,18 @@ export class Call {
       this.channel.binaryType = 'arraybuffer';
       this.channel.onopen = () => this.onChannelOpen();
       this.channel.onmessage = (e) => this.onChannelMessage(e.data);
-    } else if (!stream.getTracks().length) {
-      // A connection needs one negotiated section for ICE and DTLS: publishing nothing, we
-      // open a data channel (the SFU's offers then add what we receive).
-      this.pc.createDataChannel('poses');
+    } else {
+      // A consultation's vitals (PROTOCOL.md, "Vitals"): the patient's readings go out, a
+      // clinician's come in. It is also the negotiated section that carries ICE and DTLS
+      // when we publish nothing.
+      this.vitals = this.pc.createDataChannel('vitals');
+      this.vitals.onmessage = (e) => {
+        try {
+          this.onVital(JSON.parse(e.data));
+        } catch {
+          // not a reading: ignored
+        }
+      };
     }
     this.stream = stream;
     this.negotiate();
@@ -172,6 +188,13 @@ export class Call {
   sendPose(buffer) {
     if (!this.channel || this.channel.readyState !== 'open') return false;
     this.channel.send(buffer);
+    return true;
+  }
+
+  /** Send a vitals reading; false if the channel is not open (yet). */
+  sendVital(reading) {
+    if (!this.vitals || this.vitals.readyState !== 'open') return false;
+    this.vitals.send(JSON.stringify(reading));
     return true;
   }
 

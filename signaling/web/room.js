@@ -45,25 +45,29 @@ export function decodeRoster(buffer) {
 
 const clamp = (v) => Math.max(-HALF_M, Math.min(HALF_M, v));
 
-/** Where someone is relative to you, in words (for the list beside the map). */
-function whereFrom(me, p) {
+/**
+ * Where someone is relative to you, in words (for the list beside the map), in the page's
+ * language: `words` is i18n.js's { t, number, list }.
+ */
+function whereFrom(me, p, words) {
   const dx = p.x - me.x;
   const dz = p.z - me.z;
   const d = Math.hypot(dx, dz);
-  if (d < 0.3) return 'right next to you';
-  const side = Math.abs(dx) < 0.3 ? '' : `${Math.abs(dx).toFixed(1)} m to your ${dx < 0 ? 'left' : 'right'}`;
-  const ahead = Math.abs(dz) < 0.3 ? '' : `${Math.abs(dz).toFixed(1)} m ${dz < 0 ? 'ahead' : 'behind'}`;
-  return [side, ahead].filter(Boolean).join(', ');
+  if (d < 0.3) return words.t('room.next_to_you');
+  const parts = [];
+  if (Math.abs(dx) >= 0.3) parts.push(words.t(dx < 0 ? 'room.left' : 'room.right', { metres: words.number(Math.abs(dx), 1) }));
+  if (Math.abs(dz) >= 0.3) parts.push(words.t(dz < 0 ? 'room.ahead' : 'room.behind', { metres: words.number(Math.abs(dz), 1) }));
+  return words.list(parts, 'unit');
 }
 
 export class RoomMap {
   /**
    * `canvas` is drawn on, `list` describes the same in words; `label(participant)` gives a
-   * role label and `isInterpreter(participant)` marks interpreters. One map per page, reused
-   * by every call.
+   * role label and `isInterpreter(participant)` marks interpreters; `words` is i18n.js's
+   * { t, number, list }. One map per page, reused by every call.
    */
-  constructor({ canvas, list, label, isInterpreter }) {
-    Object.assign(this, { canvas, list, label, isInterpreter });
+  constructor({ canvas, list, label, isInterpreter, words }) {
+    Object.assign(this, { canvas, list, label, isInterpreter, words });
     this.send = () => false;
     this.poses = new Map(); // participant -> { x, y, z, q }
     this.present = new Set();
@@ -206,7 +210,7 @@ export class RoomMap {
       g.fillStyle = a.self ? '#0b5cad' : this.isInterpreter(a.participant) ? '#f5a300' : '#4a4a4a';
       g.fill();
       if (a.self) { g.lineWidth = 0.1; g.strokeStyle = '#f5a300'; g.stroke(); }
-      const text = a.self ? `You (${a.label})` : a.label;
+      const text = a.self ? this.words.t('room.you', { role: a.label }) : a.label;
       g.font = `${0.36}px system-ui, sans-serif`;
       const w = g.measureText(text).width;
       const ty = a.z + 0.75 > HALF_M - 0.1 ? a.z - 0.55 : a.z + 0.75;
@@ -221,8 +225,10 @@ export class RoomMap {
 
   describe(avatars) {
     const me = this.mine();
-    const lines = avatars.filter((a) => !a.self).map((a) => `${a.label}: ${me ? whereFrom(me, a) : 'placed'}`);
-    const text = lines.length ? lines : ['Nobody else is in the room yet.'];
+    const { t } = this.words;
+    const lines = avatars.filter((a) => !a.self)
+      .map((a) => t('room.entry', { role: a.label, where: me ? whereFrom(me, a, this.words) : t('room.placed') }));
+    const text = lines.length ? lines : [t('room.nobody')];
     if (this.list.dataset.text === text.join('|')) return;
     this.list.dataset.text = text.join('|');
     this.list.replaceChildren(...text.map((t) => Object.assign(document.createElement('li'), { textContent: t })));

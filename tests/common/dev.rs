@@ -14,6 +14,20 @@ pub struct DevProcess {
     pub base: String,
     /// What it printed at start, up to the token example.
     pub banner: String,
+    /// The SFU node's control API (its `/metrics`).
+    pub sfu_control: String,
+    /// Where its log (stderr) goes, when the test reads it (`start_dev_logged`).
+    pub log_path: Option<std::path::PathBuf>,
+}
+
+impl DevProcess {
+    /// Its log so far (empty unless started with `start_dev_logged`).
+    pub fn log(&self) -> String {
+        self.log_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for DevProcess {
@@ -25,10 +39,29 @@ impl Drop for DevProcess {
 
 /// Start `metaclinic dev`; returns once its banner is out (bounded: 30 s).
 pub async fn start_dev() -> DevProcess {
+    launch(None, &[]).await
+}
+
+/// `start_dev` with more environment (configuration overrides).
+#[allow(dead_code)]
+pub async fn start_dev_with(env: &[(String, String)]) -> DevProcess {
+    launch(None, env).await
+}
+
+/// `start_dev` with its log written to `log_path`, our own code at debug level (what a test
+/// looks for must not be there even then; the WebRTC library at its production level).
+#[allow(dead_code)]
+pub async fn start_dev_logged(log_path: std::path::PathBuf) -> DevProcess {
+    launch(Some(log_path), &[]).await
+}
+
+async fn launch(log_path: Option<std::path::PathBuf>, env: &[(String, String)]) -> DevProcess {
     let http = free_tcp_addr().unwrap();
     let udp = free_udp_ports(1).unwrap();
     let base = format!("http://{http}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metaclinic"))
+    let control = free_tcp_addr().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_metaclinic"));
+    command
         .arg("dev")
         .env("METACLINIC_SIGNALING__HTTP__LISTEN", http.to_string())
         .env("METACLINIC_SIGNALING__HTTP__PUBLIC_URL", &base)
@@ -38,17 +71,30 @@ pub async fn start_dev() -> DevProcess {
             free_tcp_addr().unwrap().port().to_string(),
         )
         .env("METACLINIC_SFU__RTC__MEDIA_THREADS", "1")
+        .env("METACLINIC_SFU__CONTROL__LISTEN", control.to_string())
         .env("METACLINIC_SFU__RTC__BIND_IP", "127.0.0.1")
         .env("METACLINIC_SFU__NODE__ANNOUNCED_IP", "127.0.0.1")
         .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    if let Some(path) = &log_path {
+        command
+            .env(
+                "METACLINIC_LOG",
+                "debug,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,sofar=error",
+            )
+            .stderr(std::fs::File::create(path).unwrap());
+    }
+    let mut child = command.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut dev = DevProcess {
         child,
         base,
         banner: String::new(),
+        sfu_control: format!("http://{control}"),
+        log_path,
     };
     let banner = std::thread::spawn(move || {
         let mut text = String::new();

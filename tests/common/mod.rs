@@ -54,4 +54,5 @@ pub mod cluster;
 pub mod dev;
 pub mod signaling;
 pub mod standalone;
+pub mod turn;
 pub mod web;

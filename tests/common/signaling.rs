@@ -98,6 +98,12 @@ struct FhirState {
     token_requests: AtomicU64,
     refused_assertions: AtomicU64,
     reads: AtomicU64,
+    /// Resources created through batch Bundles (the write-back), in order.
+    written: Mutex<Vec<Value>>,
+    /// Answer this many more batch POSTs with 503.
+    failing_writes: AtomicU64,
+    /// Batch POSTs refused for a missing or unknown access token.
+    unauthorized_writes: AtomicU64,
 }
 
 #[derive(serde::Deserialize)]
@@ -184,6 +190,80 @@ async fn read(
     }
 }
 
+/// A batch Bundle POSTed to the base: each entry created (Encounters once per identifier,
+/// as `ifNoneExist` asks), answered with a batch-response.
+async fn batch(
+    State(s): State<Arc<FhirState>>,
+    headers: HeaderMap,
+    Json(bundle): Json<Value>,
+) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !bearer.is_some_and(|t| s.issued.lock().unwrap().contains(t)) {
+        s.unauthorized_writes.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let failing = s.failing_writes.load(Ordering::Relaxed);
+    if failing > 0 {
+        s.failing_writes.store(failing - 1, Ordering::Relaxed);
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if bundle["resourceType"] != "Bundle" || bundle["type"] != "batch" {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "resourceType": "OperationOutcome" })),
+        )
+            .into_response();
+    }
+    let mut responses = Vec::new();
+    let mut written = s.written.lock().unwrap();
+    for entry in bundle["entry"].as_array().cloned().unwrap_or_default() {
+        let resource = entry["resource"].clone();
+        let kind = resource["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if entry["request"]["method"] != "POST" || entry["request"]["url"] != kind.as_str() {
+            responses.push(json!({ "response": { "status": "400 Bad Request" } }));
+            continue;
+        }
+        // ifNoneExist=identifier=system|value (the bar may be escaped).
+        let existing = entry["request"]["ifNoneExist"].as_str().and_then(|q| {
+            let wanted = q.strip_prefix("identifier=")?.replace("%7C", "|");
+            written.iter().position(|w| {
+                w["resourceType"] == kind.as_str()
+                    && w["identifier"].as_array().is_some_and(|ids| {
+                        ids.iter().any(|i| {
+                            format!(
+                                "{}|{}",
+                                i["system"].as_str().unwrap_or(""),
+                                i["value"].as_str().unwrap_or("")
+                            ) == wanted
+                        })
+                    })
+            })
+        });
+        let (status, index) = match existing {
+            Some(i) => ("200 OK", i),
+            None => {
+                let mut stored = resource;
+                stored["id"] = format!("srv-{}", written.len() + 1).into();
+                written.push(stored);
+                ("201 Created", written.len() - 1)
+            }
+        };
+        let id = written[index]["id"].as_str().unwrap().to_owned();
+        responses.push(json!({ "response": { "status": status, "location": format!("{kind}/{id}/_history/1") } }));
+    }
+    (
+        [("content-type", "application/fhir+json")],
+        Json(json!({ "resourceType": "Bundle", "type": "batch-response", "entry": responses })),
+    )
+        .into_response()
+}
+
 pub struct ClientKey {
     pub pem_path: std::path::PathBuf,
     pub public_pem: String,
@@ -215,9 +295,13 @@ impl FhirDouble {
             token_requests: AtomicU64::new(0),
             refused_assertions: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            written: Mutex::default(),
+            failing_writes: AtomicU64::new(0),
+            unauthorized_writes: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/fhir/token", post(token))
+            .route("/fhir", post(batch))
             .route("/fhir/{kind}/{id}", get(read))
             .with_state(state.clone());
         let addr = serve(router).await;
@@ -273,6 +357,25 @@ impl FhirDouble {
     pub fn reads(&self) -> u64 {
         self.state.reads.load(Ordering::Relaxed)
     }
+
+    /// The resources of `kind` created through batch Bundles.
+    pub fn written(&self, kind: &str) -> Vec<Value> {
+        let written = self.state.written.lock().unwrap();
+        written
+            .iter()
+            .filter(|w| w["resourceType"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Answer the next `n` batch POSTs with 503.
+    pub fn fail_writes(&self, n: u64) {
+        self.state.failing_writes.store(n, Ordering::Relaxed);
+    }
+
+    pub fn unauthorized_writes(&self) -> u64 {
+        self.state.unauthorized_writes.load(Ordering::Relaxed)
+    }
 }
 
 /// A telehealth appointment from the fixtures, rescheduled to run from five minutes ago
@@ -323,8 +426,16 @@ impl Harness {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut SignalingConfig)) -> Harness {
+        Self::start_with_sfu(&[], adjust).await
+    }
+
+    /// With this environment for the SFU process (its configuration overrides).
+    pub async fn start_with_sfu(
+        sfu_env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut SignalingConfig),
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let sfu = super::start_sfu(1);
+        let sfu = super::start_sfu_with(1, sfu_env);
         let idp = Idp::start().await;
         let (fhir, client_key) = FhirDouble::start(dir.path()).await;
         let mut cfg = SignalingConfig::default();

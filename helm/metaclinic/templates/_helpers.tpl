@@ -68,6 +68,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "metaclinic.fullname" .)) .Values.secrets.auditKey.existingSecret }}
 {{- end }}
 
+{{- define "metaclinic.turnSecret" -}}
+{{- default (printf "%s-secrets" (include "metaclinic.fullname" .)) .Values.secrets.turnSecret.existingSecret }}
+{{- end }}
+
 {{- define "metaclinic.bookingKeyProvided" -}}
 {{- if or .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.value }}true{{ end }}
 {{- end }}
@@ -91,7 +95,12 @@ when a value does. Null values are left out (the process default applies).
 {{- $prefix := .prefix }}
 {{- range $key, $value := .map }}
 {{- if and (not (kindIs "map" $value)) (not (kindIs "invalid" $value)) }}
+{{- if and (kindIs "slice" $value) (gt (len $value) 0) (kindIs "map" (index $value 0)) }}
+{{- /* A list of tables (webhooks.endpoints): TOML inline tables, not JSON objects. */}}
+{{ $key }} = [{{ range $i, $item := $value }}{{ if $i }}, {{ end }}{ {{- $sep := " " }}{{ range $k, $v := $item }}{{ $sep }}{{ $k }} = {{ toJson $v }}{{ $sep = ", " }}{{ end }} }{{ end }}]
+{{- else }}
 {{ $key }} = {{ toJson $value }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := .map }}
@@ -107,6 +116,20 @@ when a value does. Null values are left out (the process default applies).
 {{/* The SFU configuration: values plus what the chart owns. */}}
 {{- define "metaclinic.sfuConfig" -}}
 {{- $c := deepCopy .Values.sfu.config }}
+{{- $t := .Values.sfu.turn }}
+{{- $turn := dict "enabled" $t.enabled "udp_port" $t.udpPort "tcp_port" $t.tcpPort "realm" $t.realm "max_allocations_per_user" $t.maxAllocationsPerUser "max_allocations" $t.maxAllocations "max_bandwidth_bps" $t.maxBandwidthBps }}
+{{- if $t.tlsSecretName }}
+{{- $_ := set $turn "tls_port" $t.tlsPort }}
+{{- $_ := set $turn "tls_public_port" $t.publicTlsPort }}
+{{- $_ := set $turn "tls_cert_path" "/etc/metaclinic/turn-tls/tls.crt" }}
+{{- $_ := set $turn "tls_key_path" "/etc/metaclinic/turn-tls/tls.key" }}
+{{- if $t.tlsHost }}
+{{- $_ := set $turn "tls_host" $t.tlsHost }}
+{{- end }}
+{{- else }}
+{{- $_ := set $turn "tls_port" 0 }}
+{{- end }}
+{{- $_ := set $c "turn" $turn }}
 {{- $spatial := default dict $c.spatial }}
 {{- $_ := set $spatial "hrtf_path" "/usr/share/metaclinic/hrtf/MIT_KEMAR_normal_pinna.sofa" }}
 {{- $_ := set $c "spatial" $spatial }}
@@ -150,7 +173,7 @@ substitutes the Secret's value, so the ConfigMap never holds it.
 
 {{/* Pod annotations that roll pods when their configuration changes. */}}
 {{- define "metaclinic.secretChecksum" -}}
-{{- printf "%s|%s|%s|%s|%s|%s|%s|%s|%s" .Values.secrets.controlCredential.existingSecret .Values.secrets.controlCredential.key .Values.secrets.controlCredential.value .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.key .Values.secrets.bookingKey.value .Values.secrets.auditKey.existingSecret .Values.secrets.auditKey.key .Values.secrets.auditKey.value | sha256sum }}
+{{- printf "%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s" .Values.secrets.controlCredential.existingSecret .Values.secrets.controlCredential.key .Values.secrets.controlCredential.value .Values.secrets.bookingKey.existingSecret .Values.secrets.bookingKey.key .Values.secrets.bookingKey.value .Values.secrets.auditKey.existingSecret .Values.secrets.auditKey.key .Values.secrets.auditKey.value .Values.secrets.turnSecret.existingSecret .Values.secrets.turnSecret.key .Values.secrets.turnSecret.value | sha256sum }}
 {{- end }}
 
 {{/* The rendered configuration files (ConfigMap data; their checksums roll the pods). */}}

@@ -20,11 +20,13 @@ use crate::netem::Link;
 mod outbound;
 mod remote;
 mod spec;
+mod vitals;
 
 use outbound::{AudioOut, VideoOut};
 use remote::RemoteTrack;
 pub use remote::{ParticipantStats, RemoteTrackStats};
 pub use spec::{AudioSpec, ParticipantSpec, PublishSpec, VideoSpec};
+pub use vitals::VitalsSpec;
 
 /// Media frames due longer ago than this are skipped, not sent in a burst: a sender starved
 /// of CPU must not snowball (bursts cost more CPU and memory, which makes it later still).
@@ -57,6 +59,10 @@ pub(crate) struct Participant {
     channel: Option<metaclinic_sfu::webrtc::ChannelId>,
     /// The ICE-TCP connection, once the peer sent something over TCP.
     pub tcp: Option<crate::ice_tcp::IceTcp>,
+    /// Consultations: the `vitals` channel (a simulated device, or readings received).
+    vitals: Option<vitals::VitalsChannel>,
+    /// Relay-only: the TURN allocation everything goes through.
+    pub relay: Option<crate::relay::TurnRelay>,
 }
 
 impl Participant {
@@ -65,7 +71,21 @@ impl Participant {
         tone: Option<Arc<ToneLoop>>,
         now: Instant,
     ) -> anyhow::Result<Participant> {
-        let (socket, local) = bind_socket(spec.bind_ip)?;
+        let (socket, mut local) = bind_socket(spec.bind_ip)?;
+        let relay = match &spec.relay {
+            Some(r) => {
+                let relay = crate::relay::TurnRelay::allocate(
+                    r,
+                    spec.bind_ip,
+                    std::time::Duration::from_secs(5),
+                )?;
+                // The relayed address is the only candidate (announced as the peer's host
+                // candidate: the SFU is ICE-lite and answers checks wherever they come from).
+                local = relay.relayed.unwrap_or(local);
+                Some(relay)
+            }
+            None => None,
+        };
         let mut peer = Peer::new(Side::Client, local, now)?;
         if spec.tcp_only {
             // An active TCP candidate: it connects, so it announces the discard port (RFC 6544).
@@ -111,6 +131,10 @@ impl Participant {
         } else {
             None
         };
+        let vitals = match spec.vitals {
+            Some(v) => Some(vitals::VitalsChannel::open(&mut peer, v, now)?),
+            None => None,
+        };
         let spec_links = (spec.uplink.clone(), spec.downlink.clone());
         Ok(Participant {
             spec,
@@ -133,6 +157,8 @@ impl Participant {
             frames_skipped: 0,
             channel,
             tcp: None,
+            vitals,
+            relay,
         })
     }
 
@@ -140,15 +166,16 @@ impl Participant {
     pub fn next_media(&self) -> Option<Instant> {
         let a = self.audio.as_ref().map(|a| a.next);
         let v = self.video.as_ref().map(|v| v.next);
-        match (a, v) {
-            (Some(a), Some(v)) => Some(a.min(v)),
-            (a, v) => a.or(v),
-        }
+        let d = self.vitals.as_ref().and_then(|d| d.next_due());
+        [a, v, d].into_iter().flatten().min()
     }
 
     /// Send what is due by `now`. Media waits for the connection (and the answer).
     pub fn send_media(&mut self, now: Instant) {
         let connected = self.connected_at.is_some();
+        if let Some(d) = &mut self.vitals {
+            d.send_due(&mut self.peer, now);
+        }
         if let Some(a) = &mut self.audio {
             while a.next <= now {
                 let late = now.duration_since(a.next) > MAX_MEDIA_LAG;
@@ -319,10 +346,14 @@ impl Participant {
                         v.keyframe_requested = true;
                     }
                 }
+                PeerOutput::ChannelMessage { channel, data, .. } => {
+                    if let Some(d) = self.vitals.as_mut().filter(|d| d.channel == channel) {
+                        d.on_message(&data);
+                    }
+                }
                 PeerOutput::UnroutableRtp
                 | PeerOutput::ChannelOpened { .. }
-                | PeerOutput::ChannelClosed { .. }
-                | PeerOutput::ChannelMessage { .. } => {}
+                | PeerOutput::ChannelClosed { .. } => {}
             }
         }
     }
@@ -346,6 +377,12 @@ impl Participant {
             frames_skipped: self.frames_skipped,
             uplink: self.uplink.as_ref().map(|l| l.stats),
             downlink: self.downlink.as_ref().map(|l| l.stats),
+            vitals_sent: self.vitals.as_ref().map_or(Vec::new(), |d| d.sent.clone()),
+            vitals_received: self
+                .vitals
+                .as_ref()
+                .map_or(Vec::new(), |d| d.received.clone()),
+            vitals_malformed: self.vitals.as_ref().map_or(0, |d| d.malformed),
             remote: self
                 .order
                 .iter()

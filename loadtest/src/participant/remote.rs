@@ -238,6 +238,11 @@ pub struct ParticipantStats {
     pub frames_skipped: u64,
     pub uplink: Option<LinkStats>,
     pub downlink: Option<LinkStats>,
+    /// Vitals: the readings its simulated device sent, those it received (as relayed by the
+    /// SFU), and messages on the vitals channel that were not a reading.
+    pub vitals_sent: Vec<metaclinic_sfu::vitals::Reading>,
+    pub vitals_received: Vec<metaclinic_sfu::vitals::RelayedReading>,
+    pub vitals_malformed: u64,
     pub remote: Vec<RemoteTrackStats>,
 }
 

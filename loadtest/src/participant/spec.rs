@@ -69,6 +69,14 @@ pub struct ParticipantSpec {
     /// How long it takes to answer the SFU's offers (a slow phone, a slow link to
     /// signaling): the answer goes this long after the offer arrived.
     pub answer_delay: Duration,
+    /// Consultations: open the `vitals` data channel, with a simulated device or to receive.
+    pub vitals: Option<super::VitalsSpec>,
+    /// Relay-only (`iceTransportPolicy: "relay"`): all media through this TURN allocation;
+    /// its relayed address is the only candidate.
+    pub relay: Option<crate::relay::RelaySpec>,
+    /// Through signaling: relay-only through the first TURN server of `joined`'s
+    /// `ice_servers` reachable over this transport (CA certificates, PEM, to trust for TLS).
+    pub relay_via: Option<(crate::relay::RelayTransport, Option<Vec<u8>>)>,
 }
 
 impl ParticipantSpec {
@@ -83,6 +91,9 @@ impl ParticipantSpec {
             tcp_only: false,
             bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             answer_delay: Duration::ZERO,
+            vitals: None,
+            relay: None,
+            relay_via: None,
         }
     }
 

@@ -66,6 +66,9 @@ pub struct SessionOpened {
     /// This session's id in the room's events (`offer.session`).
     #[serde(default)]
     pub session: u64,
+    /// The node's embedded TURN server, when it runs (signaling hands it to the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<crate::turn::TurnAdvert>,
 }
 
 /// `POST /v1/rooms/{room}/participants/{participant}/sdp`, and the answer to an offer.
@@ -130,6 +133,14 @@ pub struct SetMuted {
     pub muted: bool,
 }
 
+/// `POST /v1/rooms/{room}/vitals`: whether a host lets companions see the patient's vitals
+/// (clinicians always do; see `vitals`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitalsSharing {
+    pub companions: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrackInfo {
     pub track: TrackId,
@@ -180,6 +191,9 @@ pub struct NodeInfo {
     /// Shutting down: takes no new rooms (its rooms run to their end).
     #[serde(default)]
     pub draining: bool,
+    /// The node's embedded TURN server, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<crate::turn::TurnAdvert>,
 }
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.

@@ -242,6 +242,18 @@ impl SfuControl {
         self.json(self.http.get(self.url("/v1/node"))).await
     }
 
+    /// Whether companions receive the patient's vitals in `room` (clinicians always do).
+    pub async fn set_vitals_sharing(&self, room: &str, companions: bool) -> Result<(), ApiError> {
+        let url = self.url(&format!("/v1/rooms/{}/vitals", seg(room)));
+        self.send(
+            self.http
+                .post(url)
+                .json(&super::api::VitalsSharing { companions }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn set_muted(
         &self,
         room: &str,

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::api::{
     CreateRoom, ErrorBody, ErrorDetail, IceCandidate, OpenSession, SessionDescription, SetMuted,
-    VideoPreference,
+    VideoPreference, VitalsSharing,
 };
 use crate::error::ControlError;
 use crate::events::{RoomEvent, RoomEventEnvelope};
@@ -235,6 +235,7 @@ fn route_name(segments: &[&str]) -> &'static str {
         ["v1", "rooms"] => "rooms",
         ["v1", "rooms", _] => "room",
         ["v1", "rooms", _, "events"] => "room_events",
+        ["v1", "rooms", _, "vitals"] => "vitals",
         ["v1", "rooms", _, "participants"] => "participants",
         ["v1", "rooms", _, "participants", _] => "participant",
         ["v1", "rooms", _, "participants", _, "events"] => "participant_events",
@@ -275,6 +276,12 @@ async fn v1(
         (Method::GET, ["rooms", room, "events"]) => {
             let rx = node.events(&room_id(room)?)?;
             Ok(event_stream(rx, None))
+        }
+        (Method::POST, ["rooms", room, "vitals"]) => {
+            let v: VitalsSharing = body_json(req).await?;
+            node.set_vitals_sharing(&room_id(room)?, v.companions)
+                .await?;
+            Ok(no_content())
         }
         (Method::POST, ["rooms", room, "participants"]) => {
             let room = room_id(room)?;

@@ -77,6 +77,11 @@ pub enum Command {
         muted: bool,
         reply: Reply<()>,
     },
+    SetVitalsSharing {
+        room: RoomId,
+        companions: bool,
+        reply: Reply<()>,
+    },
     SetVideoPreference {
         room: RoomId,
         participant: ParticipantId,
@@ -197,6 +202,13 @@ impl Shard {
                     reply,
                 } => {
                     let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
+                }
+                Command::SetVitalsSharing {
+                    room,
+                    companions,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_vitals_sharing(&room, companions));
                 }
                 Command::SetVideoPreference {
                     room,

@@ -63,18 +63,34 @@ impl Shard {
                         self.request_keyframe(track, now);
                     }
                 }
-                // Data channels carry avatar poses in shared rooms; a consultation room has no
-                // use for them, so they stay open and unread.
-                PeerOutput::ChannelMessage { data, text, .. } => {
-                    self.on_pose(key, &data, text, now)
+                // Data channels carry avatar poses in shared rooms and the patient's vitals
+                // (on the channel labelled so) in consultations; others stay open and unread.
+                PeerOutput::ChannelMessage {
+                    channel,
+                    data,
+                    text,
+                } => {
+                    if self.is_vitals_channel(key, channel) {
+                        self.on_vitals(key, &data, text, now)
+                    } else {
+                        self.on_pose(key, &data, text, now)
+                    }
                 }
-                PeerOutput::ChannelOpened { channel, .. } => self.on_channel(key, Some(channel)),
+                PeerOutput::ChannelOpened { channel, label } => {
+                    if self.in_shared_room(key) {
+                        self.on_channel(key, Some(channel))
+                    } else {
+                        self.on_vitals_channel(key, channel, &label)
+                    }
+                }
                 PeerOutput::ChannelClosed { channel } => {
-                    let ours = self
-                        .sessions
-                        .get(key)
-                        .is_some_and(|s| s.pose_channel == Some(channel));
-                    if ours {
+                    let Some(s) = self.sessions.get_mut(key) else {
+                        continue;
+                    };
+                    if s.vitals_channel == Some(channel) {
+                        s.vitals_channel = None;
+                    }
+                    if s.pose_channel == Some(channel) {
                         self.on_channel(key, None);
                     }
                 }

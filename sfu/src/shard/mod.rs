@@ -20,6 +20,7 @@ mod spatial;
 pub mod tcp;
 pub mod timers;
 pub mod udp;
+mod vitals;
 
 use std::collections::HashMap;
 use std::io;

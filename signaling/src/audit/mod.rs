@@ -57,6 +57,7 @@
 mod chain;
 pub mod checkpoint;
 mod key;
+mod records;
 mod refusals;
 mod verify;
 mod writer;
@@ -78,6 +79,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use checkpoint::Checkpoint;
 pub use key::AuditKey;
+pub use records::{Committed, read_records};
 pub use refusals::Refusals;
 pub use verify::{VerifyError, VerifyOptions, VerifyReport, verify};
 
@@ -127,6 +129,8 @@ pub struct AuditedRecord {
     pub seq: u64,
     /// The record's `mac`.
     pub hash: String,
+    /// The record's `time` (the log's clock).
+    pub time: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +178,8 @@ struct Inner {
     stopped: Arc<OnceLock<String>>,
     /// The latest checkpoint as written (its file form), for a copy elsewhere (Redis).
     checkpoints: watch::Receiver<Option<String>>,
+    /// Who hears of every record once it is durable (crate::webhooks).
+    observer: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<Committed>>>,
     #[cfg(test)]
     probe: Arc<Probe>,
 }
@@ -214,6 +220,7 @@ impl AuditLog {
         let (requests, receiver) = mpsc::channel();
         let stopped = Arc::new(OnceLock::new());
         let (published, checkpoints) = watch::channel(None);
+        let observer = Arc::new(OnceLock::new());
         #[cfg(test)]
         let probe = Arc::new(Probe::default());
         let writer = writer::Writer {
@@ -221,6 +228,7 @@ impl AuditLog {
             requests: receiver,
             stopped: Arc::clone(&stopped),
             published,
+            observer: Arc::clone(&observer),
             #[cfg(test)]
             probe: Arc::clone(&probe),
         };
@@ -238,6 +246,7 @@ impl AuditLog {
                 writer: Some(writer),
                 stopped,
                 checkpoints,
+                observer,
                 #[cfg(test)]
                 probe,
             }),
@@ -264,6 +273,18 @@ impl AuditLog {
     /// outside this machine.
     pub fn checkpoints(&self) -> watch::Receiver<Option<String>> {
         self.inner.checkpoints.clone()
+    }
+
+    /// Every record from now on, in `seq` order, once it is on disk (one observer per log;
+    /// `None` if there is one already). Records written before the call are in the file.
+    pub fn observe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Committed>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.observer.set(tx).ok().map(|()| rx)
+    }
+
+    /// The file the log is written to.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
     }
 
     fn submit(&self, event: AuditEvent, reply: Reply) -> Result<(), AuditError> {

@@ -147,6 +147,7 @@ pub(super) struct Writer {
     pub requests: mpsc::Receiver<Request>,
     pub stopped: Arc<OnceLock<String>>,
     pub published: watch::Sender<Option<String>>,
+    pub observer: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<super::Committed>>>,
     #[cfg(test)]
     pub probe: Arc<super::Probe>,
 }
@@ -164,10 +165,23 @@ impl Writer {
             batch.extend(self.requests.try_iter().take(MAX_BATCH - 1));
             let (events, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|r| (r.event, r.reply)).unzip();
+            // Copies only when someone listens (crate::webhooks).
+            let observed = self.observer.get().map(|tx| (tx.clone(), events.clone()));
             match self.append(events) {
                 Ok(records) => {
                     #[cfg(test)]
                     self.probe.batches.fetch_add(1, SeqCst);
+                    if let Some((tx, events)) = observed {
+                        for (event, r) in events.into_iter().zip(&records) {
+                            // An observer that is gone misses nothing it could not replay.
+                            let _ = tx.send(super::Committed {
+                                seq: r.seq,
+                                time: r.time.clone(),
+                                mac: r.hash.clone(),
+                                event,
+                            });
+                        }
+                    }
                     for (reply, record) in replies.into_iter().zip(records) {
                         reply.send(Ok(record));
                     }
@@ -199,9 +213,10 @@ impl Writer {
         let (mut seq, mut prev) = (o.seq, o.prev.clone());
         for event in events {
             seq += 1;
+            let time = now();
             let mut record = Record {
                 seq,
-                time: now(),
+                time: time.clone(),
                 prev,
                 event,
                 hash: None,
@@ -212,6 +227,7 @@ impl Writer {
             records.push(AuditedRecord {
                 seq,
                 hash: prev.clone(),
+                time,
             });
         }
         #[cfg(test)]

@@ -155,6 +155,11 @@ pub(super) fn validate(cfg: &SignalingConfig) -> Result<(), ConfigError> {
         );
     }
     http_limits(cfg)?;
+    if let Err((key, problem)) = cfg.ice_servers.validate() {
+        return invalid(key, &problem);
+    }
+    crate::webhooks::config::validate(&cfg.webhooks)?;
+    crate::fhir::writeback::validate(cfg)?;
     audit(cfg)
 }
 

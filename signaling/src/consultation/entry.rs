@@ -77,6 +77,7 @@ impl Consultation {
                         connection: Some(Connection { id, mailbox }),
                         waiting_since: (!direct).then_some(now),
                         sfu_session: None,
+                        ice_servers: Vec::new(),
                     },
                 );
                 if direct { Entry::InCall } else { Entry::Lobby }
@@ -107,7 +108,7 @@ impl Consultation {
         if connection.is_some_and(|id| id != conn.id) {
             return false;
         }
-        let (role, mailbox) = (m.role, conn.mailbox.clone());
+        let (role, mailbox, ice_servers) = (m.role, conn.mailbox.clone(), m.ice_servers.clone());
         match m.presence {
             Presence::Entering => m.presence = Presence::InCall,
             Presence::InCall => return true,
@@ -120,6 +121,8 @@ impl Consultation {
             closes_at,
             members: s.members_in_call(),
             room_kind: self.kind,
+            ice_servers,
+            chat_allowed: self.chat_allowed(),
         }];
         if let Some(speaker) = &s.active_speaker {
             welcome.push(ServerMessage::ActiveSpeaker {

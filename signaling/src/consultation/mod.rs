@@ -17,6 +17,7 @@ use rand::RngExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub mod chat;
 mod entry;
 pub mod snapshot;
 
@@ -60,6 +61,8 @@ struct MemberEntry {
     waiting_since: Option<DateTime<Utc>>,
     /// Their current SFU session (its id in the room's events).
     sfu_session: Option<u64>,
+    /// The STUN/TURN servers for that session (their node's TURN, with their credential).
+    ice_servers: Vec<crate::protocol::IceServer>,
 }
 
 /// A host's single-use interpreter invite: the first person to use it owns it (and may use
@@ -105,6 +108,8 @@ pub struct Consultation {
     /// The node carrying the room; another one after a failover.
     node: Mutex<PlacedNode>,
     state: Mutex<State>,
+    /// The call's text chat: whether it is on, and each sender's budget.
+    chat: chat::Chat,
 }
 
 /// Why a host action was refused.
@@ -300,6 +305,7 @@ impl Consultation {
             room: room_for(appointment_id),
             kind,
             node: Mutex::new(node),
+            chat: chat::Chat::default(),
             state: Mutex::new(State {
                 members: HashMap::new(),
                 removed: Vec::new(),
@@ -327,6 +333,7 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Consultation {
         let c = Consultation::new(appointment_id, kind, node, snapshot.closes_at);
+        c.restore_chat(!snapshot.chat_off);
         {
             let mut s = c.lock();
             s.extended_min = snapshot.extended_min;
@@ -346,6 +353,7 @@ impl Consultation {
                         connection: None,
                         waiting_since: None,
                         sfu_session: None,
+                        ice_servers: Vec::new(),
                     },
                 );
             }
@@ -399,6 +407,7 @@ impl Consultation {
             members,
             removed: s.removed.clone(),
             invites,
+            chat_off: !self.chat_allowed(),
         }
     }
 
@@ -474,9 +483,15 @@ impl Consultation {
     }
 
     /// The member's SFU session was opened (or replaced) with this id.
-    pub fn media_opened(&self, participant: &str, session: u64) {
+    pub fn media_opened(
+        &self,
+        participant: &str,
+        session: u64,
+        ice_servers: Vec<crate::protocol::IceServer>,
+    ) {
         if let Some(m) = self.lock().members.get_mut(participant) {
             m.sfu_session = Some(session);
+            m.ice_servers = ice_servers;
         }
     }
 

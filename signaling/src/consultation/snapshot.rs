@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub members: Vec<MemberSnapshot>,
     pub removed: Vec<String>,
     pub invites: Vec<InviteSnapshot>,
+    /// A host stopped the call's text chat (absent in older snapshots: it was on).
+    #[serde(default)]
+    pub chat_off: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +160,7 @@ mod tests {
             members: vec![],
             removed: vec![],
             invites: vec![],
+            chat_off: false,
         };
         assert!(Snapshot::from_json(&s.to_json()).is_none());
     }

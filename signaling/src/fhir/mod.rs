@@ -8,7 +8,11 @@
 //! Resources carry patient data. Errors here say where a document is wrong, never what it
 //! contains, and `Reference::display` (free text, often a name) never reaches `Debug` output.
 
+pub mod audit_event;
+pub mod encounter;
 mod model;
+pub mod observation;
+pub mod writeback;
 
 pub use model::{
     Appointment, AppointmentParticipant, CodeableConcept, Coding, PractitionerRole, Reference,

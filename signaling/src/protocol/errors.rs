@@ -66,6 +66,11 @@ pub const ERROR_CODES: &[&str] = &[
     "extension_limit",
     "no_interpreter_slot",
     "ended",
+    // Chat.
+    "chat_too_long",
+    "chat_invalid",
+    "chat_rate_limited",
+    "chat_off",
 ];
 
 /// Refusals caused by the service or what it depends on, not by the client: the session
@@ -247,9 +252,18 @@ mod tests {
             crate::booking::BookingError::Unavailable(String::new()),
             crate::booking::BookingError::Invalid(String::new()),
         ];
+        use crate::consultation::chat::ChatRefusal;
+        let chat = [
+            ChatRefusal::TooLong,
+            ChatRefusal::Invalid,
+            ChatRefusal::RateLimited,
+            ChatRefusal::Off,
+            ChatRefusal::NotInCall,
+        ];
         let codes = auth
             .iter()
             .map(AuthError::code)
+            .chain(chat.iter().map(ChatRefusal::code))
             .chain(denials.iter().map(Denial::code))
             .chain(actions.iter().map(ActionError::code))
             .chain(booking.iter().map(|b| b.code()));

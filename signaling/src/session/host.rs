@@ -102,6 +102,28 @@ pub(super) async fn control(
             }
             done(deps, sink, j, "remove", r.map(|_| ()), &participant).await;
         }
+        ClientMessage::ShareVitals { companions } => {
+            let action = if companions {
+                "share_vitals"
+            } else {
+                "unshare_vitals"
+            };
+            if j.role != Role::Host || !in_call {
+                done(deps, sink, j, action, Err(ActionError::NotHost), "").await;
+                return;
+            }
+            let applied = c
+                .node()
+                .control
+                .set_vitals_sharing(&c.room, companions)
+                .await;
+            if let Err(e) = applied {
+                warn!(room = %c.room, "vitals sharing at the SFU failed: {e}");
+                send_error(sink, "sfu_unavailable", "the media server did not apply it").await;
+                return;
+            }
+            done(deps, sink, j, action, Ok(()), "").await;
+        }
         ClientMessage::End => {
             if j.role != Role::Host || !in_call {
                 done(deps, sink, j, "end", Err(ActionError::NotHost), "").await;
@@ -140,7 +162,7 @@ pub(super) async fn control(
 }
 
 /// Audit and count a host action, and tell the host if it was refused.
-async fn done(
+pub(super) async fn done(
     deps: &AppState,
     sink: &mut Sink,
     j: &Joined,

@@ -246,7 +246,6 @@ async fn chromium_relay_only_over_tls() {
 
 /// The reference web client, relay-only through the node's TURN over `transport`.
 async fn web_client_relayed(transport: &str) {
-    use common::web::{click, dev_token, join_from_precall, wait_for, wait_for_media};
     let cert = make_cert(&["127.0.0.1"]);
     let free = TurnPorts::free();
     let ports = match transport {
@@ -267,62 +266,9 @@ async fn web_client_relayed(transport: &str) {
         SECRET.into(),
     ));
     let dev = common::dev::start_dev_with(&env).await;
-    let base = dev.base.clone();
-    let browser = Browser::launch_with(&[
-        "--ignore-certificate-errors",
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "--disable-backgrounding-occluded-windows",
-    ])
-    .await;
-    let open = |who: &'static str| {
-        let (browser, base) = (&browser, base.clone());
-        async move {
-            let token = dev_token(&base, who).await;
-            let page = browser
-                .open(&format!(
-                    "{base}/?appointment=demo-consult&relay=1#token={token}"
-                ))
-                .await;
-            join_from_precall(browser, &page).await;
-            page
-        }
-    };
-    let doctor = open("Practitioner/dr-demo").await;
-    wait_for(&browser, &doctor, "metaclinic.view() === 'call'", 20).await;
-    let patient = open("Patient/pat-demo").await;
-    wait_for(
-        &browser,
-        &doctor,
-        "document.querySelector(\"#waiting [data-participant='Patient/pat-demo']\")",
-        20,
-    )
-    .await;
-    click(
-        &doctor,
-        "#waiting [data-action=admit][data-participant='Patient/pat-demo']",
-    )
-    .await;
-    wait_for(&browser, &patient, "metaclinic.view() === 'call'", 20).await;
-    wait_for_media(&browser, &doctor, "Patient/pat-demo", 40).await;
-    wait_for_media(&browser, &patient, "Practitioner/dr-demo", 40).await;
+    let (browser, doctor, patient) = common::web::relay_only_consultation(&dev.base).await;
     // The page says which way it connected, and its pre-call check found the relay.
-    for page in [&doctor, &patient] {
-        wait_for(
-            &browser,
-            page,
-            &format!("metaclinic.way() === 'relay-{transport}'"),
-            20,
-        )
-        .await;
-        wait_for(
-            &browser,
-            page,
-            &format!("JSON.stringify(metaclinic.relayWays()) === '[\"{transport}\"]'"),
-            20,
-        )
-        .await;
-    }
+    common::web::assert_relayed_over(&browser, [&doctor, &patient], transport).await;
     let m = reqwest::get(format!("{}/metrics", dev.sfu_control))
         .await
         .unwrap()

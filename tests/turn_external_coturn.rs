@@ -174,3 +174,38 @@ async fn a_relay_only_patient_consults_through_the_operators_coturn() {
     patient.leave().await;
     doctor.leave().await;
 }
+
+/// The same coturn handed to the reference web client by `metaclinic dev`: two Chromium
+/// pages opened with `?relay=1` hold the consultation through it, and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_consults_through_the_operators_coturn() {
+    let port = loop {
+        let p = free_udp_ports(1).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let _coturn = start_coturn(port);
+    // `[[ice_servers.external]]` as an environment override (a list of one table).
+    let external = format!(
+        "[{{urls=[\"turn:127.0.0.1:{port}?transport=udp\"], shared_secret=\"{COTURN_SECRET}\"}}]"
+    );
+    let dev = common::dev::start_dev_with(&[
+        (
+            "METACLINIC_SIGNALING__ICE_SERVERS__EXTERNAL".into(),
+            external,
+        ),
+        (
+            "METACLINIC_SIGNALING__ICE_SERVERS__EMBEDDED_TURN".into(),
+            "false".into(),
+        ),
+    ])
+    .await;
+    tokio::time::timeout(Duration::from_secs(150), async {
+        let (browser, doctor, patient) = common::web::relay_only_consultation(&dev.base).await;
+        // coturn is the only relay there is: media flowing relay-only went through it.
+        common::web::assert_relayed_over(&browser, [&doctor, &patient], "udp").await;
+    })
+    .await
+    .expect("within 150 s");
+}

@@ -138,3 +138,69 @@ pub async fn screenshot(page: &Page, name: &str, width: u32, height: u32) {
     std::fs::write(&path, png).unwrap();
     println!("screenshot: {}", path.display());
 }
+
+/// The doctor and the patient of `demo-consult` in two pages opened with `?relay=1` (the
+/// client then takes no path but a TURN server from its `ice_servers`), the patient let in,
+/// each receiving the other's audio and video.
+pub async fn relay_only_consultation(base: &str) -> (Browser, Page, Page) {
+    let browser = Browser::launch_with(&[
+        "--ignore-certificate-errors",
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+    ])
+    .await;
+    let open = |who: &'static str| {
+        let browser = &browser;
+        async move {
+            let token = dev_token(base, who).await;
+            let page = browser
+                .open(&format!(
+                    "{base}/?appointment=demo-consult&relay=1#token={token}"
+                ))
+                .await;
+            join_from_precall(browser, &page).await;
+            page
+        }
+    };
+    let doctor = open("Practitioner/dr-demo").await;
+    wait_for(&browser, &doctor, "metaclinic.view() === 'call'", 20).await;
+    let patient = open("Patient/pat-demo").await;
+    wait_for(
+        &browser,
+        &doctor,
+        "document.querySelector(\"#waiting [data-participant='Patient/pat-demo']\")",
+        20,
+    )
+    .await;
+    click(
+        &doctor,
+        "#waiting [data-action=admit][data-participant='Patient/pat-demo']",
+    )
+    .await;
+    wait_for(&browser, &patient, "metaclinic.view() === 'call'", 20).await;
+    wait_for_media(&browser, &doctor, "Patient/pat-demo", 40).await;
+    wait_for_media(&browser, &patient, "Practitioner/dr-demo", 40).await;
+    (browser, doctor, patient)
+}
+
+/// Both pages say they connected through a relay reached over `transport` (`udp`, `tcp`,
+/// `tls`), and their pre-call checks found exactly that way to a relay.
+pub async fn assert_relayed_over(browser: &Browser, pages: [&Page; 2], transport: &str) {
+    for page in pages {
+        wait_for(
+            browser,
+            page,
+            &format!("metaclinic.way() === 'relay-{transport}'"),
+            20,
+        )
+        .await;
+        wait_for(
+            browser,
+            page,
+            &format!("JSON.stringify(metaclinic.relayWays()) === '[\"{transport}\"]'"),
+            20,
+        )
+        .await;
+    }
+}

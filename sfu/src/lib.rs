@@ -23,9 +23,7 @@ pub mod allocator;
 pub mod config;
 pub mod control;
 pub mod error;
-pub mod events;
 pub mod forward;
-pub mod ids;
 pub mod media;
 pub mod metrics;
 pub mod node;
@@ -37,8 +35,11 @@ pub mod shard;
 pub mod spatial;
 pub mod speaker;
 pub mod turn;
-pub mod vitals;
 pub mod webrtc;
+
+// The vocabulary shared with signaling lives in the protocol crate (no WebRTC, audio or
+// sockets there); these names keep the SFU's own paths.
+pub use metaclinic_protocol::{events, ids, vitals};
 
 pub use config::SfuConfig;
 pub use node::Node;

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::events::{RoomEvent, RoomEventEnvelope};
@@ -14,15 +13,7 @@ use crate::media::Codec;
 use crate::shard::demux::SessionKey;
 use crate::webrtc::{InboundId, OutboundId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoomKind {
-    /// 1:1 or three-way: every participant's tracks are forwarded to the others, untouched.
-    Consultation,
-    /// A shared space (waiting hall, group session): video is forwarded, audio is mixed on
-    /// the server into one binaural stereo stream per listener (see `spatial`).
-    Shared,
-}
+pub use metaclinic_protocol::room::RoomKind;
 
 /// How long a subscriber may wait for its first keyframe before we ask again.
 pub const KEYFRAME_WAIT_RETRY: Duration = Duration::from_millis(1000);

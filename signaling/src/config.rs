@@ -378,7 +378,7 @@ impl Default for LimitsSection {
 }
 
 /// Loading errors are the SFU's: one way of loading serves every process kind.
-pub use metaclinic_sfu::config::ConfigError;
+pub use metaclinic_protocol::config::ConfigError;
 
 impl SignalingConfig {
     /// Defaults, then the file, then the environment; validated.
@@ -390,11 +390,11 @@ impl SignalingConfig {
 
     /// Like `load`, without validating (for callers that fill in more first).
     pub fn extract(path: Option<&Path>) -> Result<SignalingConfig, ConfigError> {
-        metaclinic_sfu::config::layered(path, ENV_PREFIX)
+        metaclinic_protocol::config::layered(path, ENV_PREFIX)
     }
 
     pub fn from_toml(text: &str) -> Result<SignalingConfig, ConfigError> {
-        let cfg: SignalingConfig = metaclinic_sfu::config::from_toml_text(text)?;
+        let cfg: SignalingConfig = metaclinic_protocol::config::from_toml_text(text)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use metaclinic_sfu::control::client::StreamItem;
-use metaclinic_sfu::events::{LeaveReason, RoomEvent};
-use metaclinic_sfu::room::RoomKind;
+use metaclinic_protocol::control::client::StreamItem;
+use metaclinic_protocol::events::{LeaveReason, RoomEvent};
+use metaclinic_protocol::room::RoomKind;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -403,7 +403,7 @@ async fn relay(
     deps: AppState,
     weak: std::sync::Weak<Consultation>,
     node: PlacedNode,
-    mut events: metaclinic_sfu::control::client::EventStream,
+    mut events: metaclinic_protocol::control::client::EventStream,
 ) {
     loop {
         let Some(item) = events.next().await else {
@@ -490,7 +490,7 @@ async fn relay(
             RoomEvent::Quality {
                 participant,
                 quality,
-            } => c.send(participant.as_str(), ServerMessage::Quality(quality)),
+            } => c.send(participant.as_str(), ServerMessage::Quality(quality.into())),
             RoomEvent::VitalSign {
                 participant,
                 reading,

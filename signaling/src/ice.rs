@@ -11,8 +11,8 @@
 
 use std::path::PathBuf;
 
-use metaclinic_sfu::turn::TurnAdvert;
-use metaclinic_sfu::turn::credential;
+use metaclinic_protocol::turn::TurnAdvert;
+use metaclinic_protocol::turn::credential;
 use serde::{Deserialize, Serialize};
 
 /// One ICE server as the browser's `RTCIceServer` takes it.
@@ -204,10 +204,7 @@ pub async fn precall(
 
 /// The pre-call check's reference for `participant`.
 pub fn precall_reference(participant: &str) -> String {
-    format!(
-        "{}{participant}",
-        metaclinic_sfu::turn::server::PRECALL_PREFIX
-    )
+    format!("{}{participant}", metaclinic_protocol::turn::PRECALL_PREFIX)
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ use state::{AppState, Deps};
 
 /// Install the TLS crypto provider the HTTP clients use (ring, as the media stack does).
 pub fn install_crypto_provider() {
-    metaclinic_sfu::control::client::ensure_crypto_provider();
+    metaclinic_protocol::control::client::ensure_crypto_provider();
 }
 
 /// What `build` may be given instead of what the configuration says (tests, dev mode).

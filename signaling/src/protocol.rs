@@ -4,13 +4,15 @@
 //! target (say, another participant's SDP) past the server. [`errors`] lists the `error`
 //! codes and close codes; unit tests hold PROTOCOL.md's tables to this module.
 
-use metaclinic_sfu::room::RoomKind;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::policy::Role;
 
 pub mod errors;
+pub mod media;
 mod parse;
+
+pub use media::{Quality, RoomKind, VideoQuality};
 
 pub use crate::ice::IceServer;
 pub use errors::{Close, ERROR_CODES, close_code};
@@ -67,7 +69,7 @@ pub enum ClientMessage {
     VideoPreference {
         track: String,
         #[serde(default)]
-        max_quality: Option<metaclinic_sfu::control::api::VideoQuality>,
+        max_quality: Option<VideoQuality>,
         #[serde(default)]
         pinned: bool,
     },
@@ -293,7 +295,7 @@ pub enum ServerMessage {
         participant: Option<String>,
     },
     /// Your own connection as the SFU measures it, every few seconds.
-    Quality(metaclinic_sfu::events::QualityReport),
+    Quality(Quality),
     Pong,
     /// A chat line from someone in the call (the sender too hears it), to everyone in it.
     Chat {
@@ -408,7 +410,6 @@ pub(crate) mod tests {
 
     /// One of each server message (the match makes a new variant fail to compile here).
     fn server_samples() -> Vec<ServerMessage> {
-        use metaclinic_sfu::events::QualityReport;
         let v = vec![
             ServerMessage::Lobby {
                 v: 1,
@@ -479,7 +480,7 @@ pub(crate) mod tests {
                 message: String::new(),
             },
             ServerMessage::ActiveSpeaker { participant: None },
-            ServerMessage::Quality(QualityReport::default()),
+            ServerMessage::Quality(Quality::default()),
             ServerMessage::Pong,
             ServerMessage::Chat {
                 from: "Patient/p".into(),

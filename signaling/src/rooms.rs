@@ -2,7 +2,7 @@
 //! or a shared room (audio mixed per listener in space, avatars on a map). The booking
 //! system says so through the appointment's codes, matched against `rooms.shared_codes`.
 
-use metaclinic_sfu::room::RoomKind;
+use metaclinic_protocol::room::RoomKind;
 
 use crate::config::RoomsSection;
 use crate::fhir::{Appointment, Coding};

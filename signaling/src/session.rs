@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
 use futures_util::{SinkExt, StreamExt};
-use metaclinic_sfu::control::api::IceCandidate;
-use metaclinic_sfu::control::client::ApiError;
+use metaclinic_protocol::control::api::IceCandidate;
+use metaclinic_protocol::control::client::ApiError;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -592,14 +592,14 @@ async fn handle(deps: &AppState, sink: &mut Sink, j: &Joined, msg: ClientMessage
             max_quality,
             pinned,
         } => {
-            let Some(track) = metaclinic_sfu::ids::TrackId::parse(&track) else {
+            let Some(track) = metaclinic_protocol::ids::TrackId::parse(&track) else {
                 let msg = "track must be a track id from track_published";
                 send_error(sink, "bad_message", msg).await;
                 return Flow::Continue;
             };
-            let preference = metaclinic_sfu::control::api::VideoPreference {
+            let preference = metaclinic_protocol::control::api::VideoPreference {
                 track,
-                max_quality,
+                max_quality: max_quality.map(Into::into),
                 pinned,
             };
             // Always the sender's own session: a client cannot set another's preferences.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use metaclinic_sfu::registry::{NodeRecord, RegistryKeys};
+use metaclinic_protocol::registry::{NodeRecord, RegistryKeys};
 use metaclinic_signaling::cluster::Cluster;
 use metaclinic_signaling::cluster::redis::RedisCluster;
 use metaclinic_signaling::config::RedisSection;

@@ -87,7 +87,7 @@ pub fn packetize(nalus: &[Vec<u8>], mtu: usize) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metaclinic_sfu::media::Codec;
+    use metaclinic_sfu::media::{Codec, KeyframeStart};
 
     #[test]
     fn keyframes_start_with_parameter_sets_and_are_recognised() {

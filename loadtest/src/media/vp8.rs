@@ -222,7 +222,7 @@ pub fn packetize(frame: &[u8], picture_id: u16, mtu: usize) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metaclinic_sfu::media::Codec;
+    use metaclinic_sfu::media::{Codec, KeyframeStart};
 
     #[test]
     fn keyframes_carry_their_size_and_start_code() {

@@ -3,7 +3,7 @@
 
 use hdrhistogram::Histogram;
 use metaclinic_sfu::forward::seq_is_newer;
-use metaclinic_sfu::media::{Codec, RtpPacket};
+use metaclinic_sfu::media::{Codec, KeyframeStart, RtpPacket};
 use serde::Serialize;
 
 use crate::media::audio::ToneAnalyzer;

@@ -2,6 +2,7 @@
 //! authenticated with the service credential from config. Signaling drives it; the client
 //! library drives it directly in tests.
 
-pub mod api;
-pub mod client;
 pub mod http;
+
+// The API's types and its client are the protocol crate's: signaling speaks it too.
+pub use metaclinic_protocol::control::{api, client};

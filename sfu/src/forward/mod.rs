@@ -17,7 +17,7 @@ use bytes::Bytes;
 pub use seq::SeqMapper;
 pub use vp8::Vp8Munger;
 
-use crate::media::{Codec, MediaKind, RtpPacket};
+use crate::media::{Codec, KeyframeStart, MediaKind, RtpPacket};
 use crate::metrics::DropReason;
 
 /// `a` comes after `b` in RTP sequence order (RFC 3550 wrap-around).

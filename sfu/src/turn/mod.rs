@@ -29,7 +29,6 @@
 
 pub mod allocation;
 pub mod config;
-pub mod credential;
 pub mod metrics;
 pub mod quota;
 pub mod server;
@@ -42,7 +41,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use config::TurnConfig;
@@ -146,68 +144,32 @@ impl PlacedParticipants {
     }
 }
 
-/// What signaling needs to hand clients this node's TURN server: ports and names, no
-/// secret. Carried in `SessionOpened` and `NodeInfo`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TurnAdvert {
-    /// The node's announced IP (turn: URLs).
-    pub host: String,
-    /// The name in the certificate (turns: URLs).
-    pub tls_host: String,
-    pub udp_port: u16,
-    pub tcp_port: u16,
-    pub tls_port: u16,
-}
+pub use metaclinic_protocol::turn::{PRECALL_PREFIX, TurnAdvert, credential};
 
-impl TurnAdvert {
-    pub fn from_config(config: &SfuConfig) -> TurnAdvert {
-        let ip = config.node.announced_ip;
-        let host = if ip.is_ipv6() {
-            format!("[{ip}]")
+/// What this node's configuration advertises of its TURN server.
+pub fn advert(config: &SfuConfig) -> TurnAdvert {
+    let ip = config.node.announced_ip;
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let t = &config.turn;
+    TurnAdvert {
+        // `{node}` names this node: one wildcard certificate, a DNS name per node.
+        tls_host: if t.tls_host.is_empty() {
+            host.clone()
         } else {
-            ip.to_string()
-        };
-        let t = &config.turn;
-        TurnAdvert {
-            // `{node}` names this node: one wildcard certificate, a DNS name per node.
-            tls_host: if t.tls_host.is_empty() {
-                host.clone()
-            } else {
-                t.tls_host.replace("{node}", &config.node.id)
-            },
-            host,
-            udp_port: t.udp_port,
-            tcp_port: t.tcp_port,
-            tls_port: match (t.tls_port, t.tls_public_port) {
-                (0, _) => 0,
-                (p, 0) => p,
-                (_, public) => public,
-            },
-        }
-    }
-
-    /// The URLs in the order clients should prefer them (RFC 7065 syntax).
-    pub fn urls(&self) -> Vec<String> {
-        let mut urls = Vec::new();
-        if self.udp_port != 0 {
-            urls.push(format!(
-                "turn:{}:{}?transport=udp",
-                self.host, self.udp_port
-            ));
-        }
-        if self.tcp_port != 0 {
-            urls.push(format!(
-                "turn:{}:{}?transport=tcp",
-                self.host, self.tcp_port
-            ));
-        }
-        if self.tls_port != 0 {
-            urls.push(format!(
-                "turns:{}:{}?transport=tcp",
-                self.tls_host, self.tls_port
-            ));
-        }
-        urls
+            t.tls_host.replace("{node}", &config.node.id)
+        },
+        host,
+        udp_port: t.udp_port,
+        tcp_port: t.tcp_port,
+        tls_port: match (t.tls_port, t.tls_public_port) {
+            (0, _) => 0,
+            (p, 0) => p,
+            (_, public) => public,
+        },
     }
 }
 
@@ -306,7 +268,7 @@ impl TurnServer {
                 });
                 // Dropping the runtime ends the connection and relay tasks left.
             })?;
-        let advert = TurnAdvert::from_config(config);
+        let advert = advert(config);
         tracing::info!(urls = ?advert.urls(), "TURN server started");
         Ok(TurnServer {
             stop,
@@ -364,7 +326,7 @@ mod tests {
         .unwrap();
         assert!(cfg.turn.active());
         assert_eq!(
-            TurnAdvert::from_config(&cfg).urls(),
+            advert(&cfg).urls(),
             [
                 "turn:203.0.113.7:3478?transport=udp",
                 "turn:203.0.113.7:3479?transport=tcp"

@@ -34,9 +34,7 @@ use super::metrics::{Refusal, TurnMetrics};
 use super::quota::{Bucket, SourceRate};
 use super::{MediaAddrs, PlacedParticipants, TurnConfig};
 
-/// Credential references that may allocate without being placed, and never relay: the
-/// web client's pre-call check proves it can reach the server this way.
-pub const PRECALL_PREFIX: &str = "precall/";
+pub use super::PRECALL_PREFIX;
 /// A pre-call probe's allocation lives at most this long.
 const PRECALL_LIFETIME: Duration = Duration::from_secs(60);
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use metaclinic_sfu::control::client::SfuControl;
+use metaclinic_protocol::control::client::SfuControl;
 use tokio::sync::broadcast;
 use tracing::warn;
 

@@ -3,7 +3,7 @@
 //! - [`fixed::FixedNodes`]: the configured `sfu.nodes`, polled for load, placements in memory
 //!   (one signaling process: the single-node default and dev mode).
 //! - [`redis::RedisCluster`]: SFU nodes register themselves in Redis with heartbeats
-//!   (`metaclinic_sfu::registry`); placements are claimed atomically in Redis, so two
+//!   (`metaclinic_protocol::registry`); placements are claimed atomically in Redis, so two
 //!   signaling replicas never put one room on two nodes.
 //!
 //! Either way a node that is lost (unreachable, or its heartbeats stopped) is announced on
@@ -16,7 +16,7 @@ pub mod redis;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use metaclinic_sfu::control::client::SfuControl;
+use metaclinic_protocol::control::client::SfuControl;
 use tokio::sync::broadcast;
 
 /// A node a room is placed on, with a client of its control API.

@@ -1,5 +1,5 @@
 //! Placement shared through Redis: SFU nodes come from the registry they heartbeat into
-//! (`metaclinic_sfu::registry`), and a room's node is claimed with one Lua script, so
+//! (`metaclinic_protocol::registry`), and a room's node is claimed with one Lua script, so
 //! replicas racing for a room agree on whichever claim landed first.
 //!
 //! Keys, under `redis.key_prefix` (each with a TTL):
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use metaclinic_sfu::control::client::SfuControl;
-use metaclinic_sfu::registry::{self, NodeRecord, RegistryKeys};
+use metaclinic_protocol::control::client::SfuControl;
+use metaclinic_protocol::registry::{self, NodeRecord, RegistryKeys};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
@@ -96,7 +96,7 @@ impl RedisCluster {
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, ClusterError> {
-        metaclinic_sfu::registry::within(self.timeout, f)
+        metaclinic_protocol::registry::within(self.timeout, f)
             .await
             .map_err(ClusterError::Store)
     }

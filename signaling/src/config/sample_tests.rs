@@ -73,7 +73,7 @@ fn redis_mode_wants_a_credential_and_no_static_nodes() {
 
 #[test]
 fn the_dev_sample_is_valid_once_dev_mode_fills_in_its_part() {
-    let mut cfg: SignalingConfig = metaclinic_sfu::config::from_toml_text(DEV).unwrap();
+    let mut cfg: SignalingConfig = metaclinic_protocol::config::from_toml_text(DEV).unwrap();
     // What `metaclinic dev` sets itself.
     cfg.dev.enabled = true;
     cfg.booking.backend = BookingBackend::Files;

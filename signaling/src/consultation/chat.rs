@@ -185,8 +185,8 @@ impl Consultation {
 
 #[cfg(test)]
 mod tests {
-    use metaclinic_sfu::control::client::SfuControl;
-    use metaclinic_sfu::room::RoomKind;
+    use metaclinic_protocol::control::client::SfuControl;
+    use metaclinic_protocol::room::RoomKind;
     use tokio::sync::mpsc;
 
     use super::super::{Entry, Outbound};

@@ -120,7 +120,7 @@ impl Consultation {
             participant: participant.to_owned(),
             closes_at,
             members: s.members_in_call(),
-            room_kind: self.kind,
+            room_kind: self.kind.into(),
             ice_servers,
             chat_allowed: self.chat_allowed(),
         }];
@@ -186,8 +186,8 @@ impl Consultation {
 
 #[cfg(test)]
 mod tests {
-    use metaclinic_sfu::control::client::SfuControl;
-    use metaclinic_sfu::room::RoomKind;
+    use metaclinic_protocol::control::client::SfuControl;
+    use metaclinic_protocol::room::RoomKind;
     use tokio::sync::mpsc;
 
     use super::*;

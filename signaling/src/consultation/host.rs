@@ -217,7 +217,7 @@ impl Consultation {
 mod tests {
     use std::time::Duration;
 
-    use metaclinic_sfu::control::client::SfuControl;
+    use metaclinic_protocol::control::client::SfuControl;
     use tokio::sync::mpsc;
 
     use super::*;

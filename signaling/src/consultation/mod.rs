@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use metaclinic_sfu::events::Rights;
-use metaclinic_sfu::room::RoomKind;
+use metaclinic_protocol::events::Rights;
+use metaclinic_protocol::room::RoomKind;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 

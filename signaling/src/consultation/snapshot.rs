@@ -63,8 +63,8 @@ impl Snapshot {
 mod tests {
     use std::time::Duration;
 
-    use metaclinic_sfu::control::client::SfuControl;
-    use metaclinic_sfu::room::RoomKind;
+    use metaclinic_protocol::control::client::SfuControl;
+    use metaclinic_protocol::room::RoomKind;
     use tokio::sync::mpsc;
 
     use super::*;

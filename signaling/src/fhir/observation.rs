@@ -6,7 +6,7 @@
 //! its own so that a retried write creates it once.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use metaclinic_sfu::vitals::{Reading, VitalKind, VitalSource};
+use metaclinic_protocol::vitals::{Reading, VitalKind, VitalSource};
 use serde_json::{Value, json};
 
 const LOINC: &str = "http://loinc.org";

@@ -163,7 +163,7 @@ impl RedisHomes {
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, HomeError> {
-        metaclinic_sfu::registry::within(self.timeout, f)
+        metaclinic_protocol::registry::within(self.timeout, f)
             .await
             .map_err(HomeError::Store)
     }

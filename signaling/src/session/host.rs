@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use metaclinic_sfu::media::MediaKind as SfuMediaKind;
+use metaclinic_protocol::media::MediaKind as SfuMediaKind;
 use tracing::warn;
 
 use super::{Joined, Sink, open_media, send, send_error};

@@ -218,7 +218,7 @@ impl Pipeline {
         &self,
         appointment_id: &str,
         patient: &str,
-        reading: &metaclinic_sfu::vitals::Reading,
+        reading: &metaclinic_protocol::vitals::Reading,
     ) {
         let wanted = self
             .writeback

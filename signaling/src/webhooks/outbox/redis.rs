@@ -109,7 +109,7 @@ impl RedisOutbox {
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, OutboxError> {
-        metaclinic_sfu::registry::within(self.timeout, f)
+        metaclinic_protocol::registry::within(self.timeout, f)
             .await
             .map_err(|e| OutboxError::Redis(e.to_string()))
     }

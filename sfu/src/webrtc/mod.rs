@@ -440,7 +440,9 @@ impl Peer {
     }
 
     /// Send RTP on an SSRC this peer never declared, through its own SRTP context. Only for
-    /// hostile-input tests of the other side.
+    /// hostile-input tests of the other side: the client library turns it on, the product
+    /// never does.
+    #[cfg(feature = "test-hooks")]
     pub fn send_undeclared_rtp(
         &mut self,
         now: Instant,

@@ -94,7 +94,17 @@ async fn latin_words(page: &Page) -> Vec<String> {
              })()",
         )
         .await;
-    const NOT_ENGLISH: &[&str] = &["MetaClinic", "kbit", "mmHg", "Shift", "https"];
+    // Names every language writes the same way: the product, units, keys, protocols.
+    const NOT_ENGLISH: &[&str] = &[
+        "MetaClinic",
+        "kbit",
+        "mmHg",
+        "Shift",
+        "https",
+        "UDP",
+        "TCP",
+        "TLS",
+    ];
     words
         .as_array()
         .unwrap()

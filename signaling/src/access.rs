@@ -18,6 +18,10 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+/// Booking failures reach the log once per interval.
+static BOOKING_ERRORS: crate::logs::Limiter =
+    crate::logs::Limiter::new(std::time::Duration::from_secs(10));
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AccessError {
     #[error("{0}")]
@@ -43,6 +47,32 @@ impl AccessError {
             AccessError::BadAppointmentId => "appointment_not_found",
             AccessError::Booking(e) => e.code(),
             AccessError::Denied(d) => d.code(),
+        }
+    }
+
+    /// What the client is told. A failure on our side (the identity provider's keys, the
+    /// booking system) gets a generic sentence: its detail can carry an internal URL and goes
+    /// to the log only (`log_detail`).
+    pub fn public_message(&self) -> String {
+        match self {
+            AccessError::Auth(_, "jwks_unavailable") => {
+                "the identity provider cannot be reached; try again later".into()
+            }
+            AccessError::Booking(BookingError::Unavailable(_) | BookingError::Invalid(_)) => {
+                "the booking system cannot be reached; try again later".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Log a booking failure with its detail, for operators (never sent to the client), at
+    /// most once per interval: every join runs into an outage. The identity provider's
+    /// failures are logged where the keys are fetched (crate::identity).
+    pub fn log_detail(&self, action: &str) {
+        if let AccessError::Booking(BookingError::Unavailable(_) | BookingError::Invalid(_)) = self
+            && let Some(suppressed) = BOOKING_ERRORS.check("booking", Instant::now())
+        {
+            tracing::warn!(action, code = self.code(), suppressed, "{self}");
         }
     }
 
@@ -90,8 +120,21 @@ pub async fn authorize(
     appointment: &str,
     invite: Option<usize>,
 ) -> Result<Granted, AccessError> {
+    let identity = deps
+        .verifier
+        .verify(token, deps.clock.now().timestamp())
+        .await?;
+    authorize_identity(deps, identity, appointment, invite).await
+}
+
+/// `authorize` for a caller whose token is already verified (the join verifies it once).
+pub async fn authorize_identity(
+    deps: &Deps,
+    identity: Identity,
+    appointment: &str,
+    invite: Option<usize>,
+) -> Result<Granted, AccessError> {
     let now = deps.clock.now();
-    let identity = deps.verifier.verify(token, now.timestamp()).await?;
     let appointment_id = booking::appointment_id(appointment)
         .ok_or(AccessError::BadAppointmentId)?
         .to_owned();

@@ -51,7 +51,8 @@ impl ApiError {
 
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
-        ApiError::new(e.http_status(), e.code(), e.to_string())
+        e.log_detail("access_check");
+        ApiError::new(e.http_status(), e.code(), e.public_message())
     }
 }
 
@@ -207,15 +208,17 @@ async fn access_check(
             "send Authorization: Bearer <token>",
         ));
     };
-    let result = access::authorize(&state, token, &id, None).await;
-    let identity = if result.is_err() {
-        state
-            .verifier
-            .verify(token, state.clock.now().timestamp())
-            .await
-            .ok()
-    } else {
-        None
+    // The token is verified once; a refusal after it is audited under the caller's name.
+    let (result, identity) = match state
+        .verifier
+        .verify(token, state.clock.now().timestamp())
+        .await
+    {
+        Ok(who) => (
+            access::authorize_identity(&state, who.clone(), &id, None).await,
+            Some(who),
+        ),
+        Err(e) => (Err(e.into()), None),
     };
     access::record_decision(
         &state,

@@ -24,6 +24,10 @@ use crate::state::{AppState, Deps};
 #[derive(Default)]
 pub struct Hub {
     consultations: Mutex<HashMap<String, Arc<Consultation>>>,
+    /// One gate per consultation being opened: joins of the same appointment wait for the
+    /// first to place it; nobody else waits (the map's lock is never held across a network
+    /// call).
+    opening: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +52,51 @@ impl Hub {
         kind: RoomKind,
         closes_at: DateTime<Utc>,
     ) -> Result<Arc<Consultation>, HubError> {
-        let mut map = self.consultations.lock().await;
-        if let Some(c) = map.get(appointment_id)
-            && c.ended().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.running(appointment_id).await {
+            return Ok(c);
         }
+        let gate = self
+            .opening
+            .lock()
+            .await
+            .entry(appointment_id.to_owned())
+            .or_default()
+            .clone();
+        let opened = {
+            let _opening = gate.lock().await;
+            // Opened by the join this one waited for?
+            match self.running(appointment_id).await {
+                Some(c) => Ok(c),
+                None => self.open(deps, appointment_id, kind, closes_at).await,
+            }
+        };
+        let mut gates = self.opening.lock().await;
+        if gates
+            .get(appointment_id)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate))
+        {
+            gates.remove(appointment_id);
+        }
+        opened
+    }
+
+    /// The appointment's consultation here, unless it has ended.
+    async fn running(&self, appointment_id: &str) -> Option<Arc<Consultation>> {
+        let map = self.consultations.lock().await;
+        map.get(appointment_id)
+            .filter(|c| c.ended().is_none())
+            .cloned()
+    }
+
+    /// Open the consultation: its snapshot from Redis if another replica ran it, its room
+    /// placed on a node, the node's events followed. Only then is it listed.
+    async fn open(
+        &self,
+        deps: &AppState,
+        appointment_id: &str,
+        kind: RoomKind,
+        closes_at: DateTime<Utc>,
+    ) -> Result<Arc<Consultation>, HubError> {
         let room = crate::consultation::room_for(appointment_id);
         // Another replica ran it before (it died or drained): continue from its snapshot.
         let snapshot = deps
@@ -77,6 +120,7 @@ impl Hub {
         });
         follow(deps, &c).await?;
         tokio::spawn(watch(deps.clone(), Arc::downgrade(&c)));
+        let mut map = self.consultations.lock().await;
         map.insert(appointment_id.to_owned(), c.clone());
         deps.metrics.consultations.set(map.len() as i64);
         info!(appointment = %appointment_id, node = %c.node().id, room = %c.room, "consultation opened");

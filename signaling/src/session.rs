@@ -7,27 +7,30 @@ mod chat;
 mod flood;
 mod frames;
 mod host;
+mod join;
+#[cfg(test)]
+mod join_tests;
 
 pub use frames::{FirstFrame, first_frame};
 pub(crate) use frames::{Incoming, linger, read, send_close};
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::ws::Message;
 use futures_util::{SinkExt, StreamExt};
 use metaclinic_protocol::control::api::IceCandidate;
 use metaclinic_protocol::control::client::ApiError;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::access::{self, ClientInfo, Granted, role_name};
 use crate::audit::AuditEvent;
 use crate::connections::UnjoinedSlot;
-use crate::consultation::{Consultation, Entry, Outbound, rights_for};
-use crate::policy::{Admission, Role};
-use crate::protocol::{self, ClientMessage, Close, Description, SdpKind, ServerMessage, VERSION};
+use crate::consultation::{Consultation, Outbound};
+use crate::policy::Role;
+use crate::protocol::{self, ClientMessage, Close, Description, SdpKind, ServerMessage};
 use crate::state::AppState;
 use flood::{Budget, Spend};
 
@@ -150,6 +153,10 @@ impl BeforeJoin<'_> {
 /// a broken connection (`None`: nothing left to say).
 type Ending = Option<Close>;
 
+/// The join's token, already verified by whoever read the first frame (crate::home): the
+/// join then verifies it no more.
+pub type Authenticated = Result<crate::identity::Identity, crate::identity::AuthError>;
+
 /// Serve one client from its first frame on, here: this replica runs (or now opened) the
 /// consultation it joins. `unjoined` is the client's place among its address's unjoined
 /// WebSockets (crate::connections), given back once it has joined.
@@ -160,9 +167,10 @@ pub async fn run(
     mut sink: FrameSink,
     client: ClientInfo,
     unjoined: Option<UnjoinedSlot>,
+    authenticated: Option<Authenticated>,
 ) {
     deps.metrics.ws_sessions.inc();
-    let ending = match join(&deps, &mut sink, first, client).await {
+    let ending = match join::join(&deps, &mut sink, first, client, authenticated).await {
         Ok((joined, inbox)) => {
             drop(unjoined);
             serve(&deps, &mut sink, &mut stream, joined, inbox).await
@@ -175,266 +183,6 @@ pub async fn run(
     }
     let _ = sink.close().await;
     deps.metrics.ws_sessions.dec();
-}
-
-/// The first message must be a join, within the configured time.
-async fn join(
-    deps: &AppState,
-    sink: &mut Sink,
-    first: FirstFrame,
-    client: ClientInfo,
-) -> Result<(Joined, mpsc::UnboundedReceiver<Outbound>), Ending> {
-    let before_join = |code, appointment| BeforeJoin {
-        client: &client,
-        code,
-        appointment,
-    };
-    let first = match first {
-        FirstFrame::TimedOut => {
-            let msg = "send a join message first";
-            return Err(before_join("join_timeout", None)
-                .refuse(deps, sink, msg)
-                .await);
-        }
-        FirstFrame::Frame(frame) => match read(frame) {
-            Incoming::Closed => return Err(None),
-            // A reset or an unreadable frame: the transport failed, nothing was asked.
-            Incoming::Broken => return Err(Some(Close::BROKEN_FRAME)),
-            Incoming::TooLarge => {
-                let msg = "the message is over the size limit";
-                return Err(before_join("message_too_large", None)
-                    .refuse(deps, sink, msg)
-                    .await);
-            }
-            // first_frame() skips these; a join is still owed.
-            Incoming::Skip => {
-                let msg = "the first message must be a join";
-                return Err(before_join("join_first", None)
-                    .refuse(deps, sink, msg)
-                    .await);
-            }
-            Incoming::Bad(r) => {
-                return Err(before_join(r.code, None)
-                    .refuse(deps, sink, r.message)
-                    .await);
-            }
-            Incoming::Message(m) => m,
-        },
-    };
-    let ClientMessage::Join {
-        v,
-        appointment,
-        token,
-        invite,
-    } = first
-    else {
-        let msg = "the first message must be a join";
-        return Err(before_join("join_first", None)
-            .refuse(deps, sink, msg)
-            .await);
-    };
-    if v != VERSION {
-        let msg = format!("this server speaks version {VERSION}");
-        let refusal = before_join("unsupported_version", Some(&appointment));
-        return Err(refusal.refuse(deps, sink, msg).await);
-    }
-    // An invite is honoured only while valid and unused in this appointment's consultation.
-    let appointment_id = crate::booking::appointment_id(&appointment).map(str::to_owned);
-    let mut invite_slot = None;
-    if let (Some(code), Some(id)) = (&invite, &appointment_id)
-        && let Some(c) = deps.hub.get(id).await
-    {
-        // Who asks decides whether a used invite still opens: its owner may come back.
-        let caller = deps
-            .verifier
-            .verify(&token, deps.clock.now().timestamp())
-            .await
-            .ok()
-            .map(|i| i.fhir_user);
-        invite_slot = c.invite_slot(code, deps.clock.now(), caller.as_deref());
-    }
-    let result = access::authorize(deps, &token, &appointment, invite_slot).await;
-    // If the identity was fine but the invite was not, say so precisely.
-    let result = match result {
-        Err(access::AccessError::Denied(crate::policy::Denial::NotAParticipant))
-            if invite.is_some() =>
-        {
-            Err(access::AccessError::Denied(
-                crate::policy::Denial::InviteInvalid,
-            ))
-        }
-        other => other,
-    };
-    let identity = match &result {
-        Ok(g) => Some(g.identity.clone()),
-        Err(_) => deps
-            .verifier
-            .verify(&token, deps.clock.now().timestamp())
-            .await
-            .ok(),
-    };
-    if access::record_decision(
-        deps,
-        "join",
-        &client,
-        &appointment,
-        &result,
-        identity.as_ref(),
-    )
-    .await
-    .is_err()
-    {
-        let msg = "the audit log cannot be written; try again later";
-        return Err(refuse(sink, "audit_unavailable", msg).await);
-    }
-    let granted = match result {
-        Ok(g) => g,
-        Err(e) => return Err(refuse(sink, e.code(), e.to_string()).await),
-    };
-    // A used invite is spent, even if the join fails later.
-    if let (Some(code), Some(_)) = (&invite, invite_slot)
-        && granted.access.role == Role::Interpreter
-    {
-        let consumed = match deps.hub.get(&granted.appointment_id).await {
-            Some(c) => c.consume_invite(code, deps.clock.now(), &granted.identity.fhir_user),
-            None => false,
-        };
-        if !consumed {
-            let msg = "the invite was already used or expired";
-            return Err(refuse(sink, "invite_invalid", msg).await);
-        }
-    }
-    let consultation = match deps
-        .hub
-        .get_or_create(
-            deps,
-            &granted.appointment_id,
-            crate::rooms::room_kind(&granted.appointment, &deps.config.rooms),
-            granted.access.closes_at,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return Err(refuse(sink, "sfu_unavailable", e.to_string()).await),
-    };
-    let (mailbox, inbox) = mpsc::unbounded_channel();
-    let participant = granted.identity.fhir_user.clone();
-    let role = granted.access.role;
-    let direct = granted.access.admission == Admission::Direct;
-    let grace = Duration::from_secs(deps.config.policy.reconnect_grace_s);
-    let (entry, connection) =
-        consultation.enter(&participant, role, direct, mailbox, deps.clock.now(), grace);
-    let joined = Joined {
-        granted,
-        consultation,
-        participant,
-        role,
-        connection,
-        client,
-    };
-    match entry {
-        Entry::Refused("handed_over") => {
-            let reconnect = ServerMessage::Reconnect { after_ms: 0 };
-            send(sink, &reconnect).await;
-            return Err(Some(Close::after(&reconnect)));
-        }
-        Entry::Refused(code) => {
-            let _ = deps
-                .audit
-                .record(joined.event("join", "deny", Some(code), None))
-                .await;
-            return Err(refuse(sink, code, "you cannot join this consultation now").await);
-        }
-        Entry::Lobby => {
-            let _ = deps
-                .audit
-                .record(joined.event("lobby", "ok", None, None))
-                .await;
-            send(
-                sink,
-                &ServerMessage::Lobby {
-                    v: VERSION,
-                    role,
-                    participant: joined.participant.clone(),
-                    starts_at: joined.granted.appointment.start.map(protocol::utc),
-                    ends_at: joined.granted.appointment.end.map(protocol::utc),
-                },
-            )
-            .await;
-        }
-        Entry::InCall => {
-            let c = &joined.consultation;
-            if let Err(refusal) = open_media(deps, c, &joined.participant, role).await {
-                c.leave(&joined.participant, joined.connection);
-                return Err(refuse(sink, refusal.code, refusal.message).await);
-            }
-            let _ = deps
-                .audit
-                .record(joined.event("enter_call", "ok", None, None))
-                .await;
-            // `joined` goes through the mailbox, ahead of everything else of the call. If
-            // this connection was replaced or removed meanwhile, the mailbox says so.
-            c.welcome(&joined.participant, Some(joined.connection));
-        }
-    }
-    info!(appointment = %joined.granted.appointment_id, participant = %joined.participant, role = role_name(role), "joined");
-    Ok((joined, inbox))
-}
-
-/// Why a member's SFU session could not be opened, as the client is told it.
-struct MediaRefusal {
-    code: &'static str,
-    message: &'static str,
-}
-
-/// Open (or replace) the member's SFU session. A media server at capacity says so plainly
-/// (`media_server_busy`, or `room_full` for a shared room that cannot mix one more voice);
-/// any other failure is `sfu_unavailable`, its detail in the log only.
-async fn open_media(
-    deps: &AppState,
-    c: &Consultation,
-    participant: &str,
-    role: Role,
-) -> Result<(), MediaRefusal> {
-    let _ = deps;
-    match c
-        .node()
-        .control
-        .open_session(
-            &c.room,
-            participant,
-            Some(role_name(role)),
-            rights_for(role),
-        )
-        .await
-    {
-        Ok(opened) => {
-            let now_s = deps.clock.now().timestamp().max(0) as u64;
-            let ice = deps
-                .config
-                .ice_servers
-                .servers_for(opened.turn.as_ref(), participant, now_s);
-            c.media_opened(participant, opened.session, ice);
-            Ok(())
-        }
-        Err(e) => {
-            warn!(room = %c.room, "opening an SFU session failed: {e}");
-            Err(match e.code.as_str() {
-                "overloaded" => MediaRefusal {
-                    code: "media_server_busy",
-                    message: "the media server is at capacity; try again in a minute",
-                },
-                "room_full" => MediaRefusal {
-                    code: "room_full",
-                    message: "the room is full",
-                },
-                _ => MediaRefusal {
-                    code: "sfu_unavailable",
-                    message: "the media server is not reachable",
-                },
-            })
-        }
-    }
 }
 
 async fn serve(

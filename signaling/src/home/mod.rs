@@ -168,27 +168,28 @@ pub async fn route(
     let mut stream: FrameStream = Box::pin(stream);
     let timeout = Duration::from_secs(deps.config.limits.join_timeout_s);
     let first = session::first_frame(&mut stream, timeout).await;
+    // Who asks comes first: nothing shared is claimed for a token that does not verify (that
+    // join is refused here, by the session).
+    let mut authenticated = None;
     let home = match first.joins() {
-        Some(appointment) => match deps.homes.claim(&appointment).await {
-            Ok(h) => h,
-            Err(e) => {
-                if let Some(suppressed) = CLAIM_ERRORS.check("claim", std::time::Instant::now()) {
-                    warn!(suppressed, "cannot find where the consultation runs: {e}");
-                }
-                deps.metrics
-                    .ws_refused
-                    .with_label_values(&["state_unavailable"])
-                    .inc();
-                refused(&deps, &client, "state_unavailable").await;
-                let refusal = state_unavailable();
-                let _ = send(&mut sink, &refusal).await;
-                session::send_close(&mut sink, Close::after(&refusal)).await;
-                let _ = sink.close().await;
-                return;
+        Some((appointment, token)) => {
+            let verified = deps
+                .verifier
+                .verify(&token, deps.clock.now().timestamp())
+                .await;
+            let trusted = verified.is_ok();
+            authenticated = Some(verified);
+            if trusted {
+                claim_home(&deps, &mut sink, &client, &appointment).await
+            } else {
+                Some(Home::Here)
             }
-        },
+        }
         // Not a join: the session here answers it.
-        None => Home::Here,
+        None => Some(Home::Here),
+    };
+    let Some(home) = home else {
+        return;
     };
     match (home, first.text()) {
         (Home::Elsewhere(replica), Some(text)) => {
@@ -197,7 +198,35 @@ pub async fn route(
             drop(unjoined);
             edge(&deps, &replica, text, stream, sink, client).await;
         }
-        _ => session::run(deps, first, stream, sink, client, unjoined).await,
+        _ => session::run(deps, first, stream, sink, client, unjoined, authenticated).await,
+    }
+}
+
+/// Where the appointment's consultation runs, claimed for this replica if nowhere yet; `None`
+/// when the shared state cannot say (the client was told, and the socket closed).
+async fn claim_home(
+    deps: &AppState,
+    sink: &mut FrameSink,
+    client: &ClientInfo,
+    appointment: &str,
+) -> Option<Home> {
+    match deps.homes.claim(appointment).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            if let Some(suppressed) = CLAIM_ERRORS.check("claim", std::time::Instant::now()) {
+                warn!(suppressed, "cannot find where the consultation runs: {e}");
+            }
+            deps.metrics
+                .ws_refused
+                .with_label_values(&["state_unavailable"])
+                .inc();
+            refused(deps, client, "state_unavailable").await;
+            let refusal = state_unavailable();
+            let _ = send(sink, &refusal).await;
+            session::send_close(sink, Close::after(&refusal)).await;
+            let _ = sink.close().await;
+            None
+        }
     }
 }
 
@@ -392,7 +421,7 @@ async fn home_side(deps: AppState, pipe: IncomingPipe) {
         },
     ));
     let first = FirstFrame::Frame(Some(Ok(Message::Text(pipe.first.into()))));
-    session::run(deps.clone(), first, stream, sink, pipe.client, None).await;
+    session::run(deps.clone(), first, stream, sink, pipe.client, None, None).await;
     deps.homes.send(&end, PipeOp::Close).await;
     deps.homes.close_pipe(&end);
     deps.sessions.fetch_sub(1, Ordering::SeqCst);

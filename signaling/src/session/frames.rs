@@ -19,14 +19,15 @@ pub enum FirstFrame {
 impl FirstFrame {
     /// The appointment a well-formed join asks for (where its consultation runs decides
     /// where the session runs).
-    pub fn joins(&self) -> Option<String> {
+    /// The appointment id and the token of a well-formed join.
+    pub fn joins(&self) -> Option<(String, String)> {
         let FirstFrame::Frame(Some(Ok(Message::Text(t)))) = self else {
             return None;
         };
         match protocol::parse_client(t) {
-            Ok(ClientMessage::Join { appointment, .. }) => {
-                crate::booking::appointment_id(&appointment).map(str::to_owned)
-            }
+            Ok(ClientMessage::Join {
+                appointment, token, ..
+            }) => crate::booking::appointment_id(&appointment).map(|id| (id.to_owned(), token)),
             _ => None,
         }
     }

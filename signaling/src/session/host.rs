@@ -7,7 +7,8 @@ use std::time::Duration;
 use metaclinic_protocol::media::MediaKind as SfuMediaKind;
 use tracing::warn;
 
-use super::{Joined, Sink, open_media, send, send_error};
+use super::join::open_media;
+use super::{Joined, Sink, send, send_error};
 use crate::consultation::ActionError;
 use crate::policy::Role;
 use crate::protocol::{ClientMessage, EndReason, MediaKind, ServerMessage};

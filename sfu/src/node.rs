@@ -95,6 +95,13 @@ impl Node {
                 )?,
             ),
         };
+        // With TURN, relayed media crosses to the media threads without a socket.
+        let bridge = config
+            .turn
+            .active()
+            .then(|| Arc::new(crate::turn::bridge::RelayBridge::new(&metrics.registry)));
+        let media_addrs = crate::turn::MediaAddrs::from_config(&config);
+        let mut inboxes = Vec::new();
         let mut shards = Vec::new();
         for i in 0..config.media_threads() {
             let port = config.rtc.udp_port + i as u16;
@@ -117,6 +124,19 @@ impl Node {
             }
             tracing::debug!(port, rcv, snd, "media socket buffers");
             let candidate = SocketAddr::new(config.node.announced_ip, port);
+            let local = media_addrs.local_for(candidate);
+            let relay = bridge.as_ref().zip(local).map(|(b, local)| {
+                let (queue, inbox) = crate::turn::bridge::RelayBridge::media_queue();
+                (
+                    queue,
+                    shard::ShardRelay {
+                        bridge: b.clone(),
+                        queue: inbox,
+                        local,
+                    },
+                )
+            });
+            let (queue, relay) = relay.unzip();
             let handle = shard::spawn(
                 i,
                 socket,
@@ -124,14 +144,30 @@ impl Node {
                 settings.clone(),
                 metrics.clone(),
                 track_ids.clone(),
+                relay,
             )?;
+            if let (Some(queue), Some(local)) = (queue, local) {
+                inboxes.push(crate::turn::bridge::MediaInbox {
+                    local,
+                    queue,
+                    waker: handle.waker(),
+                });
+            }
             shards.push(Mutex::new(handle));
         }
         info!(node = %config.node.id, shards = shards.len(), first_port = config.rtc.udp_port, "SFU node started");
         let placed = Arc::new(crate::turn::PlacedParticipants::default());
         let turn = if config.turn.active() {
-            let server = crate::turn::TurnServer::start(&config, placed.clone(), &metrics.registry)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some(b) = &bridge {
+                b.set_media(inboxes);
+            }
+            let server = crate::turn::TurnServer::start(
+                &config,
+                placed.clone(),
+                bridge.clone(),
+                &metrics.registry,
+            )
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
             Some(server)
         } else {
             if config.turn.enabled {

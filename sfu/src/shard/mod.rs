@@ -49,6 +49,8 @@ const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Receive batches per loop turn before timers and commands get their turn.
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
+/// Relayed datagrams (from the TURN server) taken per loop turn.
+const MAX_RELAYED_PER_TURN: usize = 512;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// Addresses one session may be reached from at once (see `Route::Check`).
 const MAX_ADDRS_PER_SESSION: usize = 4;
@@ -100,7 +102,21 @@ pub struct ShardHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A shard's end of the TURN server's bridge (crate::turn::bridge): relayed datagrams in,
+/// sends to relay addresses out, without a socket.
+pub(crate) struct ShardRelay {
+    pub bridge: Arc<crate::turn::bridge::RelayBridge>,
+    pub queue: crossbeam_channel::Receiver<crate::turn::bridge::Relayed>,
+    /// This shard's media socket address as the TURN server names it.
+    pub local: SocketAddr,
+}
+
 impl ShardHandle {
+    /// What wakes the shard's thread (the bridge wakes it for relayed datagrams).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     pub fn send(&self, command: Command) -> Result<(), ControlError> {
         self.commands
             .send(command)
@@ -156,6 +172,10 @@ pub(crate) struct Shard {
     tcp: tcp::TcpConns,
     /// Transmits for TCP connections, routed after the peer that made them is released.
     tcp_out: Vec<crate::webrtc::Transmit>,
+    /// Relayed media handed over by this node's TURN server (None: no TURN here).
+    relay: Option<ShardRelay>,
+    /// The last turn left relayed datagrams queued.
+    relay_backlog: bool,
 }
 
 /// Start shard `index` on `socket` (already bound). `candidate` is the address clients are
@@ -167,6 +187,7 @@ pub(crate) fn spawn(
     settings: ShardSettings,
     metrics: Metrics,
     track_ids: Arc<AtomicU64>,
+    relay: Option<ShardRelay>,
 ) -> io::Result<ShardHandle> {
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -203,6 +224,8 @@ pub(crate) fn spawn(
         next_mix: None,
         tcp: Default::default(),
         tcp_out: Vec::new(),
+        relay,
+        relay_backlog: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -223,7 +246,7 @@ impl Shard {
         let mut events = Events::with_capacity(16);
         loop {
             let now = Instant::now();
-            let timeout = if self.socket_backlog {
+            let timeout = if self.socket_backlog || self.relay_backlog {
                 Some(Duration::ZERO)
             } else {
                 let next = self
@@ -260,6 +283,9 @@ impl Shard {
             let now = Instant::now();
             if commands && !self.handle_commands(now) {
                 break;
+            }
+            if commands || self.relay_backlog {
+                self.read_relayed(now);
             }
             for (index, r, w) in tcp_events {
                 self.on_tcp_event(index, r, w, now);
@@ -482,7 +508,27 @@ impl Shard {
         }
     }
 
+    /// What the TURN server handed over, each as if it had arrived on the socket.
+    fn read_relayed(&mut self, now: Instant) {
+        let Some(queue) = self.relay.as_ref().map(|r| r.queue.clone()) else {
+            return;
+        };
+        for _ in 0..MAX_RELAYED_PER_TURN {
+            let Ok(r) = queue.try_recv() else { break };
+            self.on_datagram(now, r.from, &r.data, false, false);
+        }
+        // More next turn: timers and the socket get theirs first.
+        self.relay_backlog = !queue.is_empty();
+    }
+
     fn flush_send(&mut self) {
+        if let Some(r) = &self.relay
+            && r.bridge.active()
+        {
+            let (bridge, local) = (&r.bridge, r.local);
+            self.send
+                .divert(|to, data| bridge.to_client(to, local, data));
+        }
         if self.send.is_empty() {
             return;
         }

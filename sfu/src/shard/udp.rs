@@ -147,6 +147,11 @@ impl SendQueue {
         self.queued.is_empty()
     }
 
+    /// Take out the datagrams `take(to, data)` accepts (handed elsewhere); keep the rest.
+    pub fn divert(&mut self, mut take: impl FnMut(SocketAddr, &[u8]) -> bool) {
+        self.queued.retain(|(to, data)| !take(*to, data));
+    }
+
     pub fn len(&self) -> usize {
         self.queued.len()
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::bridge::RelayBridge;
 use super::quota::Bucket;
 
 /// RFC 8656 §9: a permission lasts 300 s, a channel binding 600 s, unless refreshed.
@@ -59,6 +60,24 @@ impl ClientSink {
     }
 }
 
+/// A relay address registered with the bridge; dropping it deregisters the address.
+pub struct BridgeSlot {
+    bridge: Arc<RelayBridge>,
+    relay: SocketAddr,
+}
+
+impl BridgeSlot {
+    pub fn new(bridge: Arc<RelayBridge>, relay: SocketAddr) -> BridgeSlot {
+        BridgeSlot { bridge, relay }
+    }
+}
+
+impl Drop for BridgeSlot {
+    fn drop(&mut self) {
+        self.bridge.deregister(self.relay);
+    }
+}
+
 pub struct Allocation {
     pub username: String,
     /// Whom the credential names (quotas are counted per reference).
@@ -69,6 +88,10 @@ pub struct Allocation {
     /// A pre-call probe: it may allocate, never relay.
     pub precall: bool,
     pub relay: Arc<UdpSocket>,
+    /// The relay socket's own address: the peer address media threads know the flow by.
+    pub relay_local: SocketAddr,
+    /// Its registration with the media threads' bridge, ended with the allocation.
+    pub _bridge_slot: Option<BridgeSlot>,
     /// The relayed address as told to the client (the node's announced IP, the relay port).
     pub relayed: SocketAddr,
     pub expires: Instant,

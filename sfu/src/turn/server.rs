@@ -28,7 +28,8 @@ use rtc::turn::proto::reqtrans::RequestedTransport;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
-use super::allocation::{Allocation, ClientKey, ClientSink, PERMISSION_LIFETIME};
+use super::allocation::{Allocation, BridgeSlot, ClientKey, ClientSink, PERMISSION_LIFETIME};
+use super::bridge::RelayBridge;
 use super::credential::{self, CredentialError, NonceCheck, Nonces};
 use super::metrics::{Refusal, TurnMetrics};
 use super::quota::{Bucket, SourceRate};
@@ -42,6 +43,8 @@ const PRECALL_LIFETIME: Duration = Duration::from_secs(60);
 pub struct NewRelay {
     pub key: ClientKey,
     pub socket: Arc<UdpSocket>,
+    /// What media threads hand this allocation directly (with a bridge).
+    pub from_media: Option<tokio::sync::mpsc::Receiver<super::bridge::ToClient>>,
     pub stop: oneshot::Receiver<()>,
 }
 
@@ -59,6 +62,8 @@ pub struct TurnCore {
     unauthenticated: SourceRate,
     media: MediaAddrs,
     placed: Arc<PlacedParticipants>,
+    /// Hands relayed datagrams to the media threads and back (None: over the sockets).
+    bridge: Option<Arc<RelayBridge>>,
     pub metrics: TurnMetrics,
 }
 
@@ -76,6 +81,7 @@ impl TurnCore {
         secret: String,
         media: MediaAddrs,
         placed: Arc<PlacedParticipants>,
+        bridge: Option<Arc<RelayBridge>>,
         metrics: TurnMetrics,
     ) -> anyhow::Result<TurnCore> {
         Ok(TurnCore {
@@ -93,6 +99,7 @@ impl TurnCore {
             unauthenticated: SourceRate::new(config.unauthenticated_per_second),
             media,
             placed,
+            bridge,
             metrics,
         })
     }
@@ -305,6 +312,13 @@ impl TurnCore {
         let lifetime = self.lifetime(m, precall);
         let socket = Arc::new(socket);
         let (stop_tx, stop_rx) = oneshot::channel();
+        // A pre-call probe never relays: nothing to hand over.
+        let bridged = self
+            .bridge
+            .as_ref()
+            .filter(|_| !precall)
+            .map(|b| (b.register(port), BridgeSlot::new(b.clone(), port)));
+        let (from_media, bridge_slot) = bridged.unzip();
         let rate = self.bandwidth_bps / 8.0;
         *self.per_user.entry(reference.clone()).or_default() += 1;
         self.allocations.insert(
@@ -315,6 +329,8 @@ impl TurnCore {
                 key: ikey.to_vec(),
                 precall,
                 relay: socket.clone(),
+                relay_local: port,
+                _bridge_slot: bridge_slot,
                 relayed,
                 expires: now + lifetime,
                 permissions: HashMap::new(),
@@ -339,6 +355,7 @@ impl TurnCore {
         let relay = NewRelay {
             key,
             socket,
+            from_media,
             stop: stop_rx,
         };
         Ok((setters, relay))
@@ -486,10 +503,15 @@ impl TurnCore {
                     self.metrics.refuse(Refusal::Bandwidth);
                     return;
                 }
-                // The simple path: the relay socket sends to the media socket over the
-                // host's loopback (or its own address). No second network hop, but a second
-                // trip through the kernel's UDP stack; see the module documentation.
-                let _ = a.relay.try_send_to(data, local);
+                // Straight to the media thread, as from the relay address; without a
+                // bridge, the relay socket sends to the media socket over the loopback.
+                let handed = self
+                    .bridge
+                    .as_ref()
+                    .is_some_and(|b| b.to_media(local, a.relay_local, data));
+                if !handed {
+                    let _ = a.relay.try_send_to(data, local);
+                }
                 None
             }
         };

@@ -204,12 +204,21 @@ async fn read_relay(shared: Arc<Shared>, relay: NewRelay) {
     let NewRelay {
         key,
         socket,
+        from_media,
         mut stop,
     } = relay;
     let mut buf = vec![0u8; 2048];
+    // Without a bridge, a queue that never yields: only the socket carries media.
+    let (_never, idle) = tokio::sync::mpsc::channel(1);
+    let mut from_media = from_media.unwrap_or(idle);
     loop {
         tokio::select! {
             _ = &mut stop => return,
+            handed = from_media.recv() => match handed {
+                Some((from, data)) => shared.core().from_peer(Instant::now(), &key, from, &data),
+                // The bridge let the address go: the allocation has ended.
+                None => return,
+            },
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
                     shared.core().from_peer(Instant::now(), &key, from, &buf[..n]);

@@ -394,6 +394,20 @@ async fn arabic() {
         .eval("document.getElementById('leave').textContent")
         .await;
     assert_eq!(title, ko["call.leave"]);
+    // The vitals form, made in Arabic when the call began, is said again in Korean.
+    assert_eq!(
+        patient
+            .eval("document.getElementById('vitals-entry-title').textContent")
+            .await,
+        ko["vitals.enter_title"]
+    );
+    let arabic = patient
+        .eval("[...document.querySelectorAll('#call [data-i18n]')].filter((e) => /[\\u0600-\\u06FF]/.test(e.textContent)).length")
+        .await;
+    assert_eq!(
+        arabic, 0,
+        "Arabic left in the call after switching to Korean"
+    );
     assert_eq!(patient.eval("metaclinic.view()").await, "call");
     assert_eq!(
         patient

@@ -2,13 +2,15 @@
 //!
 //! The library runs real WebRTC participants on the same sans-I/O stack as the SFU, many per
 //! thread ([`driver`]): each publishes a real Opus tone and synthetic but decodable VP8
-//! ([`media`]), and measures what it receives ([`participant`]). [`control`] speaks the SFU's
-//! control API; [`sfu_client`] joins rooms through it, [`signaling_client`] through
-//! signaling as users do. The `loadtest` binary builds on these: [`forward`] (the forwarding
-//! benchmark), [`join`] (one participant from a terminal) and [`load`] (the load scenarios).
+//! ([`media`]), and measures what it receives ([`participant`]). [`signaling_client`] joins
+//! through signaling as users do, speaking only the public session protocol: every load
+//! scenario ([`load`]) and [`join`] (one participant from a terminal) use it. [`control`]
+//! speaks the SFU node's internal control API with the service credential, and
+//! [`sfu_client`] joins rooms through it: only [`forward`] (the forwarding benchmark, which
+//! measures the SFU without signaling in the way) and tests of that API do.
 
-/// The SFU control API client (it lives with the API it speaks).
-pub use metaclinic_sfu::control::client as control;
+/// The SFU control API client (it lives with the API's types, in the protocol crate).
+pub use metaclinic_protocol::control::client as control;
 pub mod driver;
 pub mod forward;
 pub mod forward_relay;

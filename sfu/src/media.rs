@@ -8,12 +8,12 @@ pub use metaclinic_protocol::media::{Codec, MediaKind};
 /// The codec facts forwarding needs from a payload.
 pub trait KeyframeStart {
     /// Does this payload begin a keyframe? Only the packet that starts the frame says so.
-    fn is_keyframe_start(self, payload: &[u8]) -> bool;
+    fn is_keyframe_start(&self, payload: &[u8]) -> bool;
 }
 
 impl KeyframeStart for Codec {
-    fn is_keyframe_start(self, payload: &[u8]) -> bool {
-        match self {
+    fn is_keyframe_start(&self, payload: &[u8]) -> bool {
+        match *self {
             Codec::Opus => false,
             Codec::Vp8 => vp8_is_keyframe_start(payload),
             Codec::H264 => h264_is_keyframe_start(payload),

@@ -58,10 +58,18 @@ export function reading(kind, values, src) {
   return { k: kind, v: values.map((v) => Math.round(v * 10) / 10), t: Date.now(), src };
 }
 
+/**
+ * An element; `words: [t, key]` gives it the catalogue text of `key` and marks it
+ * (`data-i18n`) so a change of language says it again (i18n.translatePage).
+ */
 function element(tag, attributes = {}, children = []) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attributes)) {
-    if (k === 'text') e.textContent = v;
+    if (k === 'words') {
+      const [t, key] = v;
+      e.dataset.i18n = key;
+      e.textContent = t(key);
+    } else if (k === 'text') e.textContent = v;
     else e.setAttribute(k, v);
   }
   for (const c of children) e.append(c);
@@ -78,22 +86,23 @@ export class VitalsEntry {
     this.send = send;
     this.status = element('p', { class: 'vitals-status', role: 'status', 'aria-live': 'polite' });
     const kind = element('select', { id: 'vitals-kind', name: 'kind' });
-    for (const k of ['hr', 'spo2', 'bp']) kind.append(element('option', { value: k, text: t(`vitals.kind.${k}`) }));
+    for (const k of ['hr', 'spo2', 'bp']) kind.append(element('option', { value: k, words: [t, `vitals.kind.${k}`] }));
     const first = element('input', { id: 'vitals-value', name: 'value', type: 'number', inputmode: 'decimal', required: '' });
     const second = element('input', { id: 'vitals-value2', name: 'value2', type: 'number', inputmode: 'decimal', hidden: '' });
-    const secondLabel = element('label', { for: 'vitals-value2', hidden: '', text: t('vitals.diastolic') });
-    const firstLabel = element('label', { for: 'vitals-value', text: t('vitals.value') });
+    const secondLabel = element('label', { for: 'vitals-value2', hidden: '', words: [t, 'vitals.diastolic'] });
+    const firstLabel = element('label', { for: 'vitals-value', words: [t, 'vitals.value'] });
     kind.onchange = () => {
       const bp = kind.value === 'bp';
       second.hidden = secondLabel.hidden = !bp;
       second.required = bp;
-      firstLabel.textContent = t(bp ? 'vitals.systolic' : 'vitals.value');
+      firstLabel.dataset.i18n = bp ? 'vitals.systolic' : 'vitals.value';
+      firstLabel.textContent = t(firstLabel.dataset.i18n);
     };
     const form = element('form', { id: 'vitals-form', 'aria-labelledby': 'vitals-entry-title' }, [
-      element('h3', { id: 'vitals-entry-title', text: t('vitals.enter_title') }),
-      element('label', { for: 'vitals-kind', text: t('vitals.kind_label') }), kind,
+      element('h3', { id: 'vitals-entry-title', words: [t, 'vitals.enter_title'] }),
+      element('label', { for: 'vitals-kind', words: [t, 'vitals.kind_label'] }), kind,
       firstLabel, first, secondLabel, second,
-      element('button', { type: 'submit', text: t('vitals.send') }),
+      element('button', { type: 'submit', words: [t, 'vitals.send'] }),
     ]);
     form.onsubmit = (e) => {
       e.preventDefault();
@@ -106,7 +115,7 @@ export class VitalsEntry {
     };
     root.append(form);
     if (navigator.bluetooth) {
-      const connect = element('button', { type: 'button', id: 'vitals-bluetooth', text: t('vitals.connect_device') });
+      const connect = element('button', { type: 'button', id: 'vitals-bluetooth', words: [t, 'vitals.connect_device'] });
       connect.onclick = () => this.connectDevice().catch(() => this.say('vitals.device_failed'));
       root.append(connect);
     }
@@ -115,6 +124,7 @@ export class VitalsEntry {
 
   say(key) {
     this.sent = key === 'vitals.sent';
+    this.status.dataset.i18n = key;
     this.status.textContent = this.t(key);
   }
 
@@ -164,10 +174,10 @@ export class VitalsMonitor {
       const trend = element('dd', { class: 'vitals-trend' });
       trend.innerHTML = `<svg viewBox="0 0 ${TREND} 20" width="90" height="20" aria-hidden="true" preserveAspectRatio="none"><polyline fill="none" stroke="currentColor" stroke-width="1" points=""></polyline></svg>`;
       const when = element('dd', { class: 'vitals-time', 'data-kind': k });
-      list.append(element('dt', { text: t(`vitals.kind.${k}`) }), value, trend, when);
+      list.append(element('dt', { words: [t, `vitals.kind.${k}`] }), value, trend, when);
       this.rows[k] = { value, trend: trend.querySelector('polyline'), when };
     }
-    root.append(element('h3', { id: 'vitals-title', text: t('vitals.monitor_title') }), list);
+    root.append(element('h3', { id: 'vitals-title', words: [t, 'vitals.monitor_title'] }), list);
     this.list = list;
     list.setAttribute('aria-labelledby', 'vitals-title');
   }

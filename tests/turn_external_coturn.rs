@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::signaling::{Harness, fixture_now};
+use common::turn::{av_spec, hears_and_sees};
 use metaclinic_loadtest::local::free_udp_ports;
-use metaclinic_loadtest::participant::ParticipantStats;
 use metaclinic_loadtest::relay::RelayTransport;
-use metaclinic_loadtest::{ClientDriver, ParticipantSpec, Phase, SignalingParticipant, VideoSpec};
+use metaclinic_loadtest::{ClientDriver, Phase, SignalingParticipant};
 use metaclinic_signaling::ice::ExternalIceServer;
 use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
 
@@ -76,25 +76,6 @@ fn start_coturn(port: u16) -> Coturn {
     panic!("coturn did not answer on 127.0.0.1:{port} within 10 s");
 }
 
-fn spec(name: &str, hz: u32) -> ParticipantSpec {
-    ParticipantSpec::new(name)
-        .with_tone(hz)
-        .with_video(VideoSpec {
-            width: 320,
-            height: 240,
-            fps: 15,
-            kbps: 150,
-            keyframe_interval: Duration::from_secs(2),
-            ..VideoSpec::default()
-        })
-}
-
-fn hears(s: &ParticipantStats, from: &str) -> bool {
-    s.audio_from(from)
-        .is_some_and(|a| a.audio_frames_decoded >= 20)
-        && s.video_from(from).is_some_and(|v| v.keyframes >= 1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_only_patient_consults_through_the_operators_coturn() {
     // coturn's UDP and TCP listeners share the port number.
@@ -123,11 +104,11 @@ async fn a_relay_only_patient_consults_through_the_operators_coturn() {
         "tele-interp-1",
         &h.token(DOCTOR),
         None,
-        spec(DOCTOR, 440),
+        av_spec(DOCTOR, 440),
     )
     .await
     .unwrap();
-    let mut patient_spec = spec(PATIENT, 660);
+    let mut patient_spec = av_spec(PATIENT, 660);
     patient_spec.relay_via = Some((RelayTransport::Udp, None));
     let mut patient = SignalingParticipant::join(
         &driver,
@@ -161,14 +142,20 @@ async fn a_relay_only_patient_consults_through_the_operators_coturn() {
         metaclinic_sfu::turn::credential::password(COTURN_SECRET.as_bytes(), &user)
     );
 
-    let s = patient.wait_media(T, |s| hears(s, DOCTOR)).await.unwrap();
+    let s = patient
+        .wait_media(T, |s| hears_and_sees(s, DOCTOR, 0))
+        .await
+        .unwrap();
     assert!(
-        hears(&s, DOCTOR),
+        hears_and_sees(&s, DOCTOR, 0),
         "the relayed patient hears and sees the doctor: {s:#?}"
     );
-    let s = doctor.wait_media(T, |s| hears(s, PATIENT)).await.unwrap();
+    let s = doctor
+        .wait_media(T, |s| hears_and_sees(s, PATIENT, 0))
+        .await
+        .unwrap();
     assert!(
-        hears(&s, PATIENT),
+        hears_and_sees(&s, PATIENT, 0),
         "the doctor hears and sees the relayed patient: {s:#?}"
     );
     patient.leave().await;

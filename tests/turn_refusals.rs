@@ -10,34 +10,19 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::turn::{Answer, RawTurn, TurnPorts, credential_for, make_cert, relay_spec, turn_env};
+use common::turn::{
+    Answer, RawTurn, TurnPorts, av_spec, credential_for, hears_and_sees, make_cert, relay_spec,
+    turn_env,
+};
 use metaclinic_loadtest::participant::ParticipantStats;
 use metaclinic_loadtest::relay::RelayTransport;
-use metaclinic_loadtest::{ClientDriver, ParticipantSpec, SfuParticipant, VideoSpec};
+use metaclinic_loadtest::{ClientDriver, SfuParticipant};
 use metaclinic_sfu::events::Rights;
 
 const T: Duration = Duration::from_secs(20);
 const RELAYED: &str = "Patient/relayed";
 const DIRECT: &str = "Practitioner/direct";
 const EXTRA: &str = "Practitioner/extra";
-
-fn spec(name: &str, hz: u32) -> ParticipantSpec {
-    ParticipantSpec::new(name)
-        .with_tone(hz)
-        .with_video(VideoSpec {
-            width: 320,
-            height: 240,
-            fps: 15,
-            kbps: 150,
-            ..VideoSpec::default()
-        })
-}
-
-fn hears(s: &ParticipantStats, from: &str) -> bool {
-    s.audio_from(from)
-        .is_some_and(|a| a.audio_frames_decoded >= 20)
-        && s.video_from(from).is_some_and(|v| v.keyframes >= 1)
-}
 
 /// (audio packets, video packets, audio lost) received from `from`.
 fn counters(s: &ParticipantStats, from: &str) -> (u64, u64, u64) {
@@ -75,10 +60,16 @@ async fn refusals_are_counted_and_leave_a_relayed_call_alone() {
 
     // The relayed call: one side relay-only over TLS, the other direct.
     let driver = ClientDriver::start("turn-refusals").unwrap();
-    let direct = SfuParticipant::join(&driver, &control, "turn-refusals", None, spec(DIRECT, 440))
-        .await
-        .unwrap();
-    let mut relayed_spec = spec(RELAYED, 660);
+    let direct = SfuParticipant::join(
+        &driver,
+        &control,
+        "turn-refusals",
+        None,
+        av_spec(DIRECT, 440),
+    )
+    .await
+    .unwrap();
+    let mut relayed_spec = av_spec(RELAYED, 660);
     relayed_spec.relay = Some(relay_spec(
         turn_tls,
         RelayTransport::Tls,
@@ -89,14 +80,20 @@ async fn refusals_are_counted_and_leave_a_relayed_call_alone() {
     let relayed = SfuParticipant::join(&driver, &control, "turn-refusals", None, relayed_spec)
         .await
         .unwrap();
-    let r = relayed.wait_for(T, |s| hears(s, DIRECT)).await.unwrap();
+    let r = relayed
+        .wait_for(T, |s| hears_and_sees(s, DIRECT, 0))
+        .await
+        .unwrap();
     assert!(
-        hears(&r, DIRECT),
+        hears_and_sees(&r, DIRECT, 0),
         "the relayed side hears the direct one: {r:?}"
     );
-    let d = direct.wait_for(T, |s| hears(s, RELAYED)).await.unwrap();
+    let d = direct
+        .wait_for(T, |s| hears_and_sees(s, RELAYED, 0))
+        .await
+        .unwrap();
     assert!(
-        hears(&d, RELAYED),
+        hears_and_sees(&d, RELAYED, 0),
         "the direct side hears the relayed one: {d:?}"
     );
     let m = control.metrics().await.unwrap();

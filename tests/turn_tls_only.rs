@@ -17,35 +17,14 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::signaling::{Harness, fixture_now};
-use common::turn::{Netns, SECRET, TurnPorts, make_cert, turn_env};
-use metaclinic_loadtest::participant::ParticipantStats;
+use common::turn::{Netns, SECRET, TurnPorts, av_spec, hears_and_sees, make_cert, turn_env};
 use metaclinic_loadtest::relay::RelayTransport;
-use metaclinic_loadtest::{ClientDriver, ParticipantSpec, Phase, SignalingParticipant, VideoSpec};
+use metaclinic_loadtest::{ClientDriver, Phase, SignalingParticipant};
 use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
 
 const T: Duration = Duration::from_secs(20);
 const DOCTOR: &str = "Practitioner/prac-77";
 const PATIENT: &str = "Patient/pat-1042";
-
-fn spec(name: &str, hz: u32) -> ParticipantSpec {
-    ParticipantSpec::new(name)
-        .with_tone(hz)
-        .with_video(VideoSpec {
-            width: 320,
-            height: 240,
-            fps: 15,
-            kbps: 150,
-            keyframe_interval: Duration::from_secs(2),
-            ..VideoSpec::default()
-        })
-}
-
-fn hears(s: &ParticipantStats, from: &str) -> bool {
-    s.audio_from(from)
-        .is_some_and(|a| a.audio_frames_decoded >= 20)
-        && s.video_from(from)
-            .is_some_and(|v| v.keyframes >= 1 && v.frames_complete >= 15)
-}
 
 /// What the namespace can reach: run on a thread inside it.
 fn reachable_from(ns: &Netns, tcp: Vec<SocketAddr>, udp: SocketAddr) -> (Vec<bool>, bool) {
@@ -127,11 +106,11 @@ async fn a_patient_behind_a_tls_only_firewall_consults_through_turn_over_tls() {
         "tele-interp-1",
         &h.token(DOCTOR),
         None,
-        spec(DOCTOR, 440),
+        av_spec(DOCTOR, 440),
     )
     .await
     .unwrap();
-    let mut patient_spec = spec(PATIENT, 660);
+    let mut patient_spec = av_spec(PATIENT, 660);
     patient_spec.relay_via = Some((RelayTransport::Tls, Some(cert.ca_pem.clone())));
     let mut patient = SignalingParticipant::join(
         &confined,
@@ -160,14 +139,20 @@ async fn a_patient_behind_a_tls_only_firewall_consults_through_turn_over_tls() {
         &[format!("turns:{outer}:{}?transport=tcp", ports.tls)]
     );
 
-    let s = patient.wait_media(T, |s| hears(s, DOCTOR)).await.unwrap();
+    let s = patient
+        .wait_media(T, |s| hears_and_sees(s, DOCTOR, 15))
+        .await
+        .unwrap();
     assert!(
-        hears(&s, DOCTOR),
+        hears_and_sees(&s, DOCTOR, 15),
         "the confined patient hears and sees the doctor: {s:#?}"
     );
-    let s = doctor.wait_media(T, |s| hears(s, PATIENT)).await.unwrap();
+    let s = doctor
+        .wait_media(T, |s| hears_and_sees(s, PATIENT, 15))
+        .await
+        .unwrap();
     assert!(
-        hears(&s, PATIENT),
+        hears_and_sees(&s, PATIENT, 15),
         "the doctor hears and sees the confined patient: {s:#?}"
     );
 

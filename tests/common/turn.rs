@@ -16,6 +16,30 @@ use rtc::stun::message::*;
 use rtc::stun::textattrs::TextAttribute;
 
 pub const SECRET: &str = "turn-test-shared-secret-0123";
+
+/// What the TURN tests' participants publish: a tone at `hz` and small VP8 video (320x240,
+/// 15 fps, 150 kbit/s, a keyframe every 2 s).
+pub fn av_spec(name: &str, hz: u32) -> metaclinic_loadtest::ParticipantSpec {
+    metaclinic_loadtest::ParticipantSpec::new(name)
+        .with_tone(hz)
+        .with_video(metaclinic_loadtest::VideoSpec {
+            width: 320,
+            height: 240,
+            fps: 15,
+            kbps: 150,
+            keyframe_interval: Duration::from_secs(2),
+            ..metaclinic_loadtest::VideoSpec::default()
+        })
+}
+
+/// `s` heard `from` (20 Opus frames decoded) and saw its video: a keyframe and at least
+/// `frames` complete frames.
+pub fn hears_and_sees(s: &metaclinic_loadtest::ParticipantStats, from: &str, frames: u64) -> bool {
+    s.audio_from(from)
+        .is_some_and(|a| a.audio_frames_decoded >= 20)
+        && s.video_from(from)
+            .is_some_and(|v| v.keyframes >= 1 && v.frames_complete >= frames)
+}
 pub const REALM: &str = "metaclinic-test";
 
 /// A CA and a server certificate for `names` (DNS names or IP addresses), as PEM files.

@@ -510,24 +510,21 @@ impl Shard {
 
     /// What the TURN server handed over, each as if it had arrived on the socket.
     fn read_relayed(&mut self, now: Instant) {
-        let Some(queue) = self.relay.as_ref().map(|r| r.queue.clone()) else {
-            return;
-        };
         for _ in 0..MAX_RELAYED_PER_TURN {
-            let Ok(r) = queue.try_recv() else { break };
+            let Some(r) = self.relay.as_ref().and_then(|r| r.queue.try_recv().ok()) else {
+                break;
+            };
             self.on_datagram(now, r.from, &r.data, false, false);
         }
         // More next turn: timers and the socket get theirs first.
-        self.relay_backlog = !queue.is_empty();
+        self.relay_backlog = self.relay.as_ref().is_some_and(|r| !r.queue.is_empty());
     }
 
     fn flush_send(&mut self) {
         if let Some(r) = &self.relay
             && r.bridge.active()
         {
-            let (bridge, local) = (&r.bridge, r.local);
-            self.send
-                .divert(|to, data| bridge.to_client(to, local, data));
+            r.bridge.take_relayed(r.local, &mut self.send);
         }
         if self.send.is_empty() {
             return;

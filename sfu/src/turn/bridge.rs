@@ -16,6 +16,8 @@ use mio::Waker;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::mpsc;
 
+use crate::shard::udp::SendQueue;
+
 /// Datagrams queued for one media thread before more are dropped.
 const MEDIA_QUEUE: usize = 4096;
 /// Datagrams queued for one allocation before more are dropped.
@@ -135,18 +137,21 @@ impl RelayBridge {
         self.active.load(Ordering::Relaxed) > 0
     }
 
-    /// A media thread: send `data` from its socket at `local` to the allocation at `to`,
-    /// if `to` is one. False when it is not (the datagram goes out on the socket).
-    pub fn to_client(&self, to: SocketAddr, local: SocketAddr, data: &[u8]) -> bool {
+    /// A media thread, before it flushes: of what it is about to send from its socket at
+    /// `local`, hand what goes to an allocation's relay address to that allocation. One
+    /// look at the table per flush; the rest stays queued for the socket.
+    pub fn take_relayed(&self, local: SocketAddr, queue: &mut SendQueue) {
         let relays = self.relays.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = relays.get(&to) else {
-            return false;
-        };
-        match tx.try_send((local, data.to_vec())) {
-            Ok(()) => self.to_client.inc(),
-            Err(_) => self.dropped.inc(),
-        }
-        true
+        queue.divert(|to, data| {
+            let Some(tx) = relays.get(&to) else {
+                return false;
+            };
+            match tx.try_send((local, data.to_vec())) {
+                Ok(()) => self.to_client.inc(),
+                Err(_) => self.dropped.inc(),
+            }
+            true
+        });
     }
 }
 
@@ -172,16 +177,28 @@ mod tests {
         assert_eq!((got.from, got.data.as_slice()), (relay, &b"check"[..]));
         assert!(!bridge.to_media("127.0.0.1:40001".parse().unwrap(), relay, b"x"));
 
+        let other: SocketAddr = "127.0.0.1:50124".parse().unwrap();
+        let queued = |to| {
+            let mut q = SendQueue::default();
+            q.push(to, bytes::BytesMut::from(&b"answer"[..]));
+            q.push(other, bytes::BytesMut::from(&b"direct"[..]));
+            q
+        };
         assert!(!bridge.active());
-        assert!(!bridge.to_client(relay, local, b"answer"));
+        let mut q = queued(relay);
+        bridge.take_relayed(local, &mut q);
+        assert_eq!(q.len(), 2, "nothing is a relay address yet");
         let mut inbox = bridge.register(relay);
         assert!(bridge.active());
-        assert!(bridge.to_client(relay, local, b"answer"));
+        let mut q = queued(relay);
+        bridge.take_relayed(local, &mut q);
+        assert_eq!(q.len(), 1, "the direct datagram stays for the socket");
         assert_eq!(inbox.try_recv().unwrap(), (local, b"answer".to_vec()));
-        assert!(!bridge.to_client("127.0.0.1:50124".parse().unwrap(), local, b"x"));
         bridge.deregister(relay);
         assert!(!bridge.active());
-        assert!(!bridge.to_client(relay, local, b"answer"));
+        let mut q = queued(relay);
+        bridge.take_relayed(local, &mut q);
+        assert_eq!(q.len(), 2);
         assert_eq!(bridge.to_media.get(), 1);
         assert_eq!(bridge.to_client.get(), 1);
     }

@@ -53,7 +53,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use dtls_replay::FlightReplay;
 pub use engine::{H264_FMTP, PT_VP8, Side};
-use negotiation::{AUDIO_LEVEL_URI, extmap_id};
+use negotiation::{AUDIO_LEVEL_URI, extmap_id, read_sdp};
 pub use stats::LinkCounters;
 
 use crate::media::{Codec, Feedback, MediaKind, RtpPacket};

@@ -6,31 +6,58 @@ use super::*;
 /// RFC 6464: the sender's audio level in every audio packet.
 pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
-/// The id an SDP gives a header extension (`a=extmap:<id>[/<direction>] <uri>`). With
-/// BUNDLE both sides use the offer's ids for the whole connection.
+/// A description as rtc's SDP reader reads it; `None` when it does not read (the library
+/// refuses such a description when it is applied, so nothing is learnt from it here either).
+pub(super) fn read_sdp(sdp: &str) -> Option<rtc::sdp::description::session::SessionDescription> {
+    rtc::sdp::description::session::SessionDescription::try_from(sdp.to_owned()).ok()
+}
+
+/// Every attribute of a description: the session's, then each media section's.
+fn all_attributes(
+    d: &rtc::sdp::description::session::SessionDescription,
+) -> impl Iterator<Item = &rtc::sdp::description::common::Attribute> {
+    d.attributes.iter().chain(
+        d.media_descriptions
+            .iter()
+            .flat_map(|m| m.attributes.iter()),
+    )
+}
+
+/// The id an SDP gives a header extension (`a=extmap:<id>[/<direction>] <uri>`), if it fits
+/// the one-byte header (1 to 14). With BUNDLE both sides use the offer's ids for the whole
+/// connection.
 pub(super) fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
-    sdp.lines().find_map(|l| {
-        let rest = l.trim_end().strip_prefix("a=extmap:")?;
-        let (id, rest) = rest.split_once(' ')?;
-        let id = id.split('/').next()?.parse::<u8>().ok()?;
-        (rest.split_whitespace().next()? == uri && (1..=14).contains(&id)).then_some(id)
-    })
+    let d = read_sdp(sdp)?;
+    all_attributes(&d)
+        .filter(|a| a.key == "extmap")
+        .filter_map(|a| {
+            let line = format!("extmap:{}", a.value.as_deref()?);
+            rtc::sdp::extmap::ExtMap::unmarshal(&mut line.as_bytes()).ok()
+        })
+        .find(|e| e.uri.as_ref().is_some_and(|u| u.as_str() == uri))
+        .and_then(|e| u8::try_from(e.value).ok())
+        .filter(|id| (1..=14).contains(id))
 }
 
 /// The ICE ufrag a description gives (`a=ice-ufrag:`, session or first media level; with
 /// BUNDLE all sections share it).
 pub(super) fn ice_ufrag(sdp: &str) -> Option<String> {
-    sdp.lines()
-        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-        .map(|u| u.trim_end().to_owned())
+    let d = read_sdp(sdp)?;
+    all_attributes(&d)
+        .find(|a| a.key == "ice-ufrag")
+        .and_then(|a| a.value.as_deref())
+        .map(|u| u.trim().to_owned())
 }
 
 /// The SSRCs an SDP declares with `a=ssrc:<ssrc> ...` (RFC 5576), retransmission and FEC
 /// streams included.
 pub(super) fn declared_ssrcs(sdp: &str) -> HashSet<u32> {
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("a=ssrc:"))
-        .filter_map(|rest| rest.split([' ', '\r']).next()?.parse().ok())
+    let Some(d) = read_sdp(sdp) else {
+        return HashSet::new();
+    };
+    all_attributes(&d)
+        .filter(|a| a.key == "ssrc")
+        .filter_map(|a| a.value.as_deref()?.split_whitespace().next()?.parse().ok())
         .collect()
 }
 

@@ -33,34 +33,40 @@ impl SimulcastSdp {
             repaired_rid_ext: super::extmap_id(sdp, REPAIRED_RID_URI),
             rids: HashMap::new(),
         };
-        // Split by media section; each has at most one mid.
-        for section in sdp.split("\nm=").skip(1) {
-            let mut mid = None;
-            let mut declared: Vec<String> = Vec::new();
+        let Some(d) = super::read_sdp(sdp) else {
+            return out;
+        };
+        for section in &d.media_descriptions {
+            let Some(Some(mid)) = section.attribute("mid") else {
+                continue;
+            };
+            let values = |key: &'static str| {
+                section
+                    .attributes
+                    .iter()
+                    .filter(move |a| a.key == key)
+                    .filter_map(|a| a.value.as_deref())
+            };
+            let declared: Vec<String> = values("rid")
+                .filter_map(|v| v.split_whitespace().next())
+                .map(str::to_owned)
+                .collect();
+            if declared.is_empty() {
+                continue;
+            }
+            // `send q;h;f` (or `recv ...`), alternatives split by commas, paused ~.
             let mut order: Vec<String> = Vec::new();
-            for line in section.lines().map(str::trim_end) {
-                if let Some(m) = line.strip_prefix("a=mid:") {
-                    mid = Some(m.to_owned());
-                } else if let Some(rest) = line.strip_prefix("a=rid:") {
-                    if let Some(id) = rest.split_whitespace().next() {
-                        declared.push(id.to_owned());
-                    }
-                } else if let Some(rest) = line.strip_prefix("a=simulcast:") {
-                    // `send q;h;f` (or `recv ...`), alternatives split by commas, paused ~.
-                    let mut words = rest.split_whitespace();
-                    while let (Some(_dir), Some(list)) = (words.next(), words.next()) {
-                        for id in list.split([';', ',']) {
-                            let id = id.trim_start_matches('~');
-                            if !id.is_empty() && !order.iter().any(|o| o == id) {
-                                order.push(id.to_owned());
-                            }
+            for value in values("simulcast") {
+                let mut words = value.split_whitespace();
+                while let (Some(_dir), Some(list)) = (words.next(), words.next()) {
+                    for id in list.split([';', ',']) {
+                        let id = id.trim_start_matches('~');
+                        if !id.is_empty() && !order.iter().any(|o| o == id) {
+                            order.push(id.to_owned());
                         }
                     }
                 }
             }
-            let (Some(mid), false) = (mid, declared.is_empty()) else {
-                continue;
-            };
             // The simulcast attribute orders them; any it does not name keep `a=rid` order.
             let mut rids: Vec<String> =
                 order.into_iter().filter(|o| declared.contains(o)).collect();
@@ -70,7 +76,7 @@ impl SimulcastSdp {
                 }
             }
             rids.truncate(8);
-            out.rids.insert(mid, rids);
+            out.rids.insert(mid.trim().to_owned(), rids);
         }
         out
     }
@@ -187,6 +193,9 @@ mod tests {
     use super::*;
 
     const OFFER: &str = "v=0\r\n\
+        o=- 1 1 IN IP4 127.0.0.1\r\n\
+        s=-\r\n\
+        t=0 0\r\n\
         a=group:BUNDLE 0 1\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
         a=mid:0\r\n\

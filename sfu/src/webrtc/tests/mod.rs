@@ -65,7 +65,7 @@ pub(super) fn pump(
 
 #[test]
 fn declared_ssrcs_are_read_from_sdp() {
-    let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:1234 cname:x\r\na=ssrc:1234 msid:a b\r\n\
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:1234 cname:x\r\na=ssrc:1234 msid:a b\r\n\
                m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=ssrc-group:FID 5 6\r\na=ssrc:5 cname:x\r\na=ssrc:6 cname:x\r\na=ssrc:bad\r\n";
     let got = declared_ssrcs(sdp);
     assert_eq!(got, [1234u32, 5, 6].into_iter().collect::<HashSet<u32>>());

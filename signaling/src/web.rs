@@ -29,6 +29,17 @@ macro_rules! catalogue {
     };
 }
 
+/// A module of the client: `signaling/web/<name>`, served at `/<name>`.
+macro_rules! script {
+    ($name:literal) => {
+        Asset {
+            name: $name,
+            content_type: "text/javascript; charset=utf-8",
+            body: include_str!(concat!("../web/", $name)),
+        }
+    };
+}
+
 const INDEX: Asset = Asset {
     name: "index.html",
     content_type: "text/html; charset=utf-8",
@@ -45,51 +56,15 @@ const FAVICON: Asset = Asset {
 
 const ASSETS: &[Asset] = &[
     INDEX,
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/app.js"),
-    },
-    Asset {
-        name: "media.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/media.js"),
-    },
-    Asset {
-        name: "room.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/room.js"),
-    },
-    Asset {
-        name: "session.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/session.js"),
-    },
-    Asset {
-        name: "vitals.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/vitals.js"),
-    },
-    Asset {
-        name: "chat.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/chat.js"),
-    },
-    Asset {
-        name: "host.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/host.js"),
-    },
-    Asset {
-        name: "network.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/network.js"),
-    },
-    Asset {
-        name: "i18n.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../web/i18n.js"),
-    },
+    script!("app.js"),
+    script!("media.js"),
+    script!("room.js"),
+    script!("session.js"),
+    script!("vitals.js"),
+    script!("chat.js"),
+    script!("host.js"),
+    script!("network.js"),
+    script!("i18n.js"),
     catalogue!("languages"),
     catalogue!("en"),
     catalogue!("ko"),

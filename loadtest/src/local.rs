@@ -132,6 +132,21 @@ pub struct LocalSfu {
 
 pub const LOCAL_CREDENTIAL: &str = "local-credential-0123456789";
 
+/// Does the SFU's control API at `addr` answer `GET /healthz` with 200?
+fn healthy(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
 impl LocalSfu {
     /// Start `binary sfu` with `media_threads` media threads on free loopback ports, plus
     /// any extra environment (config overrides). Waits until the control API listens.
@@ -181,7 +196,9 @@ impl LocalSfu {
             if let Some(status) = sfu.child.try_wait()? {
                 anyhow::bail!("the SFU exited at start: {status}");
             }
-            if TcpStream::connect(control_addr).is_ok() {
+            // The control port listens before the node has bound its media and TURN ports;
+            // it answers once the node runs.
+            if healthy(control_addr) {
                 return Ok(sfu);
             }
             if Instant::now() > deadline {

@@ -86,19 +86,7 @@ fn inbound(stats: &Value, kind: &str) -> (u64, u64) {
 /// Rust participant.
 async fn relayed_call(transport: &str) {
     let cert = make_cert(&["127.0.0.1"]);
-    let free = TurnPorts::free();
-    let ports = match transport {
-        "udp" => TurnPorts {
-            tcp: 0,
-            tls: 0,
-            ..free
-        },
-        _ => TurnPorts {
-            udp: 0,
-            tcp: 0,
-            ..free
-        },
-    };
+    let ports = TurnPorts::only(transport);
     let env = turn_env(ports, &cert, &[("BIND_IP", "127.0.0.1".into())]);
     let sfu = common::turn::start_sfu_with_turn(&env);
     let c = sfu.control.clone();
@@ -247,19 +235,7 @@ async fn chromium_relay_only_over_tls() {
 /// The reference web client, relay-only through the node's TURN over `transport`.
 async fn web_client_relayed(transport: &str) {
     let cert = make_cert(&["127.0.0.1"]);
-    let free = TurnPorts::free();
-    let ports = match transport {
-        "udp" => TurnPorts {
-            tcp: 0,
-            tls: 0,
-            ..free
-        },
-        _ => TurnPorts {
-            udp: 0,
-            tcp: 0,
-            ..free
-        },
-    };
+    let ports = TurnPorts::only(transport);
     let mut env = turn_env(ports, &cert, &[("BIND_IP", "127.0.0.1".into())]);
     env.push((
         "METACLINIC_SIGNALING__ICE_SERVERS__TURN_SHARED_SECRET".into(),

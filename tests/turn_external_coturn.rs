@@ -10,16 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::signaling::{Harness, fixture_now};
-use common::turn::{av_spec, hears_and_sees};
+use common::turn::{CALL_PATIENT as PATIENT, doctor_admits_relayed_patient, media_both_ways};
+use metaclinic_loadtest::ClientDriver;
 use metaclinic_loadtest::local::free_udp_ports;
 use metaclinic_loadtest::relay::RelayTransport;
-use metaclinic_loadtest::{ClientDriver, Phase, SignalingParticipant};
 use metaclinic_signaling::ice::ExternalIceServer;
-use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
 
-const T: Duration = Duration::from_secs(20);
-const DOCTOR: &str = "Practitioner/prac-77";
-const PATIENT: &str = "Patient/pat-1042";
 const COTURN_SECRET: &str = "coturn-rest-secret-0123456789";
 
 /// A coturn process, killed when dropped.
@@ -98,39 +94,8 @@ async fn a_relay_only_patient_consults_through_the_operators_coturn() {
     h.fhir
         .put(fixture_now("appointment-telehealth-interpreter", 30));
     let driver = ClientDriver::start("coturn").unwrap();
-    let doctor = SignalingParticipant::join(
-        &driver,
-        &h.ws_url,
-        "tele-interp-1",
-        &h.token(DOCTOR),
-        None,
-        av_spec(DOCTOR, 440),
-    )
-    .await
-    .unwrap();
-    let mut patient_spec = av_spec(PATIENT, 660);
-    patient_spec.relay_via = Some((RelayTransport::Udp, None));
-    let mut patient = SignalingParticipant::join(
-        &driver,
-        &h.ws_url,
-        "tele-interp-1",
-        &h.token(PATIENT),
-        None,
-        patient_spec,
-    )
-    .await
-    .unwrap();
-    assert_eq!(patient.phase(), Phase::Lobby);
-    doctor.send(ClientMessage::Admit {
-        participant: PATIENT.into(),
-    });
-    let joined = patient
-        .wait_for(T, |m| matches!(m, ServerMessage::Joined { .. }))
-        .await
-        .expect("the patient is let in");
-    let ServerMessage::Joined { ice_servers, .. } = joined else {
-        unreachable!()
-    };
+    let (doctor, patient, ice_servers) =
+        doctor_admits_relayed_patient(&h, &driver, &driver, (RelayTransport::Udp, None)).await;
     // Only coturn (the node runs no TURN server here), with a REST credential for the
     // patient that coturn's secret signs.
     assert_eq!(ice_servers.len(), 1, "{ice_servers:?}");
@@ -142,22 +107,7 @@ async fn a_relay_only_patient_consults_through_the_operators_coturn() {
         metaclinic_sfu::turn::credential::password(COTURN_SECRET.as_bytes(), &user)
     );
 
-    let s = patient
-        .wait_media(T, |s| hears_and_sees(s, DOCTOR, 0))
-        .await
-        .unwrap();
-    assert!(
-        hears_and_sees(&s, DOCTOR, 0),
-        "the relayed patient hears and sees the doctor: {s:#?}"
-    );
-    let s = doctor
-        .wait_media(T, |s| hears_and_sees(s, PATIENT, 0))
-        .await
-        .unwrap();
-    assert!(
-        hears_and_sees(&s, PATIENT, 0),
-        "the doctor hears and sees the relayed patient: {s:#?}"
-    );
+    media_both_ways(&doctor, &patient, 0).await;
     patient.leave().await;
     doctor.leave().await;
 }

@@ -17,14 +17,11 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::signaling::{Harness, fixture_now};
-use common::turn::{Netns, SECRET, TurnPorts, av_spec, hears_and_sees, make_cert, turn_env};
+use common::turn::{
+    Netns, SECRET, TurnPorts, doctor_admits_relayed_patient, make_cert, media_both_ways, turn_env,
+};
+use metaclinic_loadtest::ClientDriver;
 use metaclinic_loadtest::relay::RelayTransport;
-use metaclinic_loadtest::{ClientDriver, Phase, SignalingParticipant};
-use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
-
-const T: Duration = Duration::from_secs(20);
-const DOCTOR: &str = "Practitioner/prac-77";
-const PATIENT: &str = "Patient/pat-1042";
 
 /// What the namespace can reach: run on a thread inside it.
 fn reachable_from(ns: &Netns, tcp: Vec<SocketAddr>, udp: SocketAddr) -> (Vec<bool>, bool) {
@@ -100,61 +97,20 @@ async fn a_patient_behind_a_tls_only_firewall_consults_through_turn_over_tls() {
     let confined = ClientDriver::start_in("confined", move || inside.enter())
         .expect("a client driver inside the namespace");
 
-    let doctor = SignalingParticipant::join(
+    let (doctor, patient, ice_servers) = doctor_admits_relayed_patient(
+        &h,
         &open,
-        &h.ws_url,
-        "tele-interp-1",
-        &h.token(DOCTOR),
-        None,
-        av_spec(DOCTOR, 440),
-    )
-    .await
-    .unwrap();
-    let mut patient_spec = av_spec(PATIENT, 660);
-    patient_spec.relay_via = Some((RelayTransport::Tls, Some(cert.ca_pem.clone())));
-    let mut patient = SignalingParticipant::join(
         &confined,
-        &h.ws_url,
-        "tele-interp-1",
-        &h.token(PATIENT),
-        None,
-        patient_spec,
+        (RelayTransport::Tls, Some(cert.ca_pem.clone())),
     )
-    .await
-    .unwrap();
-    assert_eq!(patient.phase(), Phase::Lobby);
-    doctor.send(ClientMessage::Admit {
-        participant: PATIENT.into(),
-    });
-    let joined = patient
-        .wait_for(T, |m| matches!(m, ServerMessage::Joined { .. }))
-        .await
-        .expect("the patient is let in");
-    let ServerMessage::Joined { ice_servers, .. } = joined else {
-        unreachable!()
-    };
+    .await;
     let urls = &ice_servers.first().expect("ice_servers in joined").urls;
     assert_eq!(
         urls,
         &[format!("turns:{outer}:{}?transport=tcp", ports.tls)]
     );
 
-    let s = patient
-        .wait_media(T, |s| hears_and_sees(s, DOCTOR, 15))
-        .await
-        .unwrap();
-    assert!(
-        hears_and_sees(&s, DOCTOR, 15),
-        "the confined patient hears and sees the doctor: {s:#?}"
-    );
-    let s = doctor
-        .wait_media(T, |s| hears_and_sees(s, PATIENT, 15))
-        .await
-        .unwrap();
-    assert!(
-        hears_and_sees(&s, PATIENT, 15),
-        "the doctor hears and sees the confined patient: {s:#?}"
-    );
+    media_both_ways(&doctor, &patient, 15).await;
 
     let m = h.sfu.control.metrics().await.unwrap();
     let tls_allocations = common::metric(

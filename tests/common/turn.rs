@@ -85,6 +85,23 @@ pub struct TurnPorts {
 }
 
 impl TurnPorts {
+    /// Free ports with only `transport` open (`udp`, else TLS).
+    pub fn only(transport: &str) -> TurnPorts {
+        let free = TurnPorts::free();
+        match transport {
+            "udp" => TurnPorts {
+                tcp: 0,
+                tls: 0,
+                ..free
+            },
+            _ => TurnPorts {
+                udp: 0,
+                tcp: 0,
+                ..free
+            },
+        }
+    }
+
     pub fn free() -> TurnPorts {
         TurnPorts {
             udp: free_udp_ports(1).unwrap(),
@@ -460,5 +477,85 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.link]);
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// The consultation the relayed-call tests hold: the booked doctor and patient of
+/// `appointment-telehealth-interpreter`.
+pub const CALL_DOCTOR: &str = "Practitioner/prac-77";
+pub const CALL_PATIENT: &str = "Patient/pat-1042";
+
+/// The doctor (on `doctor_driver`) opens `tele-interp-1` and lets in the patient (on
+/// `patient_driver`, relayed as `relay_via` says): both, and the ICE servers the patient
+/// got with `joined`.
+pub async fn doctor_admits_relayed_patient(
+    h: &super::signaling::Harness,
+    doctor_driver: &metaclinic_loadtest::ClientDriver,
+    patient_driver: &metaclinic_loadtest::ClientDriver,
+    relay_via: (RelayTransport, Option<Vec<u8>>),
+) -> (
+    metaclinic_loadtest::SignalingParticipant,
+    metaclinic_loadtest::SignalingParticipant,
+    Vec<metaclinic_signaling::protocol::IceServer>,
+) {
+    use metaclinic_loadtest::{Phase, SignalingParticipant};
+    use metaclinic_signaling::protocol::{ClientMessage, ServerMessage};
+    let join = |driver, who: &'static str, spec| async move {
+        SignalingParticipant::join(
+            driver,
+            &h.ws_url,
+            "tele-interp-1",
+            &h.token(who),
+            None,
+            spec,
+        )
+        .await
+        .unwrap()
+    };
+    let doctor = join(doctor_driver, CALL_DOCTOR, av_spec(CALL_DOCTOR, 440)).await;
+    let mut patient_spec = av_spec(CALL_PATIENT, 660);
+    patient_spec.relay_via = Some(relay_via);
+    let mut patient = join(patient_driver, CALL_PATIENT, patient_spec).await;
+    assert_eq!(patient.phase(), Phase::Lobby);
+    doctor.send(ClientMessage::Admit {
+        participant: CALL_PATIENT.into(),
+    });
+    let joined = patient
+        .wait_for(Duration::from_secs(20), |m| {
+            matches!(m, ServerMessage::Joined { .. })
+        })
+        .await
+        .expect("the patient is let in");
+    let ServerMessage::Joined { ice_servers, .. } = joined else {
+        unreachable!()
+    };
+    (doctor, patient, ice_servers)
+}
+
+/// The doctor and the relayed patient hear and see each other (at least `frames` complete
+/// video frames each way), within 20 s.
+pub async fn media_both_ways(
+    doctor: &metaclinic_loadtest::SignalingParticipant,
+    patient: &metaclinic_loadtest::SignalingParticipant,
+    frames: u64,
+) {
+    let t = Duration::from_secs(20);
+    for (me, other, label) in [
+        (
+            patient,
+            CALL_DOCTOR,
+            "the relayed patient hears and sees the doctor",
+        ),
+        (
+            doctor,
+            CALL_PATIENT,
+            "the doctor hears and sees the relayed patient",
+        ),
+    ] {
+        let s = me
+            .wait_media(t, |s| hears_and_sees(s, other, frames))
+            .await
+            .unwrap();
+        assert!(hears_and_sees(&s, other, frames), "{label}: {s:#?}");
     }
 }

@@ -90,8 +90,15 @@ async fn slow_headers_and_idle_keep_alive_are_cut_off() {
     );
 }
 
+/// Slow clients in the flood: four times the connection cap, and fewer than the listener's
+/// accept queue (tokio's 1024). A flood larger than the queue tests the kernel, not us: the
+/// kernel drops the handshake's last ACK of a connection that finds the queue full, the
+/// client believes it is connected while the server retransmits its SYN-ACK with backoff for
+/// up to a minute, and such a client can wait that long before the server ever sees it.
+const FLOOD: usize = 960;
+
 /// Open a connection and send part of a request head; then wait for the server to cut it.
-/// `None`: the connection could not be made in time (the kernel's queue was full).
+/// `None`: the connection could not be made in time.
 async fn slow_client(addr: SocketAddr) -> Option<bool> {
     let connect = TcpStream::connect(addr);
     let mut stream = tokio::time::timeout(Duration::from_secs(30), connect)
@@ -119,7 +126,7 @@ async fn a_slow_header_flood_does_not_exhaust_descriptors_or_silence_healthz() {
         256,
     )
     .await;
-    let flood: Vec<_> = (0..1500)
+    let flood: Vec<_> = (0..FLOOD)
         .map(|_| tokio::spawn(slow_client(s.addr)))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -146,12 +153,12 @@ async fn a_slow_header_flood_does_not_exhaust_descriptors_or_silence_healthz() {
         }
     }
     println!(
-        "{cut} of 1500 slow clients connected and were cut off ({:?} more)",
+        "{cut} of {FLOOD} slow clients connected and were cut off ({:?} more)",
         started.elapsed()
     );
     assert!(
-        cut >= 1000,
-        "only {cut} of 1500 slow clients got a connection"
+        cut >= FLOOD * 9 / 10,
+        "only {cut} of {FLOOD} slow clients got a connection"
     );
     let asked = Instant::now();
     let r = http

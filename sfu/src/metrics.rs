@@ -425,6 +425,11 @@ impl ShardTally {
         self.dropped[reason.index()] += 1;
     }
 
+    /// Drops for `reason` not yet published.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
     /// Publish to the shared counters if it is time (or `force`).
     pub fn flush(&mut self, metrics: &Metrics, now: Instant, force: bool) {
         if !force

@@ -7,8 +7,13 @@ use std::time::Instant;
 
 use crate::events::Rights;
 use crate::ids::{ParticipantId, RoomId, TrackId};
-use crate::shard::timers::SessionUid;
 use crate::webrtc::{InboundId, OutboundId, Peer};
+
+/// A session's place in its media thread's table (reused once the session ends).
+pub type SessionKey = usize;
+
+/// Identifies a session for its whole life (slab keys are reused, these are not).
+pub type SessionUid = u64;
 
 pub struct Session {
     pub uid: SessionUid,
@@ -50,8 +55,8 @@ pub struct Session {
     pub last_pose: Option<Instant>,
     /// Shared rooms: the open data channel the room's poses are told back on.
     pub pose_channel: Option<crate::webrtc::ChannelId>,
-    /// Which video layers fit this subscriber's bandwidth (see `shard::allocation`).
-    pub allocation: crate::shard::allocation::LayerAllocation,
+    /// Which video layers fit this subscriber's bandwidth (see `allocator::subscriber`).
+    pub allocation: crate::allocator::subscriber::LayerAllocation,
     /// Consultations: the participant's open `vitals` data channel (see `vitals`).
     pub vitals_channel: Option<crate::webrtc::ChannelId>,
     /// Readings taken in the current second, and when that second began (rate limit).
@@ -106,7 +111,7 @@ impl Session {
             pose_channel: None,
             vitals_channel: None,
             vitals_window: (now, 0),
-            allocation: crate::shard::allocation::LayerAllocation::new(now),
+            allocation: crate::allocator::subscriber::LayerAllocation::new(now),
         }
     }
 }

@@ -6,7 +6,7 @@ use rand::RngExt;
 use tokio::sync::{broadcast, oneshot};
 use tracing::info;
 
-use super::Shard;
+use super::ShardCore;
 use super::demux::SessionKey;
 use crate::control::api::{IceCandidate, ParticipantInfo, RoomInfo, TrackInfo};
 use crate::error::ControlError;
@@ -122,111 +122,108 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
-impl Shard {
-    /// Carry out every queued command. False when told to shut down.
-    pub(super) fn handle_commands(&mut self, now: Instant) -> bool {
-        while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                Command::Shutdown => return false,
-                Command::CreateRoom {
-                    room,
-                    kind,
-                    events,
-                    mixer,
-                    reply,
-                } => {
-                    let _ = reply.send(self.create_room(room, kind, events, mixer));
-                }
-                Command::CloseRoom { room, reply } => {
-                    let _ = reply.send(self.close_room(&room, now));
-                }
-                Command::AdoptTcp { stream, first } => self.adopt_tcp(stream, first, now),
-                Command::OpenSession {
-                    room,
-                    participant,
-                    role,
-                    rights,
-                    reply,
-                } => {
-                    let _ = reply.send(self.open_session(&room, participant, role, rights, now));
-                }
-                Command::CloseSession {
-                    room,
-                    participant,
-                    reply,
-                } => {
-                    let r = self
-                        .session_key(&room, &participant)
-                        .map(|key| self.close_session(key, LeaveReason::Removed, now));
-                    let _ = reply.send(r);
-                }
-                Command::Offer {
-                    room,
-                    participant,
-                    sdp,
-                    reply,
-                } => {
-                    let _ = reply.send(self.remote_offer(&room, &participant, &sdp, now));
-                }
-                Command::Answer {
-                    room,
-                    participant,
-                    sdp,
-                    reply,
-                } => {
-                    let _ = reply.send(self.remote_answer(&room, &participant, &sdp, now));
-                }
-                Command::Candidate {
-                    room,
-                    participant,
-                    candidate,
-                    reply,
-                } => {
-                    let r = self.session_key(&room, &participant).and_then(|key| {
-                        self.sessions[key]
-                            .peer
-                            .add_remote_candidate(
-                                &candidate.candidate,
-                                candidate.sdp_mid,
-                                candidate.sdp_m_line_index,
-                            )
-                            .map_err(|e| ControlError::InvalidCandidate(e.to_string()))
-                    });
-                    let _ = reply.send(r);
-                }
-                Command::SetMuted {
-                    room,
-                    participant,
-                    kind,
-                    muted,
-                    reply,
-                } => {
-                    let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
-                }
-                Command::SetVitalsSharing {
-                    room,
-                    companions,
-                    reply,
-                } => {
-                    let _ = reply.send(self.set_vitals_sharing(&room, companions));
-                }
-                Command::SetVideoPreference {
-                    room,
-                    participant,
-                    preference,
-                    reply,
-                } => {
-                    let _ = reply.send(self.set_video_preference(&room, &participant, preference));
-                }
-                Command::DescribeRoom { room, reply } => {
-                    let _ = reply.send(self.describe_room(&room));
-                }
-                Command::Census { reply } => {
-                    let _ = reply.send(self.census());
-                }
+impl ShardCore {
+    /// Carry out one command (shutting down and ICE-TCP connections are handled before it
+    /// gets here: see `ShardCore::handle_command` and the driver).
+    pub(super) fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Shutdown | Command::AdoptTcp { .. } => {}
+            Command::CreateRoom {
+                room,
+                kind,
+                events,
+                mixer,
+                reply,
+            } => {
+                let _ = reply.send(self.create_room(room, kind, events, mixer, now));
+            }
+            Command::CloseRoom { room, reply } => {
+                let _ = reply.send(self.close_room(&room, now));
+            }
+            Command::OpenSession {
+                room,
+                participant,
+                role,
+                rights,
+                reply,
+            } => {
+                let _ = reply.send(self.open_session(&room, participant, role, rights, now));
+            }
+            Command::CloseSession {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self
+                    .session_key(&room, &participant)
+                    .map(|key| self.close_session(key, LeaveReason::Removed, now));
+                let _ = reply.send(r);
+            }
+            Command::Offer {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.remote_offer(&room, &participant, &sdp, now));
+            }
+            Command::Answer {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.remote_answer(&room, &participant, &sdp, now));
+            }
+            Command::Candidate {
+                room,
+                participant,
+                candidate,
+                reply,
+            } => {
+                let r = self.session_key(&room, &participant).and_then(|key| {
+                    self.sessions[key]
+                        .peer
+                        .add_remote_candidate(
+                            &candidate.candidate,
+                            candidate.sdp_mid,
+                            candidate.sdp_m_line_index,
+                        )
+                        .map_err(|e| ControlError::InvalidCandidate(e.to_string()))
+                });
+                let _ = reply.send(r);
+            }
+            Command::SetMuted {
+                room,
+                participant,
+                kind,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.set_muted(&room, &participant, kind, muted, now));
+            }
+            Command::SetVitalsSharing {
+                room,
+                companions,
+                reply,
+            } => {
+                let _ = reply.send(self.set_vitals_sharing(&room, companions));
+            }
+            Command::SetVideoPreference {
+                room,
+                participant,
+                preference,
+                reply,
+            } => {
+                let _ = reply.send(self.set_video_preference(&room, &participant, preference));
+            }
+            Command::DescribeRoom { room, reply } => {
+                let _ = reply.send(self.describe_room(&room));
+            }
+            Command::Census { reply } => {
+                let _ = reply.send(self.census());
             }
         }
-        true
     }
 
     fn create_room(
@@ -235,6 +232,7 @@ impl Shard {
         kind: RoomKind,
         events: broadcast::Sender<RoomEventEnvelope>,
         mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
+        now: Instant,
     ) -> Result<(), ControlError> {
         if let Some(&key) = self.room_index.get(&id) {
             return if self.rooms[key].kind == kind {
@@ -245,7 +243,7 @@ impl Shard {
         }
         let mut room = Room::new(id.clone(), kind, events);
         if mixer.is_some() && self.next_mix.is_none() {
-            self.next_mix = Some(std::time::Instant::now() + crate::shard::spatial::TICK);
+            self.next_mix = Some(now + crate::shard::spatial::TICK);
         }
         room.mixer = mixer;
         let key = self.rooms.insert(room);

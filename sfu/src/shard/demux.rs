@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use crate::metrics::DropReason;
 use crate::webrtc::stun::{self, DatagramKind, StunTarget};
 
-pub type SessionKey = usize;
+pub use crate::session::SessionKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -7,17 +7,17 @@ use std::time::Instant;
 use rand::RngExt;
 use tracing::{info, warn};
 
-use super::Shard;
+use super::ShardCore;
 use super::demux::SessionKey;
 use crate::events::{LeaveReason, MediaState, RoomEvent};
-use crate::forward::{DownTrack, Forward};
+use crate::forward::DownTrack;
 use crate::ids::TrackId;
 use crate::media::{Feedback, MediaKind, RtpPacket};
 use crate::metrics::DropReason;
-use crate::room::{Publication, Subscriber};
+use crate::room::{FanOutSink, Publication, Subscriber};
 use crate::webrtc::{ConnectionState, InboundId, OutboundId, PeerOutput};
 
-impl Shard {
+impl ShardCore {
     /// Act on everything the session's peer has to say.
     pub(super) fn drive(&mut self, key: SessionKey, now: Instant) {
         loop {
@@ -98,7 +98,8 @@ impl Shard {
         }
     }
 
-    /// Fan one publisher packet out to every subscriber of its publication.
+    /// A publisher's packet: its room fans it out, and a keyframe request the room held
+    /// back goes to the publisher with it.
     fn forward(
         &mut self,
         key: SessionKey,
@@ -108,7 +109,7 @@ impl Shard {
         now: Instant,
     ) {
         self.tally.rtp_packets_received += 1;
-        let Shard {
+        let ShardCore {
             sessions,
             rooms,
             tally,
@@ -126,93 +127,22 @@ impl Shard {
             tally.drop(DropReason::UnknownSsrc);
             return;
         };
-        let Some(publication) = room.tracks.get_mut(&track) else {
-            tally.drop(DropReason::UnknownSsrc);
+        let mut sink = FanOutSink {
+            sessions,
+            touched: dirty,
+            tally,
+        };
+        let Some(layers) = room.fan_out(track, layer, packet, now, &mut sink) else {
             return;
         };
-        if publication.muted {
-            tally.drop(DropReason::Muted);
-            return;
-        }
-        publication.on_packet(layer, &packet.payload, now);
-        if let Some(level) = packet.audio_level {
-            room.speaker.on_level(&publication.participant, level, now);
-        }
-        // A shared room mixes voices instead of forwarding them.
-        if let Some(mixer) = room.mixer.as_mut()
-            && publication.codec == crate::media::Codec::Opus
-        {
-            let audio = crate::spatial::AudioPacket {
-                seq: packet.sequence_number,
-                rtp_timestamp: packet.timestamp,
-                payload: &packet.payload,
-                audio_level: packet.audio_level,
-            };
-            if mixer.push_packet(key, audio).is_err() {
-                tally.drop(DropReason::MixerRejected);
-            }
-            return;
-        }
-        // A keyframe request held back by coalescing goes with the next packet after its
-        // interval ends (video arrives every few tens of milliseconds).
-        if publication.take_pending_keyframe_request(now)
-            && let Some(p) = sessions.get_mut(key)
-            && p.peer
-                .request_keyframe(now, inbound, publication.wanted_layers())
+        if let Some(p) = sessions.get_mut(key)
+            && p.peer.request_keyframe(now, inbound, layers)
         {
             metrics
                 .keyframe_requests
                 .with_label_values(&["to_publishers"])
                 .inc();
-            if !p.dirty {
-                p.dirty = true;
-                dirty.push(key);
-            }
-        }
-        for sub in &mut publication.subscribers {
-            let Some(ss) = sessions.get_mut(sub.session) else {
-                continue;
-            };
-            if !ss.peer.outbound_ready(sub.outbound) {
-                // A stream already flowing resumes gap-free (video on a keyframe, which the
-                // keyframe retry asks for once the subscriber can take packets again).
-                sub.down.interrupt();
-                tally.drop(DropReason::SubscriberNotReady);
-                continue;
-            }
-            match sub.down.decide(packet, layer, now) {
-                Forward::Skip => {}
-                Forward::Drop(reason) => tally.drop(reason),
-                Forward::Send {
-                    sequence_number,
-                    timestamp,
-                    payload,
-                } => {
-                    let rewritten;
-                    let out = match payload {
-                        Some(payload) => {
-                            rewritten = RtpPacket {
-                                payload,
-                                ..packet.clone()
-                            };
-                            &rewritten
-                        }
-                        None => packet,
-                    };
-                    if ss
-                        .peer
-                        .send_rtp(now, sub.outbound, out, sequence_number, timestamp)
-                    {
-                        tally.rtp_packets_forwarded += 1;
-                        if !ss.dirty {
-                            ss.dirty = true;
-                            dirty.push(sub.session);
-                        }
-                    } else {
-                        tally.drop(DropReason::SendFailed);
-                    }
-                }
-            }
+            self.mark_dirty(key);
         }
     }
 
@@ -414,7 +344,7 @@ impl Shard {
 
     /// Ask a publisher for a keyframe, at most once per coalescing interval.
     pub(super) fn request_keyframe(&mut self, track: TrackId, now: Instant) {
-        let Shard {
+        let ShardCore {
             sessions, rooms, ..
         } = self;
         let Some(publication) = rooms.iter_mut().find_map(|(_, r)| r.tracks.get_mut(&track)) else {
@@ -503,13 +433,7 @@ impl Shard {
             self.end_publication(rkey, track);
         }
         s.peer.close();
-        while let Some(t) = s.peer.poll_transmit() {
-            if t.tcp {
-                self.send_tcp(t.to, &t.data);
-            } else {
-                self.send.push(t.to, t.data);
-            }
-        }
+        self.take_transmits(&mut s.peer);
         if let Some(room) = self.rooms.get_mut(rkey) {
             room.emit(RoomEvent::ParticipantLeft {
                 participant: s.participant.clone(),

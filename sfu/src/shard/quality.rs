@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Shard;
+use super::ShardCore;
 use crate::events::{QualityReport, RoomEvent};
 
 /// How often a session's figures are reported.
@@ -14,7 +14,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-impl Shard {
+impl ShardCore {
     /// Each room's dominant speaker, decided from the audio levels seen since last time.
     pub(super) fn decide_speakers(&mut self, now: Instant) {
         for (_, room) in self.rooms.iter_mut() {
@@ -28,7 +28,7 @@ impl Shard {
     }
 
     pub(super) fn report_quality(&mut self, now: Instant) {
-        let Shard {
+        let ShardCore {
             sessions,
             rooms,
             metrics,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::RngExt;
 
-use super::Shard;
+use super::ShardCore;
 use super::demux::SessionKey;
 use crate::media::{Codec, RtpPacket};
 use crate::metrics::DropReason;
@@ -28,7 +28,7 @@ const POSE_RELAY_INTERVAL: Duration = Duration::from_millis(100);
 /// Every room's poses are sent again this often even when nothing moved.
 const POSE_REFRESH: Duration = Duration::from_secs(1);
 
-impl Shard {
+impl ShardCore {
     /// Give a listener in a shared room the outbound track its mix travels on.
     pub(super) fn add_mix_track(&mut self, key: SessionKey) {
         let Some(s) = self.sessions.get_mut(key) else {
@@ -55,7 +55,7 @@ impl Shard {
 
     /// One tick of every shared room: mix, then send each listener its frame.
     pub(super) fn mix_tick(&mut self, now: Instant) {
-        let Shard {
+        let ShardCore {
             rooms,
             sessions,
             dirty,
@@ -163,7 +163,7 @@ impl Shard {
     /// changed, and every [`POSE_REFRESH`] regardless, since poses travel on a channel that
     /// may lose messages.
     fn relay_poses(&mut self, now: Instant) {
-        let Shard {
+        let ShardCore {
             rooms,
             sessions,
             dirty,

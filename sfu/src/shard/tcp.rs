@@ -14,7 +14,8 @@ use mio::{Interest, Token};
 use slab::Slab;
 use tracing::{debug, warn};
 
-use super::Shard;
+use super::core::Via;
+use super::driver::Shard;
 use crate::metrics::DropReason;
 use crate::webrtc::stun::{self, StunTarget};
 
@@ -34,7 +35,7 @@ const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first-check threads do little: a small stack each.
 const FIRST_CHECK_STACK: usize = 64 * 1024;
 
-/// Which shard a session's ufrag belongs to (see `Shard::new_ufrag`).
+/// Which shard a session's ufrag belongs to (see `ShardCore::open_session`).
 pub fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
     usize::from_str_radix(ufrag.get(..2)?, 16).ok()
 }
@@ -211,7 +212,8 @@ impl Shard {
             self.close_tcp(old);
             self.tcp.by_addr.insert(peer, index);
         }
-        self.on_datagram(now, peer, &first, false, true);
+        self.core
+            .handle_datagram(now, peer, &first, false, Via::Tcp);
     }
 
     /// A TCP connection is readable or writable.
@@ -278,7 +280,7 @@ impl Shard {
             }
             let len = usize::from(u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]));
             if len == 0 || len > MAX_FRAME {
-                self.tally.drop(DropReason::Oversized);
+                self.core.tally.drop(DropReason::Oversized);
                 return false;
             }
             if c.inbuf.len() < 2 + len {
@@ -286,27 +288,28 @@ impl Shard {
             }
             let frame: Vec<u8> = c.inbuf.drain(..2 + len).skip(2).collect();
             let peer = c.peer;
-            self.on_datagram(now, peer, &frame, false, true);
+            self.core
+                .handle_datagram(now, peer, &frame, false, Via::Tcp);
         }
     }
 
     pub(super) fn send_tcp(&mut self, to: SocketAddr, data: &[u8]) {
         let Some(&index) = self.tcp.by_addr.get(&to) else {
-            self.tally.drop(DropReason::SendFailed);
+            self.core.tally.drop(DropReason::SendFailed);
             return;
         };
         let Some(c) = self.tcp.conns.get_mut(index) else {
             return;
         };
         if c.outbuf.len() + data.len() + 2 > MAX_QUEUED || data.len() > usize::from(u16::MAX) {
-            self.tally.drop(DropReason::SendFailed);
+            self.core.tally.drop(DropReason::SendFailed);
             return;
         }
         c.outbuf
             .extend_from_slice(&(data.len() as u16).to_be_bytes());
         c.outbuf.extend_from_slice(data);
-        self.tally.datagrams_sent += 1;
-        self.tally.bytes_sent += data.len() as u64;
+        self.core.tally.datagrams_sent += 1;
+        self.core.tally.bytes_sent += data.len() as u64;
         self.flush_tcp(index);
     }
 

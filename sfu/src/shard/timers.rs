@@ -6,8 +6,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// Identifies a session for its whole life (slab keys are reused, these are not).
-pub type SessionUid = u64;
+pub use crate::session::SessionUid;
 
 #[derive(Default)]
 pub struct Timers {

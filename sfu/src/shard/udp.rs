@@ -156,6 +156,11 @@ impl SendQueue {
         self.queued.len()
     }
 
+    /// Take every queued datagram out, in order (a driver without a socket: tests).
+    pub fn drain(&mut self) -> impl Iterator<Item = (SocketAddr, BytesMut)> + '_ {
+        self.queued.drain(..)
+    }
+
     pub fn flush(&mut self, socket: &impl AsRawFd) -> Flushed {
         let mut out = Flushed::default();
         let mut sent_total = 0;

@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::Shard;
+use super::ShardCore;
 use super::demux::SessionKey;
 use crate::events::RoomEvent;
 use crate::metrics::DropReason;
 use crate::vitals::{self, Reading};
 use crate::webrtc::ChannelId;
 
-impl Shard {
+impl ShardCore {
     pub(super) fn in_shared_room(&self, key: SessionKey) -> bool {
         self.sessions
             .get(key)

@@ -1,5 +1,9 @@
 //! A room on a media thread: who is in it, what they publish, and who receives each
-//! publication. Only the room fans a packet out; sessions never see each other.
+//! publication. Only the room fans a packet out (`fanout.rs`); sessions never see each other.
+
+mod fanout;
+
+pub use fanout::FanOutSink;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +14,7 @@ use crate::events::{RoomEvent, RoomEventEnvelope};
 use crate::forward::DownTrack;
 use crate::ids::{ParticipantId, RoomId, TrackId};
 use crate::media::Codec;
-use crate::shard::demux::SessionKey;
+use crate::session::SessionKey;
 use crate::webrtc::{InboundId, OutboundId};
 
 pub use metaclinic_protocol::room::RoomKind;
@@ -201,7 +205,7 @@ pub struct Room {
     /// Shared rooms only: the spatial mixer, keyed by session.
     pub mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
     /// Shared rooms: a pose, a participant or a listening channel changed since the room's
-    /// poses were last told back (see `shard::spatial`), and when that was.
+    /// poses were last told back (the media thread's pose relay), and when that was.
     pub poses_changed: bool,
     pub poses_sent: Option<Instant>,
     /// Consultations: a host lets companions see the patient's vitals too.

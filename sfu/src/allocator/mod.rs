@@ -11,6 +11,8 @@
 //! So when the estimate drops, ordinary videos lose their upper layers first, then priority
 //! videos theirs, then ordinary videos pause, and an interpreter's video is the last to go.
 
+pub mod subscriber;
+
 /// One video subscription as the allocator sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoDemand {

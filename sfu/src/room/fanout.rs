@@ -56,8 +56,7 @@ impl Room {
         publication.on_packet(layer, &packet.payload, now);
         if publication.codec.kind() == MediaKind::Audio {
             if let Some(level) = packet.audio_level {
-                self.speaker
-                    .on_level(&publication.participant, level, now);
+                self.speaker.on_level(&publication.participant, level, now);
             }
             if let Some(mixer) = self.mixer.as_mut() {
                 let audio = crate::spatial::AudioPacket {

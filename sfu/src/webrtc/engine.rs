@@ -6,7 +6,9 @@ use std::time::Instant;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::setting_engine::{
+    SctpMaxMessageSize, SettingEngineBuilder,
+};
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -16,12 +18,21 @@ use rtc::rtp_transceiver::rtp_sender::{
 use super::PeerError;
 use crate::media::Codec;
 
-/// Packets of each sent stream kept to answer NACKs. A retransmission helps only within a
-/// few round trips (about a second even to a patient across the world); 256 packets hold
-/// over a second of a 2.5 Mbit/s video and several of a typical one. rtc's default, 1024,
-/// kept most of a node's memory alive: every payload stays referenced as long as any
-/// subscriber's history holds it. Must be a power of two (rtc's ring buffer).
-pub(super) const NACK_HISTORY: u16 = 256;
+/// Packets of each sent video stream kept to answer NACKs. A retransmission helps only
+/// within a round trip or two (300 ms to a patient across the world): 128 packets hold over
+/// half a second of a 2.5 Mbit/s video, more than a second of a 1.2 Mbit/s one and several
+/// of a 300 kbit/s one. The history is most of a node's memory: every payload stays
+/// referenced as long as any subscriber's history holds it (rtc's default, 1024, held 1.3
+/// MiB per participant; 256 held 112 KiB of decrypted packets and 29 KiB of slots per
+/// participant). Must be a power of two (rtc's ring buffer).
+pub(super) const NACK_HISTORY: u16 = 128;
+
+/// The largest message either side may send on the SFU's data channels: a roster of poses
+/// (at most `spatial::roster::MAX_ROSTER_MESSAGE`), a pose, a vitals reading (256 bytes).
+/// rtc keeps a reassembly buffer of this size for every association: the default, 64 KiB,
+/// was the second largest thing a participant cost.
+const MAX_CHANNEL_MESSAGE: u32 = 16 * 1024;
+const _: () = assert!(crate::spatial::roster::MAX_ROSTER_MESSAGE as u32 <= MAX_CHANNEL_MESSAGE);
 
 /// Payload types we offer. Answers keep the offerer's numbers; the SFU maps per subscriber.
 const PT_OPUS: u8 = 111;
@@ -197,13 +208,16 @@ pub(super) fn build(
         Slot::Custom(super::feedback::SLOT),
         super::feedback::DeliverFeedback::new(shared),
     );
+    let channel_limit = SctpMaxMessageSize::Bounded(MAX_CHANNEL_MESSAGE);
     let settings = match side {
         Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
+            .with_sctp_max_message_size(channel_limit)
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd.clone())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build(),
         Side::Client => SettingEngineBuilder::new()
+            .with_sctp_max_message_size(channel_limit)
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build(),
     };

@@ -113,5 +113,30 @@ async fn launch(log_path: Option<std::path::PathBuf>, env: &[(String, String)]) 
     }
     assert!(banner.is_finished(), "no dev banner within 30 s");
     dev.banner = banner.join().unwrap();
+    dev.wait_until_serving().await;
     dev
+}
+
+impl DevProcess {
+    /// Wait (bounded, 10 s) until signaling answers /healthz; say how the process ended if it
+    /// did. The listener is bound before the banner, so this should hold at once; a CI run
+    /// once found the port refusing connections right after the banner.
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = format!("{}/healthz", self.base);
+        metaclinic_signaling::install_crypto_provider();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("metaclinic dev exited after its banner: {status}");
+            }
+            let answered = reqwest::get(&url).await;
+            match answered {
+                Ok(r) if r.status() == 200 => return,
+                other if Instant::now() > deadline => {
+                    panic!("metaclinic dev does not serve {url} 10 s after its banner: {other:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
 }

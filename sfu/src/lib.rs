@@ -4,9 +4,11 @@
 //! - [`control`]: the internal HTTP+JSON API signaling drives (and its wire types).
 //! - [`node`]: the node's media threads and which room lives on which ([`placement`]:
 //!   the choice, and when the node is too busy for more).
-//! - [`shard`]: a media thread: one UDP port, batched I/O, the demultiplexer, timers, and
-//!   the rooms placed on it. No locks or thread hops on the packet path.
-//! - [`room`], [`session`]: who is in a room, what they publish and receive.
+//! - [`shard`]: a media thread: a sans-I/O `ShardCore` (the demultiplexer, timers, the rooms
+//!   placed on it) inside a thin driver that owns one UDP port's batched I/O, ICE-TCP and
+//!   the TURN bridge. No locks or thread hops on the packet path.
+//! - [`room`], [`session`]: who is in a room, what they publish and receive; the room fans
+//!   each packet out.
 //! - [`forward`]: per-subscriber rewriting decisions (SSRC, sequence numbers, timestamps,
 //!   simulcast layer switches); [`allocator`]: which layers fit a subscriber's bandwidth.
 //! - [`webrtc`]: the only module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O).

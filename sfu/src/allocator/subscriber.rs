@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Decisions in a row that must see that queue before a video may pause.
+/// Decisions in a row that must see a queue building on the path (longer than
+/// `shard::allocation`'s severe queue) before a video may pause.
 const PAUSE_AFTER: u8 = 3;
 /// No step up for this long after a step down...
 const UPGRADE_HOLD_MIN: Duration = Duration::from_secs(3);

@@ -1,4 +1,4 @@
-//! Twice a second, for each subscriber: which layer of each video it receives, so that what
+//! Four times a second, for each subscriber: which layer of each video it receives, so that what
 //! the SFU sends fits the bandwidth estimated towards it (the decision is `allocator`'s).
 //!
 //! A step down needs the estimate to find the current layers too much twice running (one
@@ -8,7 +8,8 @@
 //! one layer at a time, and not for a while after a step down (longer each time a step up
 //! failed soon after), so that a subscriber on a line that cannot carry the next layer does
 //! not flap between two. There is no padding probe: a step up is its own probe, undone at
-//! the first congestion signal while a home router's queue still absorbs the excess.
+//! the first congestion signal while a home router's queue still absorbs the excess. What
+//! each subscriber carries from one decision to the next is `allocator::subscriber`'s.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ const SEVERE_OVERUSE: f64 = 1.3;
 const SEVERE_QUEUE_MS: u64 = 80;
 /// How long after a step up a sign of congestion undoes it at once.
 const UPGRADE_TRIAL: Duration = Duration::from_secs(3);
+
 /// One video subscription being decided.
 struct Decision {
     track: TrackId,

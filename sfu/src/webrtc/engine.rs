@@ -22,8 +22,8 @@ use crate::media::Codec;
 /// within a round trip or two (300 ms to a patient across the world): 128 packets hold over
 /// half a second of a 2.5 Mbit/s video, more than a second of a 1.2 Mbit/s one and several
 /// of a 300 kbit/s one. The history is most of a node's memory: every payload stays
-/// referenced as long as any subscriber's history holds it (rtc's default, 1024, held 1.3
-/// MiB per participant; 256 held 112 KiB of decrypted packets and 29 KiB of slots per
+/// referenced as long as any subscriber's history holds it (with rtc's default, 1024, a
+/// participant cost 1.3 MiB; 256 held 112 KiB of decrypted packets and 29 KiB of slots per
 /// participant). Must be a power of two (rtc's ring buffer).
 pub(super) const NACK_HISTORY: u16 = 128;
 

@@ -71,6 +71,14 @@ pub struct MixOut {
 }
 
 impl Session {
+    /// Queue this session (its key `key`) for output processing this turn, once.
+    pub fn touch(&mut self, key: SessionKey, touched: &mut Vec<SessionKey>) {
+        if !self.dirty {
+            self.dirty = true;
+            touched.push(key);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         uid: SessionUid,

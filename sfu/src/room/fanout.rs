@@ -24,11 +24,8 @@ pub struct FanOutSink<'a> {
 
 impl FanOutSink<'_> {
     fn touch(&mut self, key: SessionKey) {
-        if let Some(s) = self.sessions.get_mut(key)
-            && !s.dirty
-        {
-            s.dirty = true;
-            self.touched.push(key);
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.touch(key, self.touched);
         }
     }
 }

@@ -270,11 +270,8 @@ impl ShardCore {
     }
 
     pub(super) fn mark_dirty(&mut self, key: SessionKey) {
-        if let Some(s) = self.sessions.get_mut(key)
-            && !s.dirty
-        {
-            s.dirty = true;
-            self.dirty.push(key);
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.touch(key, &mut self.dirty);
         }
     }
 

@@ -98,10 +98,7 @@ impl ShardCore {
                     audio_level: None,
                 };
                 if s.peer.send_rtp(now, mix.outbound, &packet, seq, ts) {
-                    if !s.dirty {
-                        s.dirty = true;
-                        dirty.push(frame.listener);
-                    }
+                    s.touch(frame.listener, dirty);
                 } else {
                     tally.drop(DropReason::SendFailed);
                 }
@@ -210,10 +207,7 @@ impl ShardCore {
                         break;
                     }
                 }
-                if !s.dirty {
-                    s.dirty = true;
-                    dirty.push(k);
-                }
+                s.touch(k, dirty);
             }
         }
     }

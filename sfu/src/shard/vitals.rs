@@ -97,10 +97,7 @@ impl ShardCore {
                 self.tally.drop(DropReason::SendFailed);
                 continue;
             }
-            if !r.dirty {
-                r.dirty = true;
-                self.dirty.push(k);
-            }
+            r.touch(k, &mut self.dirty);
         }
         self.metrics.vitals_relayed.inc();
         room.emit(RoomEvent::VitalSign {

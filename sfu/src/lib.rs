@@ -12,6 +12,7 @@
 //! - [`forward`]: per-subscriber rewriting decisions (SSRC, sequence numbers, timestamps,
 //!   simulcast layer switches); [`allocator`]: which layers fit a subscriber's bandwidth.
 //! - [`webrtc`]: the only module that knows the WebRTC library (webrtc-rs `rtc`, sans-I/O).
+//! - [`srtp`]: the forwarding fast path's own SRTP, in place and without allocation.
 //! - [`turn`]: the embedded TURN server (UDP, TCP, TLS) that relays only to this node.
 //! - [`vitals`]: the patient's device readings on a consultation's data channel.
 //! - [`media`], [`events`], [`ids`]: our own vocabulary, free of library types.
@@ -36,6 +37,7 @@ pub mod session;
 pub mod shard;
 pub mod spatial;
 pub mod speaker;
+pub mod srtp;
 pub mod turn;
 pub mod webrtc;
 

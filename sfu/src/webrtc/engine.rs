@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -33,6 +34,13 @@ pub(super) const NACK_HISTORY: u16 = 128;
 /// was the second largest thing a participant cost.
 const MAX_CHANNEL_MESSAGE: u32 = 16 * 1024;
 const _: () = assert!(crate::spatial::roster::MAX_ROSTER_MESSAGE as u32 <= MAX_CHANNEL_MESSAGE);
+
+/// The SRTP profiles we negotiate, in our order of preference: the two our own SRTP
+/// (`crate::srtp`) implements, and the two every browser offers.
+const SRTP_PROFILES: [SrtpProtectionProfile; 2] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
 
 /// Payload types we offer. Answers keep the offerer's numbers; the SFU maps per subscriber.
 const PT_OPUS: u8 = 111;
@@ -211,12 +219,14 @@ pub(super) fn build(
     let channel_limit = SctpMaxMessageSize::Bounded(MAX_CHANNEL_MESSAGE);
     let settings = match side {
         Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
             .with_sctp_max_message_size(channel_limit)
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), pwd.clone())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build(),
         Side::Client => SettingEngineBuilder::new()
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
             .with_sctp_max_message_size(channel_limit)
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build(),

@@ -20,6 +20,7 @@ mod negotiation;
 mod output;
 mod sending;
 mod simulcast;
+mod srtp_keys;
 mod stats;
 pub mod stun;
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod congestion;
 mod feedback;
 mod handshake;
 mod ice_restart;
+mod srtp_keys;
 
 pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

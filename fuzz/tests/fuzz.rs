@@ -100,6 +100,7 @@ fn seeds_reach_past_the_parsers_front_door() {
             metaclinic_sfu::webrtc::Side::Server {
                 ufrag: "00aa11bb".into(),
                 pwd: "fuzzfuzzfuzzfuzzfuzzfuzz".into(),
+                fast_path: true,
             },
             "127.0.0.1:40000".parse().unwrap(),
             std::time::Instant::now(),

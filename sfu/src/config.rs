@@ -62,6 +62,9 @@ pub struct RtcConfig {
     /// Keyframe requests from a publication's subscribers are coalesced into at most one
     /// upstream per this many milliseconds (a burst of new subscribers costs one keyframe).
     pub keyframe_request_interval_ms: u64,
+    /// The forwarding fast path: after DTLS the SFU writes and protects the RTP it sends
+    /// itself instead of passing each packet through the WebRTC library's pipeline.
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +148,7 @@ impl Default for RtcConfig {
             socket_buffer_bytes: 4 << 20,
             keyframe_request_interval_ms: 500,
             tcp_port: 40000,
+            fast_path: true,
         }
     }
 }

@@ -77,6 +77,7 @@ impl Node {
             max_busy: config.max_thread_busy(),
             tcp_candidate: (config.rtc.tcp_port != 0)
                 .then(|| SocketAddr::new(config.node.announced_ip, config.rtc.tcp_port)),
+            fast_path: config.rtc.fast_path,
         };
         // Bind the ICE-TCP port before anything starts, so a taken port fails the start.
         let tcp_listener = match config.rtc.tcp_port {

@@ -77,6 +77,7 @@ fn server() -> Side {
     Side::Server {
         ufrag: LOCAL_UFRAG.into(),
         pwd: LOCAL_PWD.into(),
+        fast_path: true,
     }
 }
 

@@ -331,6 +331,7 @@ impl ShardCore {
             Side::Server {
                 ufrag: ufrag.clone(),
                 pwd,
+                fast_path: self.settings.fast_path,
             },
             self.candidate,
             now,

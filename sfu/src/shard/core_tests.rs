@@ -37,6 +37,7 @@ fn settings() -> ShardSettings {
         keyframe_request_interval: Duration::from_millis(500),
         max_busy: 1.0,
         tcp_candidate: None,
+        fast_path: true,
     }
 }
 

@@ -75,6 +75,8 @@ pub struct ShardSettings {
     pub max_busy: f64,
     /// The node's ICE-TCP candidate (announced address, TCP port), if enabled.
     pub tcp_candidate: Option<SocketAddr>,
+    /// Send through the forwarding fast path (`webrtc::fast`).
+    pub fast_path: bool,
 }
 
 /// The control plane's end of a shard.

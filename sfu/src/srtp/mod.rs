@@ -72,6 +72,10 @@ impl MasterKey {
         Ok(master)
     }
 
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
     fn salt(&self) -> &[u8] {
         &self.salt[..self.profile.salt_len()]
     }

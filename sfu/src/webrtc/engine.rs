@@ -134,8 +134,13 @@ fn media_engine() -> Result<MediaEngine, PeerError> {
 #[derive(Debug, Clone)]
 pub enum Side {
     /// The SFU: ICE-lite with credentials we chose (they key the shared-port demultiplexer),
-    /// DTLS server when answering.
-    Server { ufrag: String, pwd: String },
+    /// DTLS server when answering. With `fast_path`, the RTP it sends leaves through the
+    /// forwarding fast path (`fast`) once DTLS is up, not through rtc's pipeline.
+    Server {
+        ufrag: String,
+        pwd: String,
+        fast_path: bool,
+    },
     /// A client (our test and load participants): full ICE, controlling.
     Client,
 }
@@ -147,17 +152,28 @@ pub const INITIAL_ESTIMATE_BPS: f64 = 1_000_000.0;
 const MIN_ESTIMATE_BPS: f64 = 64_000.0;
 const MAX_ESTIMATE_BPS: f64 = 20_000_000.0;
 
+/// The SFU's estimator towards one subscriber, reporting into `shared`.
+pub(super) fn estimator(shared: &super::feedback::ChainShared) -> super::estimator::SfuEstimator {
+    super::estimator::SfuEstimator::new(
+        INITIAL_ESTIMATE_BPS,
+        MIN_ESTIMATE_BPS,
+        MAX_ESTIMATE_BPS,
+        shared.bandwidth.queue_delay_ms.clone(),
+        shared.bandwidth.delivered_bps.clone(),
+    )
+}
+
 pub(super) fn build(
     side: &Side,
     now: Instant,
     shared: std::sync::Arc<super::feedback::ChainShared>,
 ) -> Result<RTCPeerConnection, PeerError> {
     use rtc::interceptor::{
-        CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,
-        TwccSenderBuilder,
+        CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder,
+        ReceiverReportBuilder, SenderReportBuilder, Slot, TwccSenderBuilder,
     };
     use rtc::peer_connection::configuration::interceptor_registry::{
-        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+        configure_simulcast_extension_headers, configure_twcc_receiver_only,
     };
     let mut engine = media_engine()?;
     // rtc's defaults (NACK both ways, sender and receiver reports, the simulcast header
@@ -172,53 +188,57 @@ pub(super) fn build(
             RtpCodecKind::Video,
         );
     }
-    let registry = Registry::new()
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-        )
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    // What we receive: NACKs, transport-wide feedback and receiver reports for it.
+    let registry = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(&mut engine).map_err(PeerError::setup)?;
     let registry = configure_twcc_receiver_only(registry, &mut engine).map_err(PeerError::setup)?;
-    let registry = configure_rtcp_reports(registry);
-    // Transport-wide sequence numbers on what we send, so the remote's feedback reports it.
-    let registry = registry.with(Slot::TwccSender, TwccSenderBuilder::new().build());
-    // The SFU estimates the bandwidth towards each subscriber (see `estimator`) to choose
-    // its layers. No
-    // pacer: the SFU forwards what publishers paced already, and the allocator keeps the
-    // rate under the estimate by choosing layers, not by queueing packets.
+    let registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    if let Side::Server { .. } = side {
+        shared.bandwidth.target_bps.store(
+            INITIAL_ESTIMATE_BPS as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    // What we send, where rtc sends it: the fast path does all of this itself.
     let registry = match side {
-        Side::Server { .. } => {
-            shared.bandwidth.target_bps.store(
-                INITIAL_ESTIMATE_BPS as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            registry.with(
-                Slot::CongestionControl,
-                CongestionControlBuilder::new(super::estimator::SfuEstimator::new(
-                    INITIAL_ESTIMATE_BPS,
-                    MIN_ESTIMATE_BPS,
-                    MAX_ESTIMATE_BPS,
-                    shared.bandwidth.queue_delay_ms.clone(),
-                    shared.bandwidth.delivered_bps.clone(),
-                ))
-                .build(),
-            )
+        Side::Server {
+            fast_path: true, ..
+        } => registry,
+        _ => {
+            let registry = registry
+                .with(
+                    Slot::NackResponder,
+                    NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+                )
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                // Transport-wide sequence numbers on what we send, so the remote's feedback
+                // reports it.
+                .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+                // Answer NACKs, but never into a storm (see `nack_policy`).
+                .with(
+                    Slot::Custom(super::nack_filter::SLOT),
+                    super::nack_filter::NackFilter::new(shared.clone()),
+                );
+            // The SFU estimates the bandwidth towards each subscriber (see `estimator`) to
+            // choose its layers. No pacer: the SFU forwards what publishers paced already,
+            // and the allocator keeps the rate under the estimate by choosing layers, not by
+            // queueing packets.
+            match side {
+                Side::Server { .. } => registry.with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(estimator(&shared)).build(),
+                ),
+                Side::Client => registry,
+            }
         }
-        Side::Client => registry,
     };
-    // Answer NACKs, but never into a storm (see `nack_filter`).
-    let registry = registry.with(
-        Slot::Custom(super::nack_filter::SLOT),
-        super::nack_filter::NackFilter::new(shared.clone()),
-    );
     let registry = registry.with(
         Slot::Custom(super::feedback::SLOT),
         super::feedback::DeliverFeedback::new(shared),
     );
     let channel_limit = SctpMaxMessageSize::Bounded(MAX_CHANNEL_MESSAGE);
     let settings = match side {
-        Side::Server { ufrag, pwd } => SettingEngineBuilder::new()
+        Side::Server { ufrag, pwd, .. } => SettingEngineBuilder::new()
             .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
             .with_sctp_max_message_size(channel_limit)
             .with_lite(true)

@@ -9,9 +9,12 @@
 //! marks anything. Without this one, a subscriber's keyframe request never reaches the SFU's
 //! forwarding, and the SFU's never reaches a publisher. It sits application-most, after the
 //! interceptors that consume feedback themselves (NACK, TWCC), and passes everything on.
+//! Once the forwarding fast path sends the connection's RTP (`fast`), it takes the NACKs and
+//! transport-wide feedback out of the chain and hands them over through [`ChainShared`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -22,17 +25,54 @@ use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEs
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
 /// Its place in the chain: after every built-in slot (the highest is 13 000).
 pub(super) const SLOT: usize = 20_000;
+/// Feedback waiting for the fast path, at most (it is taken after every datagram).
+const MAX_FAST_FEEDBACK: usize = 256;
 
 /// What the interceptor chain tells the peer: the bandwidth towards the remote side, and
 /// the NACKs it received.
 #[derive(Debug, Default)]
 pub(super) struct ChainShared {
     pub bandwidth: BandwidthShared,
-    pub nacks: super::nack_filter::NackCounters,
+    pub nacks: super::nack_policy::NackCounters,
+    /// The fast path sends this connection's RTP: NACKs and transport-wide feedback go to it.
+    pub fast: AtomicBool,
+    pub fast_feedback: Mutex<VecDeque<super::fast::FastFeedback>>,
+}
+
+impl ChainShared {
+    /// The feedback the chain set aside for the fast path since the last call.
+    pub fn take_fast_feedback(&self) -> VecDeque<super::fast::FastFeedback> {
+        match self.fast_feedback.lock() {
+            Ok(mut queue) if !queue.is_empty() => std::mem::take(&mut *queue),
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// Takes NACKs and transport-wide feedback out of `packets` for the fast path.
+    fn set_aside(&self, packets: &mut Vec<Box<dyn rtc::rtcp::Packet>>) {
+        let Ok(mut queue) = self.fast_feedback.lock() else {
+            return;
+        };
+        packets.retain(|p| {
+            let p = p.as_any();
+            let feedback = if let Some(nack) = p.downcast_ref::<TransportLayerNack>() {
+                super::fast::FastFeedback::Nack(nack.clone())
+            } else if let Some(cc) = p.downcast_ref::<TransportLayerCc>() {
+                super::fast::FastFeedback::TransportCc(cc.clone())
+            } else {
+                return true;
+            };
+            if queue.len() < MAX_FAST_FEEDBACK {
+                queue.push_back(feedback);
+            }
+            false
+        });
+    }
 }
 
 /// What the chain learned about the bandwidth towards the remote side.
@@ -129,6 +169,16 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverFeedback {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         self.observe(&msg);
+        if self.shared.fast.load(Ordering::Relaxed)
+            && let Packet::Rtcp(packets) = &mut msg.message.packet
+        {
+            self.shared.set_aside(packets);
+            if packets.is_empty() {
+                // All of it was for the fast path (an empty compound means something else
+                // in the chain).
+                return Ok(());
+            }
+        }
         if let Packet::Rtcp(packets) = &msg.message.packet
             && wanted(packets)
         {

@@ -14,8 +14,11 @@
 mod dtls_replay;
 mod engine;
 mod estimator;
+mod fast;
+mod fast_path;
 mod feedback;
 mod nack_filter;
+mod nack_policy;
 mod negotiation;
 mod output;
 mod sending;
@@ -223,6 +226,10 @@ pub struct Peer {
     state: ConnectionState,
     /// The connection has been up (DTLS done): sending before would only fail.
     connected_once: bool,
+    /// The forwarding fast path, once started (server side, see `fast_path`).
+    fast: Option<Box<fast::FastPath>>,
+    /// The negotiated id of the transport-wide sequence number extension, if any.
+    transport_cc_ext: Option<u8>,
 }
 
 impl Peer {
@@ -257,6 +264,8 @@ impl Peer {
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
             connected_once: false,
+            fast: None,
+            transport_cc_ext: None,
         })
     }
 
@@ -401,9 +410,19 @@ impl Peer {
         };
         // `handle_read` queues its results; errors surface as events or dropped input.
         let _ = self.pc.handle_read(msg);
+        if self.fast.is_some() {
+            // A STUN check is how an ICE-lite agent learns of a new pair.
+            if matches!(data.first(), Some(0..=3)) {
+                self.refresh_fast_destination();
+            }
+            self.fast_feedback(now);
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.fast.as_deref_mut().and_then(fast::FastPath::poll_transmit) {
+            return Some(t);
+        }
         if let Some(r) = &mut self.replay {
             if let Some((to, data)) = r.pending.pop_front() {
                 let tcp = self.tcp_peers.contains(&to);
@@ -428,11 +447,16 @@ impl Peer {
     }
 
     pub fn next_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let rtc = self.pc.poll_timeout();
+        match (rtc, self.fast.as_deref().map(fast::FastPath::poll_timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let _ = self.pc.handle_timeout(now);
+        self.fast_timeout(now);
     }
 
     pub fn close(&mut self) {

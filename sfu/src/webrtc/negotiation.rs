@@ -182,6 +182,9 @@ impl Peer {
         self.audio_level_ext = remote
             .as_deref()
             .and_then(|sdp| extmap_id(sdp, AUDIO_LEVEL_URI));
+        self.transport_cc_ext = remote
+            .as_deref()
+            .and_then(|sdp| extmap_id(sdp, rtc::sdp::extmap::TRANSPORT_CC_URI));
         self.remote_ufrag = remote.as_deref().and_then(ice_ufrag);
     }
 

@@ -191,6 +191,9 @@ impl Peer {
         if !self.outbound_ready(id) {
             return false;
         }
+        if self.fast_path_wanted() && self.fast_path(now).is_none() {
+            return false;
+        }
         let Some(out) = self.outbound.get(&id) else {
             return false;
         };
@@ -200,6 +203,37 @@ impl Peer {
         let Some(&ssrc) = out.ssrcs.get(layer) else {
             return false;
         };
+        let simulcast = out.rids.len() > 1;
+        if let Some(fast) = self.fast.as_deref_mut() {
+            // The fast path writes the header itself (see `fast`).
+            let level = [packet.audio_level.unwrap_or(0).min(127)];
+            let fields = fast::HeaderFields {
+                marker: packet.marker,
+                payload_type,
+                sequence_number,
+                timestamp,
+                ssrc,
+                transport_cc: self.transport_cc_ext,
+                extensions: [
+                    // Simulcast: the receiver learns each layer's SSRC from these (RFC 8852).
+                    self.simulcast
+                        .mid_ext
+                        .zip(out.mid.as_deref())
+                        .filter(|_| simulcast),
+                    self.simulcast
+                        .rid_ext
+                        .map(|id| (id, out.rids[layer].as_bytes()))
+                        .filter(|_| simulcast),
+                    // Voice activity is not known here: the V bit stays clear.
+                    self.audio_level_ext
+                        .filter(|_| out.codec == Codec::Opus && packet.audio_level.is_some())
+                        .map(|id| (id, &level[..])),
+                ],
+            };
+            let written = fast.send(now, &fields, out.codec.clock_rate(), &packet.payload);
+            self.rtp_written += u64::from(written);
+            return written;
+        }
         let mut header = rtc::rtp::header::Header {
             version: 2,
             marker: packet.marker,
@@ -209,8 +243,7 @@ impl Peer {
             ssrc,
             ..Default::default()
         };
-        if out.rids.len() > 1 {
-            // Simulcast: the receiver learns each layer's SSRC from these (RFC 8852).
+        if simulcast {
             if let (Some(ext), Some(mid)) = (self.simulcast.mid_ext, &out.mid) {
                 let _ = header.set_extension(ext, mid.clone());
             }

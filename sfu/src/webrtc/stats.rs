@@ -80,8 +80,13 @@ impl Peer {
             packets_sent += s.sent_rtp_stream_stats.packets_sent;
         }
         // rtc counts only RTX as retransmissions; plain NACK answers show up as packets sent
-        // that we never wrote.
+        // that we never wrote. The fast path counts its own.
         c.retransmissions = packets_sent.saturating_sub(self.rtp_written);
+        if let Some(fast) = self.fast.as_deref() {
+            let f = fast.counters();
+            c.bytes_sent += f.bytes_sent;
+            c.retransmissions = f.retransmissions;
+        }
         let nacks = &self.chain.nacks;
         c.nacked_packets = nacks.named.load(std::sync::atomic::Ordering::Relaxed);
         c.unanswerable_nacks = nacks

@@ -18,11 +18,16 @@ fn packet(seq: u16) -> RtpPacket {
 
 /// Transport-wide feedback flows both ways: the SFU reports what a publisher sends (for
 /// the publisher's own estimate), and estimates the bandwidth towards a subscriber from
-/// the subscriber's reports.
+/// the subscriber's reports, whether rtc or the fast path sends its RTP.
 #[test]
 fn transport_wide_feedback_reaches_both_sides() {
+    transport_wide_feedback_reaches_both_sides_with(false);
+    transport_wide_feedback_reaches_both_sides_with(true);
+}
+
+fn transport_wide_feedback_reaches_both_sides_with(fast_path: bool) {
     let mut now = Instant::now();
-    let mut server = server_peer(now);
+    let mut server = server_peer_with(now, fast_path);
     let mut client = client_peer(now);
     let up = client
         .add_outbound(Codec::Vp8, 4321, "c", "c-video")

@@ -6,6 +6,7 @@ use super::*;
 use std::time::Duration;
 
 mod congestion;
+mod fast_path;
 mod feedback;
 mod handshake;
 mod ice_restart;
@@ -15,11 +16,18 @@ pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// The SFU's end of a connection (ICE-lite, fixed credentials) at port 40000.
+/// The SFU's end of a connection (ICE-lite, fixed credentials) at port 40000, sending
+/// through the forwarding fast path.
 pub(super) fn server_peer(now: Instant) -> Peer {
+    server_peer_with(now, true)
+}
+
+/// The SFU's end of a connection, sending through the fast path or through rtc's pipeline.
+pub(super) fn server_peer_with(now: Instant, fast_path: bool) -> Peer {
     let side = Side::Server {
         ufrag: "srvufrag".into(),
         pwd: "serverpasswordserverpass".into(),
+        fast_path,
     };
     Peer::new(side, addr(40000), now).expect("a server peer")
 }

@@ -1,0 +1,254 @@
+//! The forwarding fast path (issue 13): once DTLS is up, the SFU writes the RTP it sends to a
+//! subscriber itself instead of handing each packet to rtc's pipeline. A packet's header is
+//! written straight into its datagram, the payload copied after it, and the whole protected
+//! in place with the SFU's own SRTP (`crate::srtp`), keyed from the DTLS export.
+//!
+//! What rtc's interceptors did for those packets happens here, per connection: answering
+//! NACKs from a resend history (through the [`NackPolicy`]), transport-wide sequence numbers
+//! and the send-side bandwidth estimate over the subscriber's feedback ([`Congestion`]), and
+//! sender reports. rtc keeps ICE, DTLS, SCTP, negotiation, RTCP's own transport, and
+//! everything about what the SFU receives.
+
+mod congestion;
+mod header;
+mod history;
+mod reports;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+
+use super::Transmit;
+use super::estimator::SfuEstimator;
+use super::feedback::ChainShared;
+use super::nack_policy::NackPolicy;
+use crate::srtp::{MasterKey, SrtpError, SrtpSender};
+use congestion::Congestion;
+pub(super) use header::HeaderFields;
+use header::{MAX_HEADER, set_transport_sequence, write_header};
+use history::ResendHistory;
+use reports::SenderStats;
+
+/// How often each stream's sender report goes out (rtc's own default).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Datagrams waiting for the media thread's next flush, at most: a connection that cannot
+/// drain them loses the oldest, never the node's memory.
+const MAX_QUEUED: usize = 1024;
+/// SSRCs one connection sends on, at most (the SRTP sender's own bound).
+const MAX_STREAMS: usize = crate::srtp::MAX_STREAMS;
+
+/// What the fast path counted, for the connection's statistics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct FastCounters {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmissions: u64,
+    pub dropped: u64,
+}
+
+/// One SSRC we send on.
+struct SentStream {
+    ssrc: u32,
+    clock_rate: u32,
+    history: ResendHistory,
+    stats: SenderStats,
+}
+
+/// RTCP the interceptor chain hands to the fast path (see `feedback::DeliverFeedback`).
+#[derive(Debug)]
+pub(super) enum FastFeedback {
+    Nack(TransportLayerNack),
+    TransportCc(TransportLayerCc),
+}
+
+pub(super) struct FastPath {
+    srtp: SrtpSender,
+    tag_len: usize,
+    /// Where media goes: the selected candidate pair's remote address, and whether over
+    /// ICE-TCP.
+    to: Option<(SocketAddr, bool)>,
+    next_transport_sequence: u16,
+    streams: Vec<SentStream>,
+    congestion: Congestion,
+    nacks: NackPolicy,
+    out: VecDeque<Transmit>,
+    next_report: Instant,
+    history_size: u16,
+    counters: FastCounters,
+}
+
+impl FastPath {
+    pub fn new(
+        now: Instant,
+        key: &MasterKey,
+        shared: Arc<ChainShared>,
+        estimator: SfuEstimator,
+        history_size: u16,
+    ) -> Result<Self, SrtpError> {
+        Ok(FastPath {
+            srtp: SrtpSender::new(key)?,
+            tag_len: key.profile().tag_len(),
+            to: None,
+            next_transport_sequence: 0,
+            streams: Vec::new(),
+            congestion: Congestion::new(shared.clone(), estimator),
+            nacks: NackPolicy::new(shared),
+            out: VecDeque::new(),
+            next_report: now + REPORT_INTERVAL,
+            history_size,
+            counters: FastCounters::default(),
+        })
+    }
+
+    pub fn set_destination(&mut self, to: SocketAddr, tcp: bool) {
+        self.to = Some((to, tcp));
+    }
+
+    pub fn counters(&self) -> FastCounters {
+        self.counters
+    }
+
+    /// Sends one packet: `fields` for its header, `payload` after it.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        fields: &HeaderFields,
+        clock_rate: u32,
+        payload: &Bytes,
+    ) -> bool {
+        if self.to.is_none() {
+            return false;
+        }
+        let mut header = [0u8; MAX_HEADER];
+        let Some((header_len, transport_cc_at)) = write_header(&mut header, fields) else {
+            return false;
+        };
+        let transport_sequence = transport_cc_at.map(|at| {
+            let sequence = self.next_transport_sequence;
+            self.next_transport_sequence = sequence.wrapping_add(1);
+            set_transport_sequence(&mut header, at, sequence);
+            sequence
+        });
+        let header = &header[..header_len];
+        let Some(stream) = self.stream(fields.ssrc, clock_rate) else {
+            return false;
+        };
+        stream.history.keep(fields.sequence_number, header, payload);
+        stream.stats.on_sent(now, fields.timestamp, payload.len());
+        self.nacks.record_sent(fields.ssrc, fields.sequence_number);
+        self.congestion.on_sent(
+            now,
+            fields.ssrc,
+            fields.sequence_number,
+            transport_sequence,
+            header_len + payload.len(),
+        );
+        self.transmit(header, payload)
+    }
+
+    fn stream(&mut self, ssrc: u32, clock_rate: u32) -> Option<&mut SentStream> {
+        let i = match self.streams.iter().position(|s| s.ssrc == ssrc) {
+            Some(i) => i,
+            None if self.streams.len() < MAX_STREAMS => {
+                self.streams.push(SentStream {
+                    ssrc,
+                    clock_rate,
+                    history: ResendHistory::new(self.history_size),
+                    stats: SenderStats::default(),
+                });
+                self.streams.len() - 1
+            }
+            None => return None,
+        };
+        Some(&mut self.streams[i])
+    }
+
+    /// Protects `header` + `payload` into a datagram for the destination.
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        let Some((to, tcp)) = self.to else {
+            return false;
+        };
+        let len = header.len() + payload.len();
+        let mut data = BytesMut::zeroed(len + self.tag_len);
+        data[..header.len()].copy_from_slice(header);
+        data[header.len()..len].copy_from_slice(payload);
+        let Ok(protected) = self.srtp.protect(&mut data, len) else {
+            self.counters.dropped += 1;
+            return false;
+        };
+        data.truncate(protected);
+        if self.out.len() >= MAX_QUEUED {
+            self.out.pop_front();
+            self.counters.dropped += 1;
+        }
+        self.counters.packets_sent += 1;
+        self.counters.bytes_sent += protected as u64;
+        self.out.push_back(Transmit { to, data, tcp });
+        true
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// Acts on RTCP from the subscriber. Adds to `keyframes` the SSRCs a NACK named packets
+    /// of that can never be resent: the caller asks for a keyframe instead.
+    pub fn on_feedback(&mut self, now: Instant, feedback: FastFeedback, keyframes: &mut Vec<u32>) {
+        match feedback {
+            FastFeedback::TransportCc(cc) => self.congestion.on_feedback(now, &cc),
+            FastFeedback::Nack(nack) => {
+                self.nacks.refill(now);
+                let (allowed, unanswerable) = self.nacks.allow(now, &nack);
+                if unanswerable && !keyframes.contains(&nack.media_ssrc) {
+                    keyframes.push(nack.media_ssrc);
+                }
+                self.resend(nack.media_ssrc, &allowed);
+            }
+        }
+    }
+
+    fn resend(&mut self, ssrc: u32, sequence_numbers: &[u16]) {
+        let Some(i) = self.streams.iter().position(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        for &seq in sequence_numbers {
+            let Some(packet) = self.streams[i].history.get(seq) else {
+                continue;
+            };
+            let mut header = [0u8; MAX_HEADER];
+            let len = packet.header().len();
+            header[..len].copy_from_slice(packet.header());
+            let payload = packet.payload().clone();
+            if self.transmit(&header[..len], &payload) {
+                self.counters.retransmissions += 1;
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        match self.congestion.poll_timeout() {
+            Some(t) => t.min(self.next_report),
+            None => self.next_report,
+        }
+    }
+
+    /// Runs the estimator's timers; when reports are due, returns them (sent through rtc,
+    /// which protects RTCP).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<SenderReport> {
+        self.congestion.handle_timeout(now);
+        if now < self.next_report {
+            return Vec::new();
+        }
+        self.next_report = now + REPORT_INTERVAL;
+        self.streams
+            .iter()
+            .filter_map(|s| s.stats.report(now, s.ssrc, s.clock_rate))
+            .collect()
+    }
+}

@@ -1,0 +1,124 @@
+//! The peer's side of the forwarding fast path (`fast`): starting it once DTLS is up, telling
+//! it where media goes, handing it the RTCP the chain set aside, and its timers.
+
+use super::*;
+
+impl Peer {
+    /// Does the fast path send this connection's RTP (or will, once DTLS is up)?
+    pub(super) fn fast_path_wanted(&self) -> bool {
+        matches!(
+            self.side,
+            Side::Server {
+                fast_path: true,
+                ..
+            }
+        )
+    }
+
+    /// The fast path, started on first use after the handshake: `None` before, or when the
+    /// handshake's keys cannot be had (then nothing is sent; it cannot happen with the
+    /// profiles we negotiate).
+    pub(super) fn fast_path(&mut self, now: Instant) -> Option<&mut fast::FastPath> {
+        if self.fast.is_none() && self.fast_path_wanted() && self.connected_once {
+            let (local, _remote) = self.srtp_keys()?;
+            let started = fast::FastPath::new(
+                now,
+                &local,
+                self.chain.clone(),
+                engine::estimator(&self.chain),
+                engine::NACK_HISTORY,
+            );
+            match started {
+                Ok(f) => {
+                    self.fast = Some(Box::new(f));
+                    self.chain
+                        .fast
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.refresh_fast_destination();
+                }
+                Err(e) => {
+                    tracing::error!("fast path: {}", e.reason());
+                    return None;
+                }
+            }
+        }
+        self.fast.as_deref_mut()
+    }
+
+    /// Points the fast path at the selected candidate pair's remote end (after the handshake,
+    /// and after every STUN check, which is how ICE-lite learns of a new pair).
+    pub(super) fn refresh_fast_destination(&mut self) {
+        let Some(fast) = self.fast.as_deref_mut() else {
+            return;
+        };
+        let Some(dtls) = self.pc.sctp().map(|s| s.transport()) else {
+            return self.refresh_fast_destination_via_media();
+        };
+        if let Some(pair) = dtls.ice_transport().get_selected_candidate_pair()
+            && let Some(to) = candidate_address(pair.remote())
+        {
+            let tcp = pair.local().protocol == rtc::peer_connection::transport::RTCIceProtocol::Tcp;
+            fast.set_destination(to, tcp);
+        }
+    }
+
+    fn refresh_fast_destination_via_media(&mut self) {
+        let senders: Vec<_> = self.pc.get_senders().collect();
+        let pair = senders.into_iter().find_map(|id| {
+            let sender = self.pc.rtp_sender(id)?;
+            sender
+                .transport()?
+                .ice_transport()
+                .get_selected_candidate_pair()
+        });
+        let Some(pair) = pair else { return };
+        if let (Some(fast), Some(to)) = (self.fast.as_deref_mut(), candidate_address(pair.remote()))
+        {
+            let tcp = pair.local().protocol == rtc::peer_connection::transport::RTCIceProtocol::Tcp;
+            fast.set_destination(to, tcp);
+        }
+    }
+
+    /// Hands the fast path the NACKs and transport-wide feedback the chain set aside; a
+    /// packet that can never be resent becomes a keyframe request for its track.
+    pub(super) fn fast_feedback(&mut self, now: Instant) {
+        let Some(fast) = self.fast.as_deref_mut() else {
+            return;
+        };
+        let mut keyframes = Vec::new();
+        for feedback in self.chain.take_fast_feedback() {
+            fast.on_feedback(now, feedback, &mut keyframes);
+        }
+        for ssrc in keyframes {
+            if let Some((&outbound, _)) = self.outbound.iter().find(|(_, o)| o.ssrcs.contains(&ssrc))
+            {
+                self.pending.push_back(PeerOutput::Feedback {
+                    outbound,
+                    feedback: Feedback::KeyframeRequest,
+                });
+            }
+        }
+    }
+
+    /// The fast path's timers: its estimator's, and sender reports (written through rtc,
+    /// which protects RTCP).
+    pub(super) fn fast_timeout(&mut self, now: Instant) {
+        let Some(fast) = self.fast.as_deref_mut() else {
+            return;
+        };
+        // One compound per report: a receiver that reads only a compound's first report
+        // (some do) still hears of every stream.
+        for report in fast.handle_timeout(now) {
+            let _ = self.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(report)]),
+            });
+        }
+    }
+}
+
+/// A candidate's transport address; `None` for a name (mDNS) rather than an address.
+fn candidate_address(c: &rtc::peer_connection::transport::RTCIceCandidate) -> Option<SocketAddr> {
+    let ip: std::net::IpAddr = c.address.parse().ok()?;
+    Some(SocketAddr::new(ip, c.port))
+}

@@ -48,7 +48,10 @@ fn write_rtp(buffer: &mut [u8], ssrc: u32, sequence_number: u16, payload_len: us
 
 #[test]
 fn the_counter_sees_an_allocation() {
-    assert_eq!(allocations_in(|| drop(std::hint::black_box(Box::new(1u64)))), 1);
+    assert_eq!(
+        allocations_in(|| drop(std::hint::black_box(Box::new(1u64)))),
+        1
+    );
 }
 
 #[test]
@@ -81,5 +84,116 @@ fn srtp_protects_and_unprotects_without_allocating() {
             }
         });
         assert_eq!(allocations, 0, "{profile:?}: allocations per packet");
+    }
+}
+
+mod peers {
+    //! A subscriber's connection: the SFU's end sends through the fast path, rtc's client end
+    //! receives. Both in memory, on simulated time.
+
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use metaclinic_sfu::media::{Codec, RtpPacket};
+    use metaclinic_sfu::webrtc::{ConnectionState, Peer, Side};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Moves datagrams both ways and drains outputs for `steps` of 5 ms.
+    fn pump(server: &mut Peer, client: &mut Peer, now: &mut Instant, steps: usize) {
+        for _ in 0..steps {
+            while let Some(t) = client.poll_transmit() {
+                server.handle_datagram(*now, addr(50000), &t.data);
+            }
+            while let Some(t) = server.poll_transmit() {
+                client.handle_datagram(*now, addr(40000), &t.data);
+            }
+            while client.poll_output().is_some() {}
+            while server.poll_output().is_some() {}
+            *now += Duration::from_millis(5);
+            for p in [&mut *client, &mut *server] {
+                if p.next_timeout().is_some_and(|t| t <= *now) {
+                    p.handle_timeout(*now);
+                }
+            }
+        }
+    }
+
+    fn packet(payload: &Bytes) -> RtpPacket {
+        RtpPacket {
+            ssrc: 0,
+            sequence_number: 0,
+            timestamp: 0,
+            payload_type: 0,
+            marker: true,
+            payload: payload.clone(),
+            audio_level: Some(40),
+        }
+    }
+
+    #[test]
+    fn a_subscriber_s_packets_leave_the_fast_path_without_allocating() {
+        let mut now = Instant::now();
+        let side = Side::Server {
+            ufrag: "srvufrag".into(),
+            pwd: "serverpasswordserverpass".into(),
+            fast_path: true,
+        };
+        let mut server = Peer::new(side, addr(40000), now).unwrap();
+        let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
+        client.add_outbound(Codec::Opus, 1, "c", "c-audio").unwrap();
+        let offer = client.create_offer(now).unwrap();
+        let answer = server.accept_offer(now, &offer).unwrap();
+        client.accept_answer(now, &answer).unwrap();
+        pump(&mut server, &mut client, &mut now, 100);
+        assert_eq!(server.state(), ConnectionState::Connected);
+        let audio = server
+            .add_outbound(Codec::Opus, 5001, "s", "s-audio")
+            .unwrap();
+        let video = server
+            .add_outbound(Codec::Vp8, 5002, "s", "s-video")
+            .unwrap();
+        let offer = server.create_offer(now).unwrap();
+        let answer = client.accept_offer(now, &offer).unwrap();
+        server.accept_answer(now, &answer).unwrap();
+        pump(&mut server, &mut client, &mut now, 20);
+
+        // Payloads as the receive side hands them over: shared, one per publisher packet.
+        let payloads: Vec<Bytes> = (0..3000u32)
+            .map(|i| {
+                let b = Bytes::from(vec![(i % 251) as u8; 1100]);
+                drop(b.clone());
+                b
+            })
+            .collect();
+        let send = |server: &mut Peer, now: Instant, i: u16| {
+            let p = packet(&payloads[usize::from(i)]);
+            assert!(server.send_rtp(now, audio, &p, i, u32::from(i) * 960));
+            assert!(server.send_rtp(now, video, &p, i, u32::from(i) * 3000));
+        };
+        // Warm up: each stream's state, the resend history's slots, the feedback flowing.
+        for i in 0..1000u16 {
+            send(&mut server, now, i);
+            pump(&mut server, &mut client, &mut now, 1);
+        }
+        // What rtc itself has queued (reports on its timers) is not the fast path's.
+        while let Some(t) = server.poll_transmit() {
+            client.handle_datagram(now, addr(40000), &t.data);
+        }
+        let mut sent = 0;
+        let allocations = super::allocations_in(|| {
+            for i in 1000..3000u16 {
+                send(&mut server, now, i);
+                while let Some(t) = server.poll_transmit() {
+                    sent += 1;
+                    drop(t);
+                }
+            }
+        });
+        assert_eq!(sent, 4000, "one datagram per packet");
+        assert_eq!(allocations, 0, "allocations for {sent} packets");
     }
 }

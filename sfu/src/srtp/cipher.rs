@@ -36,8 +36,8 @@ impl Cipher {
             Profile::AeadAes128Gcm => {
                 let mut salt = [0u8; 12];
                 kdf::derive(&master.key, master.salt(), LABEL_SALT, &mut salt);
-                let key = UnboundKey::new(&AES_128_GCM, &key)
-                    .map_err(|_| SrtpError::KeyingMaterial)?;
+                let key =
+                    UnboundKey::new(&AES_128_GCM, &key).map_err(|_| SrtpError::KeyingMaterial)?;
                 Cipher::Gcm {
                     aead: LessSafeKey::new(key),
                     salt,

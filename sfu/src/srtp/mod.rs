@@ -128,6 +128,8 @@ pub enum SrtpError {
     TooOld,
     #[error("more streams than a peer may carry")]
     TooManyStreams,
+    #[error("a stream that was retired")]
+    Retired,
     #[error("the key has protected all the packets it may")]
     KeyExhausted,
     #[error("keying material of the wrong length")]
@@ -144,16 +146,23 @@ impl SrtpError {
             SrtpError::Replayed => "replayed",
             SrtpError::TooOld => "too_old",
             SrtpError::TooManyStreams => "too_many_streams",
+            SrtpError::Retired => "retired",
             SrtpError::KeyExhausted => "key_exhausted",
             SrtpError::KeyingMaterial => "keying_material",
         }
     }
 }
 
+/// SSRCs a sender remembers as retired (see [`SrtpSender::retire`]).
+const RETIRED: usize = 64;
+
 /// Protects the RTP we send on one peer connection.
 pub struct SrtpSender {
     cipher: Cipher,
     streams: Streams<StreamIndex>,
+    /// Recently retired SSRCs, oldest overwritten first.
+    retired: [Option<u32>; RETIRED],
+    next_retired: usize,
 }
 
 impl SrtpSender {
@@ -161,7 +170,19 @@ impl SrtpSender {
         Ok(Self {
             cipher: Cipher::new(key)?,
             streams: Streams::default(),
+            retired: [None; RETIRED],
+            next_retired: 0,
         })
+    }
+
+    /// Forgets a stream we no longer send, making room for another. The SSRC is not taken
+    /// again (its packet indices would start over under the same key, which SRTP forbids;
+    /// the SFU's SSRCs are random, so a new stream never wants an old one).
+    pub fn retire(&mut self, ssrc: u32) {
+        if self.streams.remove(ssrc) {
+            self.retired[self.next_retired] = Some(ssrc);
+            self.next_retired = (self.next_retired + 1) % RETIRED;
+        }
     }
 
     /// Encrypt the RTP packet in `buffer[..len]` in place and append its tag; returns the
@@ -172,11 +193,15 @@ impl SrtpSender {
         if buffer.len() < tagged {
             return Err(SrtpError::NoRoomForTag);
         }
+        if self.streams.get(header.ssrc).is_none() && self.retired.contains(&Some(header.ssrc)) {
+            return Err(SrtpError::Retired);
+        }
         let stream = match self.streams.get(header.ssrc) {
             Some(stream) => stream,
-            None => self
-                .streams
-                .insert(header.ssrc, StreamIndex::starting_at(header.sequence_number))?,
+            None => self.streams.insert(
+                header.ssrc,
+                StreamIndex::starting_at(header.sequence_number),
+            )?,
         };
         let index = stream
             .guess(header.sequence_number)
@@ -300,6 +325,13 @@ impl<T> Streams<T> {
 
     fn is_full(&self) -> bool {
         self.entries.len() >= MAX_STREAMS
+    }
+
+    /// Forgets `ssrc`; whether it was there.
+    fn remove(&mut self, ssrc: u32) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(s, _)| *s != ssrc);
+        self.entries.len() != before
     }
 
     fn insert(&mut self, ssrc: u32, state: T) -> Result<&mut T, SrtpError> {

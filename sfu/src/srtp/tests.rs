@@ -8,8 +8,12 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 const PROFILES: [Profile; 2] = [Profile::AeadAes128Gcm, Profile::Aes128CmHmacSha1_80];
 
 fn master(profile: Profile, seed: u8) -> MasterKey {
-    let key: Vec<u8> = (0..16).map(|i| seed.wrapping_mul(31).wrapping_add(i)).collect();
-    let salt: Vec<u8> = (0..profile.salt_len() as u8).map(|i| seed ^ (i * 7)).collect();
+    let key: Vec<u8> = (0..16)
+        .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+        .collect();
+    let salt: Vec<u8> = (0..profile.salt_len() as u8)
+        .map(|i| seed ^ (i * 7))
+        .collect();
     MasterKey::new(profile, &key, &salt).unwrap()
 }
 
@@ -52,7 +56,11 @@ fn what_we_protect_the_library_unprotects_across_a_wrap() {
             let plain = rtp(0x1234_5678, sequence_number, 900);
             let sealed = protect(&mut ours, &plain);
             assert_eq!(sealed.len(), plain.len() + profile.tag_len());
-            assert_ne!(sealed[24..plain.len()], plain[24..], "{profile:?} encrypted");
+            assert_ne!(
+                sealed[24..plain.len()],
+                plain[24..],
+                "{profile:?} encrypted"
+            );
             let opened = theirs.decrypt_rtp(&sealed).unwrap();
             assert_eq!(&opened[..], &plain[..], "{profile:?} seq {sequence_number}");
         }
@@ -69,7 +77,11 @@ fn what_the_library_protects_we_unprotect_across_a_wrap() {
             let plain = rtp(0xCAFE, sequence_number, 1100);
             let mut packet = theirs.encrypt_rtp(&plain).unwrap().to_vec();
             let len = ours.unprotect(&mut packet).unwrap();
-            assert_eq!(&packet[..len], &plain[..], "{profile:?} seq {sequence_number}");
+            assert_eq!(
+                &packet[..len],
+                &plain[..],
+                "{profile:?} seq {sequence_number}"
+            );
         }
     }
 }
@@ -102,20 +114,34 @@ fn refuses_tampered_replayed_and_late_packets_and_remembers_nothing_of_them() {
         let key = master(profile, 3);
         let mut sender = SrtpSender::new(&key).unwrap();
         let mut receiver = SrtpReceiver::new(&key).unwrap();
-        let sealed: Vec<Vec<u8>> = (0..300).map(|seq| protect(&mut sender, &rtp(9, seq, 200))).collect();
+        let sealed: Vec<Vec<u8>> = (0..300)
+            .map(|seq| protect(&mut sender, &rtp(9, seq, 200)))
+            .collect();
 
         let mut tampered = sealed[0].clone();
         tampered[30] ^= 1;
-        assert_eq!(receiver.unprotect(&mut tampered), Err(SrtpError::Authentication));
+        assert_eq!(
+            receiver.unprotect(&mut tampered),
+            Err(SrtpError::Authentication)
+        );
         // The forged first packet created no stream: the genuine one is still new.
         assert!(receiver.unprotect(&mut sealed[0].clone()).is_ok());
-        assert_eq!(receiver.unprotect(&mut sealed[0].clone()), Err(SrtpError::Replayed));
+        assert_eq!(
+            receiver.unprotect(&mut sealed[0].clone()),
+            Err(SrtpError::Replayed)
+        );
 
         assert!(receiver.unprotect(&mut sealed[299].clone()).is_ok());
         // Out of order but inside the window: accepted once.
         assert!(receiver.unprotect(&mut sealed[250].clone()).is_ok());
-        assert_eq!(receiver.unprotect(&mut sealed[250].clone()), Err(SrtpError::Replayed));
-        assert_eq!(receiver.unprotect(&mut sealed[100].clone()), Err(SrtpError::TooOld));
+        assert_eq!(
+            receiver.unprotect(&mut sealed[250].clone()),
+            Err(SrtpError::Replayed)
+        );
+        assert_eq!(
+            receiver.unprotect(&mut sealed[100].clone()),
+            Err(SrtpError::TooOld)
+        );
     }
 }
 
@@ -146,8 +172,14 @@ fn hostile_packets_are_errors_never_panics() {
     let mut sender = SrtpSender::new(&key).unwrap();
     let plain = rtp(1, 1, 10);
     let mut exact = plain.clone();
-    assert_eq!(sender.protect(&mut exact, plain.len()), Err(SrtpError::NoRoomForTag));
-    assert_eq!(sender.protect(&mut exact, plain.len() + 1), Err(SrtpError::Malformed));
+    assert_eq!(
+        sender.protect(&mut exact, plain.len()),
+        Err(SrtpError::NoRoomForTag)
+    );
+    assert_eq!(
+        sender.protect(&mut exact, plain.len() + 1),
+        Err(SrtpError::Malformed)
+    );
 }
 
 #[test]
@@ -160,5 +192,34 @@ fn a_peer_cannot_open_unbounded_streams() {
         assert!(receiver.unprotect(&mut packet).is_ok());
     }
     let mut packet = protect(&mut SrtpSender::new(&key).unwrap(), &rtp(999, 1, 10));
-    assert_eq!(receiver.unprotect(&mut packet), Err(SrtpError::TooManyStreams));
+    assert_eq!(
+        receiver.unprotect(&mut packet),
+        Err(SrtpError::TooManyStreams)
+    );
+}
+
+#[test]
+fn a_retired_stream_makes_room_and_never_comes_back() {
+    let key = master(Profile::AeadAes128Gcm, 6);
+    let mut sender = SrtpSender::new(&key).unwrap();
+    for ssrc in 0..MAX_STREAMS as u32 {
+        protect(&mut sender, &rtp(ssrc, 1, 10));
+    }
+    let mut full = rtp(999, 1, 10);
+    full.resize(full.len() + 16, 0);
+    let len = full.len() - 16;
+    assert_eq!(
+        sender.protect(&mut full, len),
+        Err(SrtpError::TooManyStreams)
+    );
+    sender.retire(3);
+    assert!(
+        sender.protect(&mut full, len).is_ok(),
+        "room for a new stream"
+    );
+    // The retired SSRC would start its packet indices over under the same key.
+    let mut again = rtp(3, 2, 10);
+    again.resize(again.len() + 16, 0);
+    let len = again.len() - 16;
+    assert_eq!(sender.protect(&mut again, len), Err(SrtpError::Retired));
 }

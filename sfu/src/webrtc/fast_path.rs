@@ -90,7 +90,8 @@ impl Peer {
             fast.on_feedback(now, feedback, &mut keyframes);
         }
         for ssrc in keyframes {
-            if let Some((&outbound, _)) = self.outbound.iter().find(|(_, o)| o.ssrcs.contains(&ssrc))
+            if let Some((&outbound, _)) =
+                self.outbound.iter().find(|(_, o)| o.ssrcs.contains(&ssrc))
             {
                 self.pending.push_back(PeerOutput::Feedback {
                     outbound,

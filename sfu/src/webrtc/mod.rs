@@ -420,7 +420,11 @@ impl Peer {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if let Some(t) = self.fast.as_deref_mut().and_then(fast::FastPath::poll_transmit) {
+        if let Some(t) = self
+            .fast
+            .as_deref_mut()
+            .and_then(fast::FastPath::poll_transmit)
+        {
             return Some(t);
         }
         if let Some(r) = &mut self.replay {

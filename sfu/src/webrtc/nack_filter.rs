@@ -97,7 +97,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackFilter {
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtp(p) = &msg.message.packet {
-            self.policy.record_sent(p.header.ssrc, p.header.sequence_number);
+            self.policy
+                .record_sent(p.header.ssrc, p.header.sequence_number);
         }
         self.write.push_back(msg);
         Ok(())
@@ -119,10 +120,10 @@ impl Interceptor for NackFilter {
 mod tests {
     use super::*;
     use crate::webrtc::nack_policy::{HOLE_GRACE, MAX_RESENDS, SENT_WINDOW};
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
     use rtc::shared::{TransportContext, TransportMessage};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     fn nack(seqs: &[u16]) -> TaggedPacket {
         nack_at(Instant::now(), seqs)

@@ -170,6 +170,11 @@ impl NackPolicy {
         self.tokens = (self.tokens + per_s * elapsed).min(per_s / 10.0 + 1.0);
     }
 
+    /// Forgets a stream no longer sent.
+    pub fn forget(&mut self, ssrc: u32) {
+        self.sent.retain(|w| w.ssrc != ssrc);
+    }
+
     pub fn record_sent(&mut self, ssrc: u32, seq: u16) {
         match self.sent.iter_mut().find(|w| w.ssrc == ssrc) {
             Some(w) => w.record(seq),

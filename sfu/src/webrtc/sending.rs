@@ -126,6 +126,11 @@ impl Peer {
         };
         self.outbound_by_track.retain(|_, v| *v != id);
         self.offered.retain(|o| *o != id);
+        if let Some(fast) = self.fast.as_deref_mut() {
+            for &ssrc in &out.ssrcs {
+                fast.retire(ssrc);
+            }
+        }
         self.pc.remove_track(out.sender).map_err(PeerError::setup)
     }
 
@@ -230,7 +235,15 @@ impl Peer {
                         .map(|id| (id, &level[..])),
                 ],
             };
-            let written = fast.send(now, &fields, out.codec.clock_rate(), &packet.payload);
+            // Video answers NACKs (we offer them for video only, see `engine`).
+            let resendable = out.codec.kind() == MediaKind::Video;
+            let written = fast.send(
+                now,
+                &fields,
+                out.codec.clock_rate(),
+                resendable,
+                &packet.payload,
+            );
             self.rtp_written += u64::from(written);
             return written;
         }

@@ -37,7 +37,9 @@ impl Peer {
         let senders: Vec<_> = self.pc.get_senders().collect();
         for sender in senders {
             if let Some(sender) = self.pc.rtp_sender(sender)
-                && let Some(m) = sender.transport().and_then(|t| t.srtp_keying_material().cloned())
+                && let Some(m) = sender
+                    .transport()
+                    .and_then(|t| t.srtp_keying_material().cloned())
             {
                 return Some(m);
             }
@@ -45,8 +47,9 @@ impl Peer {
         let receivers: Vec<_> = self.pc.get_receivers().collect();
         for receiver in receivers {
             if let Some(receiver) = self.pc.rtp_receiver(receiver)
-                && let Some(m) =
-                    receiver.transport().and_then(|t| t.srtp_keying_material().cloned())
+                && let Some(m) = receiver
+                    .transport()
+                    .and_then(|t| t.srtp_keying_material().cloned())
             {
                 return Some(m);
             }

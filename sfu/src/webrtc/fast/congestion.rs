@@ -1,62 +1,49 @@
-//! The bandwidth towards a subscriber on the fast path: what was sent (rtc's send history,
-//! by transport-wide sequence number) joined with the subscriber's transport-wide feedback,
+//! The bandwidth towards a subscriber on the fast path: what was sent (by transport-wide
+//! sequence number, `send_records`) joined with the subscriber's transport-wide feedback,
 //! fed to the SFU's estimator, whose target the allocator reads. The work rtc's congestion
 //! control interceptor does when rtc sends the RTP.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rtc::interceptor::{BandwidthEstimator, History, convert_twcc};
+use rtc::interceptor::{BandwidthEstimator, PacketReport, convert_twcc};
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 
 use super::super::estimator::SfuEstimator;
 use super::super::feedback::ChainShared;
-
-/// Packets never acknowledged are forgotten after this long (a path that stopped reporting).
-const PRUNE_HORIZON: Duration = Duration::from_secs(2);
+use super::send_records::SendRecords;
 
 pub(super) struct Congestion {
-    sent: History,
+    sent: SendRecords,
     estimator: SfuEstimator,
     shared: Arc<ChainShared>,
+    /// Reused for every feedback's reports.
+    reports: Vec<PacketReport>,
 }
 
 impl Congestion {
-    pub fn new(shared: Arc<ChainShared>, estimator: SfuEstimator) -> Self {
+    pub fn new(now: Instant, shared: Arc<ChainShared>, estimator: SfuEstimator) -> Self {
         Congestion {
-            sent: History::new(),
+            sent: SendRecords::new(now),
             estimator,
             shared,
+            reports: Vec::new(),
         }
     }
 
-    /// A packet left: `size` bytes of RTP, numbered `transport_sequence` if the subscriber
-    /// reports transport-wide feedback.
-    pub fn on_sent(
-        &mut self,
-        now: Instant,
-        ssrc: u32,
-        sequence_number: u16,
-        transport_sequence: Option<u16>,
-        size: usize,
-    ) {
-        self.sent.add_outgoing(
-            ssrc,
-            sequence_number,
-            transport_sequence.is_some(),
-            transport_sequence.unwrap_or_default(),
-            size,
-            now,
-        );
+    /// A packet of `size` bytes of RTP leaves now; returns its transport-wide sequence number.
+    pub fn on_sent(&mut self, now: Instant, ssrc: u32, sequence_number: u16, size: usize) -> u16 {
+        self.sent.on_sent(now, ssrc, sequence_number, size)
     }
 
     pub fn on_feedback(&mut self, now: Instant, feedback: &TransportLayerCc) {
         for acknowledgement in convert_twcc(feedback) {
-            self.sent.on_twcc_feedback(now, acknowledgement);
+            self.sent.on_acknowledgement(&acknowledgement);
         }
-        let reports = self.sent.take_reports();
-        self.estimator.on_reports(now, &reports);
+        self.reports.clear();
+        self.sent.take_reports(&mut self.reports);
+        self.estimator.on_reports(now, &self.reports);
         self.publish();
     }
 
@@ -68,8 +55,6 @@ impl Congestion {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.sent
-            .prune_before(now.checked_sub(PRUNE_HORIZON).unwrap_or(now));
         self.estimator.handle_timeout(now);
         if self.shared.bandwidth.twcc_seen.load(Ordering::Relaxed) {
             self.publish();

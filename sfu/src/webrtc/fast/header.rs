@@ -27,7 +27,10 @@ pub(crate) struct HeaderFields<'a> {
 /// transport-wide sequence number goes, or `None` when `buf` is too short. An extension with
 /// an id outside 1..=14 or a value outside 1..=16 bytes is left out (the one-byte form cannot
 /// carry it).
-pub(crate) fn write_header(buf: &mut [u8], fields: &HeaderFields) -> Option<(usize, Option<usize>)> {
+pub(crate) fn write_header(
+    buf: &mut [u8],
+    fields: &HeaderFields,
+) -> Option<(usize, Option<usize>)> {
     if buf.len() < MAX_HEADER {
         return None;
     }

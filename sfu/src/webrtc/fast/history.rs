@@ -48,14 +48,11 @@ impl ResendHistory {
     }
 
     /// Keeps a packet, replacing the one `capacity` sequence numbers before it.
-    pub fn keep(
-        &mut self,
-        sequence_number: u16,
-        header: &[u8],
-        payload: &Bytes,
-    ) {
+    pub fn keep(&mut self, sequence_number: u16, header: &[u8], payload: &Bytes) {
         let i = self.slot(sequence_number);
-        let Some(len) = u8::try_from(header.len()).ok().filter(|&l| usize::from(l) <= MAX_HEADER)
+        let Some(len) = u8::try_from(header.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= MAX_HEADER)
         else {
             self.slots[i] = None;
             return;

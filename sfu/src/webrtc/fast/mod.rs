@@ -10,16 +10,18 @@
 //! everything about what the SFU receives.
 
 mod congestion;
+mod datagrams;
 mod header;
 mod history;
 mod reports;
+mod send_records;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -30,6 +32,7 @@ use super::feedback::ChainShared;
 use super::nack_policy::NackPolicy;
 use crate::srtp::{MasterKey, SrtpError, SrtpSender};
 use congestion::Congestion;
+use datagrams::Datagrams;
 pub(super) use header::HeaderFields;
 use header::{MAX_HEADER, set_transport_sequence, write_header};
 use history::ResendHistory;
@@ -56,7 +59,9 @@ pub(super) struct FastCounters {
 struct SentStream {
     ssrc: u32,
     clock_rate: u32,
-    history: ResendHistory,
+    /// Only for streams the subscriber may NACK (video): holding a voice's packets would
+    /// keep their buffers for nothing.
+    history: Option<ResendHistory>,
     stats: SenderStats,
 }
 
@@ -73,11 +78,11 @@ pub(super) struct FastPath {
     /// Where media goes: the selected candidate pair's remote address, and whether over
     /// ICE-TCP.
     to: Option<(SocketAddr, bool)>,
-    next_transport_sequence: u16,
     streams: Vec<SentStream>,
     congestion: Congestion,
     nacks: NackPolicy,
     out: VecDeque<Transmit>,
+    datagrams: Datagrams,
     next_report: Instant,
     history_size: u16,
     counters: FastCounters,
@@ -95,11 +100,11 @@ impl FastPath {
             srtp: SrtpSender::new(key)?,
             tag_len: key.profile().tag_len(),
             to: None,
-            next_transport_sequence: 0,
             streams: Vec::new(),
-            congestion: Congestion::new(shared.clone(), estimator),
+            congestion: Congestion::new(now, shared.clone(), estimator),
             nacks: NackPolicy::new(shared),
             out: VecDeque::new(),
+            datagrams: Datagrams::default(),
             next_report: now + REPORT_INTERVAL,
             history_size,
             counters: FastCounters::default(),
@@ -114,12 +119,14 @@ impl FastPath {
         self.counters
     }
 
-    /// Sends one packet: `fields` for its header, `payload` after it.
+    /// Sends one packet: `fields` for its header, `payload` after it. `resendable`: the
+    /// stream answers NACKs (video).
     pub fn send(
         &mut self,
         now: Instant,
         fields: &HeaderFields,
         clock_rate: u32,
+        resendable: bool,
         payload: &Bytes,
     ) -> bool {
         if self.to.is_none() {
@@ -129,44 +136,43 @@ impl FastPath {
         let Some((header_len, transport_cc_at)) = write_header(&mut header, fields) else {
             return false;
         };
-        let transport_sequence = transport_cc_at.map(|at| {
-            let sequence = self.next_transport_sequence;
-            self.next_transport_sequence = sequence.wrapping_add(1);
-            set_transport_sequence(&mut header, at, sequence);
-            sequence
-        });
-        let header = &header[..header_len];
-        let Some(stream) = self.stream(fields.ssrc, clock_rate) else {
+        let Some(stream) = self.stream(fields.ssrc, clock_rate, resendable) else {
             return false;
         };
-        stream.history.keep(fields.sequence_number, header, payload);
+        let size = header_len + payload.len();
+        if let Some(at) = transport_cc_at {
+            // Only packets numbered for the subscriber's feedback are recorded for it.
+            let sequence = self
+                .congestion
+                .on_sent(now, fields.ssrc, fields.sequence_number, size);
+            set_transport_sequence(&mut header, at, sequence);
+        }
+        let header = &header[..header_len];
+        let stream = &mut self.streams[stream];
+        if let Some(history) = &mut stream.history {
+            history.keep(fields.sequence_number, header, payload);
+        }
         stream.stats.on_sent(now, fields.timestamp, payload.len());
         self.nacks.record_sent(fields.ssrc, fields.sequence_number);
-        self.congestion.on_sent(
-            now,
-            fields.ssrc,
-            fields.sequence_number,
-            transport_sequence,
-            header_len + payload.len(),
-        );
         self.transmit(header, payload)
     }
 
-    fn stream(&mut self, ssrc: u32, clock_rate: u32) -> Option<&mut SentStream> {
+    /// The index of `ssrc`'s stream, added on its first packet.
+    fn stream(&mut self, ssrc: u32, clock_rate: u32, resendable: bool) -> Option<usize> {
         let i = match self.streams.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => i,
             None if self.streams.len() < MAX_STREAMS => {
                 self.streams.push(SentStream {
                     ssrc,
                     clock_rate,
-                    history: ResendHistory::new(self.history_size),
+                    history: resendable.then(|| ResendHistory::new(self.history_size)),
                     stats: SenderStats::default(),
                 });
                 self.streams.len() - 1
             }
             None => return None,
         };
-        Some(&mut self.streams[i])
+        Some(i)
     }
 
     /// Protects `header` + `payload` into a datagram for the destination.
@@ -175,14 +181,17 @@ impl FastPath {
             return false;
         };
         let len = header.len() + payload.len();
-        let mut data = BytesMut::zeroed(len + self.tag_len);
-        data[..header.len()].copy_from_slice(header);
-        data[header.len()..len].copy_from_slice(payload);
-        let Ok(protected) = self.srtp.protect(&mut data, len) else {
+        let tagged = len + self.tag_len;
+        let buffer = self.datagrams.buffer(tagged);
+        buffer.extend_from_slice(header);
+        buffer.extend_from_slice(payload);
+        buffer.resize(tagged, 0);
+        let Ok(protected) = self.srtp.protect(buffer, len) else {
+            buffer.clear();
             self.counters.dropped += 1;
             return false;
         };
-        data.truncate(protected);
+        let data = buffer.split_to(protected);
         if self.out.len() >= MAX_QUEUED {
             self.out.pop_front();
             self.counters.dropped += 1;
@@ -191,6 +200,14 @@ impl FastPath {
         self.counters.bytes_sent += protected as u64;
         self.out.push_back(Transmit { to, data, tcp });
         true
+    }
+
+    /// Forgets a stream we stopped sending (a track removed): its resend history, its
+    /// reports, and its SRTP state, making room for others.
+    pub fn retire(&mut self, ssrc: u32) {
+        self.streams.retain(|s| s.ssrc != ssrc);
+        self.nacks.forget(ssrc);
+        self.srtp.retire(ssrc);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -218,7 +235,7 @@ impl FastPath {
             return;
         };
         for &seq in sequence_numbers {
-            let Some(packet) = self.streams[i].history.get(seq) else {
+            let Some(packet) = self.streams[i].history.as_ref().and_then(|h| h.get(seq)) else {
                 continue;
             };
             let mut header = [0u8; MAX_HEADER];

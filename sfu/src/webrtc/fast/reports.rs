@@ -65,11 +65,16 @@ mod tests {
         s.on_sent(t0, 3000, 1000);
         s.on_sent(t0 + Duration::from_millis(1), 3000, 500);
         s.on_sent(t0 + Duration::from_millis(33), 6000, 1000);
-        let r = s.report(t0 + Duration::from_millis(133), 7, 90_000).unwrap();
+        let r = s
+            .report(t0 + Duration::from_millis(133), 7, 90_000)
+            .unwrap();
         assert_eq!((r.ssrc, r.packet_count, r.octet_count), (7, 3, 2500));
         assert_eq!(r.rtp_time, 6000 + 9000);
         let unix = (r.ntp_time >> 32) - NTP_UNIX_OFFSET;
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(wall.abs_diff(unix) <= 1);
     }
 }

@@ -19,7 +19,8 @@ fn pump_lossy(
 ) {
     for _ in 0..steps {
         while let Some(t) = call.client.poll_transmit() {
-            call.server.handle_datagram(call.now, call.client_at, &t.data);
+            call.server
+                .handle_datagram(call.now, call.client_at, &t.data);
         }
         while let Some(t) = call.server.poll_transmit() {
             if t.to == call.client_at && !drop(&t.data) {
@@ -55,21 +56,24 @@ struct Call {
 /// A connected call in which the server sends an audio and a video track to the client.
 fn call() -> Call {
     let mut now = Instant::now();
-    let mut server = server_peer(now);
-    let mut client = client_peer(now);
-    let mic = client.add_outbound(Codec::Opus, 111, "c", "c-audio").unwrap();
-    let offer = client.create_offer(now).unwrap();
-    let answer = server.accept_offer(now, &offer).unwrap();
-    client.accept_answer(now, &answer).unwrap();
-    pump(&mut client, &mut server, addr(50000), &mut now, 100, |_, _| {});
-    assert_eq!(server.state(), ConnectionState::Connected);
-    let _ = mic;
-    let audio = server.add_outbound(Codec::Opus, 5001, "s", "s-audio").unwrap();
-    let video = server.add_outbound(Codec::Vp8, 5002, "s", "s-video").unwrap();
+    let (mut server, mut client, _mic) = connected(&mut now, Codec::Opus, 111);
+    let audio = server
+        .add_outbound(Codec::Opus, 5001, "s", "s-audio")
+        .unwrap();
+    let video = server
+        .add_outbound(Codec::Vp8, 5002, "s", "s-video")
+        .unwrap();
     let offer = server.create_offer(now).unwrap();
     let answer = client.accept_offer(now, &offer).unwrap();
     server.accept_answer(now, &answer).unwrap();
-    pump(&mut client, &mut server, addr(50000), &mut now, 20, |_, _| {});
+    pump(
+        &mut client,
+        &mut server,
+        addr(50000),
+        &mut now,
+        20,
+        |_, _| {},
+    );
     assert!(server.outbound_ready(audio) && server.outbound_ready(video));
     Call {
         server,
@@ -105,7 +109,13 @@ fn every_packet_arrives_with_its_payload_and_audio_level() {
     let (mut heard, mut out) = (Heard::new(), Vec::new());
     for seq in 0..40u16 {
         let now = c.now;
-        assert!(c.server.send_rtp(now, c.audio, &media(seq, Some(30)), seq, u32::from(seq) * 960));
+        assert!(c.server.send_rtp(
+            now,
+            c.audio,
+            &media(seq, Some(30)),
+            seq,
+            u32::from(seq) * 960
+        ));
         pump_lossy(&mut c, 2, &mut |_| false, &mut heard, &mut out);
     }
     let got: Vec<u16> = heard.iter().map(|(s, _, _)| *s).collect();
@@ -133,14 +143,21 @@ fn lost_packets_are_resent_when_the_subscriber_asks() {
     };
     for seq in 0..60u16 {
         let now = c.now;
-        assert!(c.server.send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000));
+        assert!(
+            c.server
+                .send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000)
+        );
         pump_lossy(&mut c, 4, &mut drop, &mut heard, &mut out);
     }
     pump_lossy(&mut c, 100, &mut drop, &mut heard, &mut out);
     let mut got: Vec<u16> = heard.iter().map(|(s, _, _)| *s).collect();
     got.sort_unstable();
     got.dedup();
-    assert_eq!(got, (0..60).collect::<Vec<_>>(), "the lost packets came again");
+    assert_eq!(
+        got,
+        (0..60).collect::<Vec<_>>(),
+        "the lost packets came again"
+    );
     let counters = c.server.link_counters(c.now);
     assert!(counters.nacked_packets >= 3, "{counters:?}");
     assert!(counters.retransmissions >= 3, "{counters:?}");
@@ -154,7 +171,10 @@ fn a_packet_that_was_never_sent_asks_for_a_keyframe() {
     // The SFU never had 20..30 (lost before it, say): the subscriber asks for them in vain.
     for seq in (0..20u16).chain(30..60) {
         let now = c.now;
-        assert!(c.server.send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000));
+        assert!(
+            c.server
+                .send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000)
+        );
         pump_lossy(&mut c, 4, &mut |_| false, &mut heard, &mut out);
     }
     pump_lossy(&mut c, 100, &mut |_| false, &mut heard, &mut out);
@@ -183,8 +203,10 @@ fn sender_reports_go_out_for_each_stream() {
     };
     for seq in 0..150u16 {
         let now = c.now;
-        c.server.send_rtp(now, c.audio, &media(seq, None), seq, u32::from(seq) * 960);
-        c.server.send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000);
+        c.server
+            .send_rtp(now, c.audio, &media(seq, None), seq, u32::from(seq) * 960);
+        c.server
+            .send_rtp(now, c.video, &media(seq, None), seq, u32::from(seq) * 3000);
         pump_lossy(&mut c, 4, &mut watch, &mut heard, &mut out);
     }
     // Three seconds: a report per stream per second.
@@ -205,8 +227,37 @@ fn media_follows_the_subscriber_after_an_ice_restart() {
     pump_lossy(&mut c, 200, &mut |_| false, &mut heard, &mut out);
     for seq in 0..20u16 {
         let now = c.now;
-        c.server.send_rtp(now, c.audio, &media(seq, None), seq, u32::from(seq) * 960);
+        c.server
+            .send_rtp(now, c.audio, &media(seq, None), seq, u32::from(seq) * 960);
         pump_lossy(&mut c, 4, &mut |_| false, &mut heard, &mut out);
     }
-    assert!(heard.len() >= 18, "after the move only {} of 20 arrived", heard.len());
+    assert!(
+        heard.len() >= 18,
+        "after the move only {} of 20 arrived",
+        heard.len()
+    );
+}
+
+#[test]
+fn removed_tracks_make_room_for_new_ones_however_long_the_call() {
+    let mut c = call();
+    let (mut heard, mut out) = (Heard::new(), Vec::new());
+    // More tracks over the call than one connection's SRTP streams, one at a time (people
+    // joining and leaving a long consultation).
+    for round in 0..(crate::srtp::MAX_STREAMS as u32 + 8) {
+        let track = c
+            .server
+            .add_outbound(Codec::Opus, 9000 + round, "s", &format!("t{round}"))
+            .unwrap();
+        let offer = c.server.create_offer(c.now).unwrap();
+        let answer = c.client.accept_offer(c.now, &offer).unwrap();
+        c.server.accept_answer(c.now, &answer).unwrap();
+        pump_lossy(&mut c, 4, &mut |_| false, &mut heard, &mut out);
+        let now = c.now;
+        assert!(
+            c.server.send_rtp(now, track, &media(1, None), 1, 960),
+            "track {round} could not send"
+        );
+        c.server.remove_outbound(track).unwrap();
+    }
 }

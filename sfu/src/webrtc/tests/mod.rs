@@ -37,6 +37,21 @@ pub(super) fn client_peer(now: Instant) -> Peer {
     Peer::new(Side::Client, addr(50000), now).expect("a client peer")
 }
 
+/// A server and a client connected over the client's first offer, in which it publishes
+/// `codec` on `ssrc` (the returned track); `now` moves on by the handshake's time.
+pub(super) fn connected(now: &mut Instant, codec: Codec, ssrc: u32) -> (Peer, Peer, OutboundId) {
+    let mut server = server_peer(*now);
+    let mut client = client_peer(*now);
+    let track = client.add_outbound(codec, ssrc, "c", "c-track").unwrap();
+    let offer = client.create_offer(*now).unwrap();
+    let answer = server.accept_offer(*now, &offer).unwrap();
+    client.accept_answer(*now, &answer).unwrap();
+    pump(&mut client, &mut server, addr(50000), now, 100, |_, _| {});
+    assert_eq!(client.state(), ConnectionState::Connected);
+    assert_eq!(server.state(), ConnectionState::Connected);
+    (server, client, track)
+}
+
 /// Move datagrams both ways for `steps` of 5 ms: the client, at `client_at`, talks to the
 /// server, and hears what the server sends to `client_at` (as from port 40000). Every output
 /// goes to `seen` (`true`: the client's).

@@ -19,15 +19,11 @@ fn vp8_packet(seq: u16) -> RtpPacket {
 #[test]
 fn our_srtp_speaks_with_the_handshakes_keys_both_ways() {
     let mut now = Instant::now();
-    let mut server = server_peer(now);
-    let mut client = client_peer(now);
-    assert!(server.srtp_keys().is_none(), "no keys before the handshake");
-    let video = client.add_outbound(Codec::Vp8, 4321, "c", "c-video").unwrap();
-    let offer = client.create_offer(now).unwrap();
-    let answer = server.accept_offer(now, &offer).unwrap();
-    client.accept_answer(now, &answer).unwrap();
-    pump(&mut client, &mut server, addr(50000), &mut now, 100, |_, _| {});
-    assert_eq!(client.state(), ConnectionState::Connected);
+    assert!(
+        server_peer(now).srtp_keys().is_none(),
+        "no keys before the handshake"
+    );
+    let (mut server, mut client, video) = connected(&mut now, Codec::Vp8, 4321);
 
     let (_, from_client) = server.srtp_keys().expect("the server's keys");
     let (client_key, _) = client.srtp_keys().expect("the client's keys");
@@ -44,9 +40,14 @@ fn our_srtp_speaks_with_the_handshakes_keys_both_ways() {
             if !matches!(data.first(), Some(128..=191)) || rtcp {
                 continue;
             }
-            let len = unprotect.unprotect(&mut data).expect("our SRTP opens rtc's packet");
+            let len = unprotect
+                .unprotect(&mut data)
+                .expect("our SRTP opens rtc's packet");
             assert_eq!(u16::from_be_bytes([data[2], data[3]]), seq);
-            assert_eq!(u32::from_be_bytes([data[8], data[9], data[10], data[11]]), 4321);
+            assert_eq!(
+                u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
+                4321
+            );
             assert_eq!(data[len - 1], seq as u8, "the payload is plain again");
             payload_type = data[1] & 0x7f;
             found = true;

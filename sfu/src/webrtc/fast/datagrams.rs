@@ -1,0 +1,85 @@
+//! The memory datagrams are written into: a few slabs, each cut into datagrams (which share
+//! it) and taken back whole once the media thread has sent and dropped them. After a call's
+//! first moments there are as many slabs as its busiest turn keeps in flight, and writing a
+//! datagram allocates nothing.
+
+use bytes::BytesMut;
+
+/// One slab: several packets' worth.
+const SLAB_BYTES: usize = 4 * 1024;
+/// Slabs kept per connection, at most (a turn with more in flight allocates a spare one).
+const MAX_SLABS: usize = 8;
+
+#[derive(Default)]
+pub(super) struct Datagrams {
+    slabs: Vec<BytesMut>,
+    current: usize,
+}
+
+impl Datagrams {
+    /// An empty buffer with room for `len` bytes, cut from a slab (see [`BytesMut::split_to`]).
+    pub fn buffer(&mut self, len: usize) -> &mut BytesMut {
+        let n = self.slabs.len();
+        for k in 0..n {
+            let i = (self.current + k) % n;
+            let slab = &mut self.slabs[i];
+            slab.clear();
+            // Room left, or every datagram cut from it is gone and it starts again.
+            if slab.capacity() >= len || slab.try_reclaim(len) {
+                self.current = i;
+                return &mut self.slabs[i];
+            }
+        }
+        let slab = BytesMut::with_capacity(SLAB_BYTES.max(len));
+        if n < MAX_SLABS {
+            self.slabs.push(slab);
+            self.current = n;
+        } else {
+            self.slabs[self.current] = slab;
+        }
+        &mut self.slabs[self.current]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(d: &mut Datagrams, len: usize, fill: u8) -> BytesMut {
+        let b = d.buffer(len);
+        b.resize(len, fill);
+        b.split_to(len)
+    }
+
+    #[test]
+    fn slabs_are_reused_once_their_datagrams_are_gone() {
+        let mut d = Datagrams::default();
+        // Three in flight at a time, 1200 bytes each, for a while.
+        let mut in_flight = std::collections::VecDeque::new();
+        for i in 0..1000 {
+            in_flight.push_back(cut(&mut d, 1200, i as u8));
+            if in_flight.len() > 3 {
+                let old = in_flight.pop_front().unwrap();
+                assert!(
+                    old.iter().all(|&b| b == old[0]),
+                    "a datagram was overwritten"
+                );
+            }
+        }
+        assert!(
+            d.slabs.len() <= 2,
+            "{} slabs for 3 datagrams in flight",
+            d.slabs.len()
+        );
+    }
+
+    #[test]
+    fn a_datagram_larger_than_a_slab_gets_its_own() {
+        let mut d = Datagrams::default();
+        let big = cut(&mut d, SLAB_BYTES * 2, 1);
+        assert_eq!(big.len(), SLAB_BYTES * 2);
+        let small = cut(&mut d, 100, 2);
+        assert_eq!(small.len(), 100);
+        assert!(d.slabs.len() <= MAX_SLABS);
+    }
+}

@@ -48,35 +48,36 @@ impl Peer {
     /// Points the fast path at the selected candidate pair's remote end (after the handshake,
     /// and after every STUN check, which is how ICE-lite learns of a new pair).
     pub(super) fn refresh_fast_destination(&mut self) {
-        let Some(fast) = self.fast.as_deref_mut() else {
+        if self.fast.is_none() {
+            return;
+        }
+        let Some(pair) = self.selected_pair() else {
             return;
         };
-        let Some(dtls) = self.pc.sctp().map(|s| s.transport()) else {
-            return self.refresh_fast_destination_via_media();
-        };
-        if let Some(pair) = dtls.ice_transport().get_selected_candidate_pair()
-            && let Some(to) = candidate_address(pair.remote())
+        if let (Some(fast), Some(to)) = (self.fast.as_deref_mut(), candidate_address(pair.remote()))
         {
             let tcp = pair.local().protocol == rtc::peer_connection::transport::RTCIceProtocol::Tcp;
             fast.set_destination(to, tcp);
         }
     }
 
-    fn refresh_fast_destination_via_media(&mut self) {
+    /// The ICE transport's selected pair, reached through the data channel's transport or,
+    /// without one, a sender's (under bundling they are one).
+    fn selected_pair(&mut self) -> Option<rtc::peer_connection::transport::RTCIceCandidatePair> {
+        if let Some(sctp) = self.pc.sctp() {
+            return sctp
+                .transport()
+                .ice_transport()
+                .get_selected_candidate_pair();
+        }
         let senders: Vec<_> = self.pc.get_senders().collect();
-        let pair = senders.into_iter().find_map(|id| {
-            let sender = self.pc.rtp_sender(id)?;
-            sender
+        senders.into_iter().find_map(|id| {
+            self.pc
+                .rtp_sender(id)?
                 .transport()?
                 .ice_transport()
                 .get_selected_candidate_pair()
-        });
-        let Some(pair) = pair else { return };
-        if let (Some(fast), Some(to)) = (self.fast.as_deref_mut(), candidate_address(pair.remote()))
-        {
-            let tcp = pair.local().protocol == rtc::peer_connection::transport::RTCIceProtocol::Tcp;
-            fast.set_destination(to, tcp);
-        }
+        })
     }
 
     /// Hands the fast path the NACKs and transport-wide feedback the chain set aside; a

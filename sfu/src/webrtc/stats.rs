@@ -24,18 +24,15 @@ pub struct LinkCounters {
 impl Peer {
     /// RFC 3550 §6.4.1: a receiver report echoes our last sender report's time (LSR) and
     /// how long it held it (DLSR); what is left of the time since is the round trip. The
-    /// reports' clock is the wall clock, as rtc stamps its sender reports.
+    /// reports' clock is the wall clock, as rtc and the fast path stamp sender reports.
     pub(super) fn measure_rtt(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
         use rtc::rtcp::receiver_report::ReceiverReport;
         use rtc::rtcp::sender_report::SenderReport;
-        let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
-        else {
+        let Some(ntp) = fast::ntp_now() else {
             return;
         };
         // The middle 32 bits of the NTP time: 16.16 fixed-point seconds.
-        let secs = since_epoch.as_secs() + 2_208_988_800;
-        let frac = (u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000;
-        let now = (((secs & 0xffff) << 16) | (frac >> 16)) as u32;
+        let now = (ntp >> 16) as u32;
         for p in packets {
             let any = p.as_any();
             let reports = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {

@@ -37,11 +37,12 @@ pub(super) use header::HeaderFields;
 use header::{MAX_HEADER, set_transport_sequence, write_header};
 use history::ResendHistory;
 use reports::SenderStats;
+pub(super) use reports::ntp_now;
 
 /// How often each stream's sender report goes out (rtc's own default).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Datagrams waiting for the media thread's next flush, at most: a connection that cannot
-/// drain them loses the oldest, never the node's memory.
+/// Datagrams waiting for the media thread's next flush, at most: beyond, a packet is refused
+/// (the fan-out counts it as `send_failed`) rather than the node's memory taken.
 const MAX_QUEUED: usize = 1024;
 /// SSRCs one connection sends on, at most (the SRTP sender's own bound).
 const MAX_STREAMS: usize = crate::srtp::MAX_STREAMS;
@@ -52,7 +53,6 @@ pub(super) struct FastCounters {
     pub packets_sent: u64,
     pub bytes_sent: u64,
     pub retransmissions: u64,
-    pub dropped: u64,
 }
 
 /// One SSRC we send on.
@@ -129,7 +129,7 @@ impl FastPath {
         resendable: bool,
         payload: &Bytes,
     ) -> bool {
-        if self.to.is_none() {
+        if self.to.is_none() || self.out.len() >= MAX_QUEUED {
             return false;
         }
         let mut header = [0u8; MAX_HEADER];
@@ -180,6 +180,9 @@ impl FastPath {
         let Some((to, tcp)) = self.to else {
             return false;
         };
+        if self.out.len() >= MAX_QUEUED {
+            return false;
+        }
         let len = header.len() + payload.len();
         let tagged = len + self.tag_len;
         let buffer = self.datagrams.buffer(tagged);
@@ -188,14 +191,9 @@ impl FastPath {
         buffer.resize(tagged, 0);
         let Ok(protected) = self.srtp.protect(buffer, len) else {
             buffer.clear();
-            self.counters.dropped += 1;
             return false;
         };
         let data = buffer.split_to(protected);
-        if self.out.len() >= MAX_QUEUED {
-            self.out.pop_front();
-            self.counters.dropped += 1;
-        }
         self.counters.packets_sent += 1;
         self.counters.bytes_sent += protected as u64;
         self.out.push_back(Transmit { to, data, tcp });

@@ -44,8 +44,9 @@ impl SenderStats {
     }
 }
 
-/// The wall clock as a 64-bit NTP timestamp (32.32 fixed-point seconds since 1900).
-fn ntp_now() -> Option<u64> {
+/// The wall clock as a 64-bit NTP timestamp (32.32 fixed-point seconds since 1900): our
+/// sender reports carry it, and the round trip is measured against it (`stats`).
+pub(in crate::webrtc) fn ntp_now() -> Option<u64> {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     let secs = since.as_secs() + NTP_UNIX_OFFSET;
     let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;

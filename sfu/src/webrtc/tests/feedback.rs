@@ -13,18 +13,6 @@ fn pump(
     });
 }
 
-fn vp8_packet(seq: u16) -> RtpPacket {
-    RtpPacket {
-        ssrc: 0,
-        sequence_number: seq,
-        timestamp: u32::from(seq) * 3000,
-        payload_type: 0,
-        marker: true,
-        payload: Bytes::from_static(&[0x10, 0x00, 0x9d, 0x01, 0x2a]),
-        audio_level: None,
-    }
-}
-
 #[test]
 fn a_keyframe_request_reaches_the_publisher() {
     let mut now = Instant::now();

@@ -37,6 +37,19 @@ pub(super) fn client_peer(now: Instant) -> Peer {
     Peer::new(Side::Client, addr(50000), now).expect("a client peer")
 }
 
+/// A small VP8 packet whose payload ends in the low byte of its sequence number.
+pub(super) fn vp8_packet(seq: u16) -> RtpPacket {
+    RtpPacket {
+        ssrc: 0,
+        sequence_number: seq,
+        timestamp: u32::from(seq) * 3000,
+        payload_type: 0,
+        marker: true,
+        payload: Bytes::from(vec![0x10, 0x00, 0x9d, 0x01, 0x2a, seq as u8]),
+        audio_level: None,
+    }
+}
+
 /// A server and a client connected over the client's first offer, in which it publishes
 /// `codec` on `ssrc` (the returned track); `now` moves on by the handshake's time.
 pub(super) fn connected(now: &mut Instant, codec: Codec, ssrc: u32) -> (Peer, Peer, OutboundId) {

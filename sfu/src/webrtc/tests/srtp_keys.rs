@@ -4,18 +4,6 @@
 use super::*;
 use crate::srtp::{SrtpReceiver, SrtpSender};
 
-fn vp8_packet(seq: u16) -> RtpPacket {
-    RtpPacket {
-        ssrc: 0,
-        sequence_number: seq,
-        timestamp: u32::from(seq) * 3000,
-        payload_type: 0,
-        marker: true,
-        payload: Bytes::from(vec![0x10, 0x00, 0x9d, 0x01, 0x2a, seq as u8]),
-        audio_level: None,
-    }
-}
-
 #[test]
 fn our_srtp_speaks_with_the_handshakes_keys_both_ways() {
     let mut now = Instant::now();

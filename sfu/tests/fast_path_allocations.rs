@@ -1,6 +1,7 @@
 //! The forwarding fast path allocates nothing per packet: a counting allocator watches this
 //! thread while packets go through it in steady state (after each stream's first packet,
-//! which may create its state).
+//! which may create its state), on the way in from a publisher and on the way out to a
+//! subscriber.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -96,7 +97,7 @@ mod peers {
 
     use bytes::Bytes;
     use metaclinic_sfu::media::{Codec, RtpPacket};
-    use metaclinic_sfu::webrtc::{ConnectionState, Peer, Side};
+    use metaclinic_sfu::webrtc::{ConnectionState, OutboundId, Peer, PeerOutput, Side};
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -134,8 +135,9 @@ mod peers {
         }
     }
 
-    #[test]
-    fn a_subscriber_s_packets_leave_the_fast_path_without_allocating() {
+    /// The SFU's end (fast path) and a client connected over the client's offer, in which
+    /// it publishes `tracks` (codec, SSRC): (server, client, now, the client's tracks).
+    fn connected(tracks: &[(Codec, u32)]) -> (Peer, Peer, Instant, Vec<OutboundId>) {
         let mut now = Instant::now();
         let side = Side::Server {
             ufrag: "srvufrag".into(),
@@ -144,12 +146,22 @@ mod peers {
         };
         let mut server = Peer::new(side, addr(40000), now).unwrap();
         let mut client = Peer::new(Side::Client, addr(50000), now).unwrap();
-        client.add_outbound(Codec::Opus, 1, "c", "c-audio").unwrap();
+        let outbound = tracks
+            .iter()
+            .map(|&(codec, ssrc)| client.add_outbound(codec, ssrc, "c", &format!("c-{ssrc}")))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
         let offer = client.create_offer(now).unwrap();
         let answer = server.accept_offer(now, &offer).unwrap();
         client.accept_answer(now, &answer).unwrap();
         pump(&mut server, &mut client, &mut now, 100);
         assert_eq!(server.state(), ConnectionState::Connected);
+        (server, client, now, outbound)
+    }
+
+    #[test]
+    fn a_subscriber_s_packets_leave_the_fast_path_without_allocating() {
+        let (mut server, mut client, mut now, _) = connected(&[(Codec::Opus, 1)]);
         let audio = server
             .add_outbound(Codec::Opus, 5001, "s", "s-audio")
             .unwrap();
@@ -195,5 +207,62 @@ mod peers {
         });
         assert_eq!(sent, 4000, "one datagram per packet");
         assert_eq!(allocations, 0, "allocations for {sent} packets");
+    }
+
+    #[test]
+    fn a_publisher_s_packets_come_in_through_the_fast_path_without_allocating() {
+        let (mut server, mut client, mut now, tracks) =
+            connected(&[(Codec::Opus, 1), (Codec::Vp8, 2)]);
+        let (mic, camera) = (tracks[0], tracks[1]);
+
+        // A voice frame and a piece of a camera frame, in their usual sizes.
+        let (voice, video) = (Bytes::from(vec![0x10; 100]), Bytes::from(vec![0x10; 1100]));
+        let publish = |client: &mut Peer, now: Instant, i: u16| {
+            let ts = u32::from(i);
+            assert!(client.send_rtp(now, mic, &packet(&voice), i, ts * 960));
+            assert!(client.send_rtp(now, camera, &packet(&video), i, ts * 3000));
+        };
+        // Warm up: each stream's state, the slabs, the output queue.
+        for i in 0..1000u16 {
+            publish(&mut client, now, i);
+            pump(&mut server, &mut client, &mut now, 1);
+        }
+        // The publisher's next packets, encrypted ahead (its side is not the SFU's).
+        let mut datagrams = Vec::new();
+        for i in 1000..5000u16 {
+            publish(&mut client, now, i);
+            while let Some(t) = client.poll_transmit() {
+                let rtcp = (192..=223).contains(&t.data[1]);
+                if !rtcp {
+                    datagrams.push(t.data);
+                }
+            }
+        }
+        assert_eq!(datagrams.len(), 8000);
+        // What subscribers' resend histories hold: the last 128 video payloads.
+        let mut held = std::collections::VecDeque::with_capacity(129);
+        let mut received = 0;
+        let mut receive = |server: &mut Peer, datagrams: &[bytes::BytesMut]| {
+            for d in datagrams {
+                server.handle_datagram(now, addr(50000), d);
+                while let Some(out) = server.poll_output() {
+                    if let PeerOutput::Rtp { packet, .. } = out {
+                        received += 1;
+                        if packet.ssrc == 2 {
+                            held.push_back(packet.payload);
+                            if held.len() > 128 {
+                                held.pop_front();
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // The first half fills the slabs the held payloads keep; the second is measured.
+        let (first, second) = datagrams.split_at(4000);
+        receive(&mut server, first);
+        let allocations = super::allocations_in(|| receive(&mut server, second));
+        assert_eq!(received, 8000, "every packet came out");
+        assert_eq!(allocations, 0, "allocations for the last 4000 packets");
     }
 }

@@ -23,6 +23,14 @@ impl StreamIndex {
         }
     }
 
+    /// A stream already under way, whose latest packet had `index` (its first packets were
+    /// opened elsewhere).
+    pub(super) fn resuming_at(index: u64) -> Self {
+        Self {
+            highest: index.min(MAX_INDEX),
+        }
+    }
+
     /// The index of a packet with `sequence_number`: the one closest to the highest so far
     /// (RFC 3711 §3.3.1's estimate, as a signed 16-bit distance). `None` when it would fall
     /// before the stream began or past the last index the key allows.

@@ -227,6 +227,23 @@ impl SrtpReceiver {
         })
     }
 
+    /// Takes over a stream whose packets up to `index` (rollover counter and sequence
+    /// number) another SRTP context opened: the next packets' indices are guessed from
+    /// there, which holds across a sequence number wrap the other context saw. Nothing
+    /// changes for a stream this receiver already opened.
+    pub fn resume(&mut self, ssrc: u32, index: u64) -> Result<(), SrtpError> {
+        if self.streams.get(ssrc).is_none() {
+            self.streams.insert(
+                ssrc,
+                (
+                    StreamIndex::resuming_at(index),
+                    ReplayWindow::starting_at(index),
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Authenticate the SRTP packet in `packet` and decrypt it in place; returns the length of
     /// the plain RTP packet at its start. Nothing is remembered of a packet that fails.
     pub fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {

@@ -73,16 +73,29 @@ fn what_the_library_protects_we_unprotect_across_a_wrap() {
         let key = master(profile, 2);
         let mut theirs = library_context(&key);
         let mut ours = SrtpReceiver::new(&key).unwrap();
-        for sequence_number in (65_530..=65_535).chain(0..6) {
-            let plain = rtp(0xCAFE, sequence_number, 1100);
-            let mut packet = theirs.encrypt_rtp(&plain).unwrap().to_vec();
-            let len = ours.unprotect(&mut packet).unwrap();
-            assert_eq!(
-                &packet[..len],
-                &plain[..],
-                "{profile:?} seq {sequence_number}"
-            );
-        }
+        let sequence_numbers = (65_530..=65_535).chain(0..6);
+        library_to_ours(&mut theirs, &mut ours, 0xCAFE, sequence_numbers, profile);
+    }
+}
+
+/// The library protects `ssrc`'s packets with these sequence numbers; we open each and find
+/// the plain packet.
+fn library_to_ours(
+    theirs: &mut Context,
+    ours: &mut SrtpReceiver,
+    ssrc: u32,
+    sequence_numbers: impl IntoIterator<Item = u16>,
+    profile: Profile,
+) {
+    for sequence_number in sequence_numbers {
+        let plain = rtp(ssrc, sequence_number, 1100);
+        let mut packet = theirs.encrypt_rtp(&plain).unwrap().to_vec();
+        let len = ours.unprotect(&mut packet).unwrap();
+        assert_eq!(
+            &packet[..len],
+            &plain[..],
+            "{profile:?} seq {sequence_number}"
+        );
     }
 }
 
@@ -222,4 +235,19 @@ fn a_retired_stream_makes_room_and_never_comes_back() {
     again.resize(again.len() + 16, 0);
     let len = again.len() - 16;
     assert_eq!(sender.protect(&mut again, len), Err(SrtpError::Retired));
+}
+
+#[test]
+fn a_stream_taken_over_after_a_wrap_keeps_its_rollover_counter() {
+    for profile in PROFILES {
+        let key = master(profile, 3);
+        let mut theirs = library_context(&key);
+        let mut ours = SrtpReceiver::new(&key).unwrap();
+        // The library opened the stream's first packets, across a wrap; we take over after.
+        for sequence_number in [65_534, 65_535, 0] {
+            theirs.encrypt_rtp(&rtp(7, sequence_number, 40)).unwrap();
+        }
+        ours.resume(7, 1 << 16).unwrap();
+        library_to_ours(&mut theirs, &mut ours, 7, 1..10, profile);
+    }
 }

@@ -134,8 +134,8 @@ fn media_engine() -> Result<MediaEngine, PeerError> {
 #[derive(Debug, Clone)]
 pub enum Side {
     /// The SFU: ICE-lite with credentials we chose (they key the shared-port demultiplexer),
-    /// DTLS server when answering. With `fast_path`, the RTP it sends leaves through the
-    /// forwarding fast path (`fast`) once DTLS is up, not through rtc's pipeline.
+    /// DTLS server when answering. With `fast_path`, the RTP it sends and receives goes
+    /// through the forwarding fast path (`fast`) once DTLS is up, not through rtc's pipeline.
     Server {
         ufrag: String,
         pwd: String,
@@ -188,11 +188,27 @@ pub(super) fn build(
             RtpCodecKind::Video,
         );
     }
-    // What we receive: NACKs, transport-wide feedback and receiver reports for it.
-    let registry = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(&mut engine).map_err(PeerError::setup)?;
-    let registry = configure_twcc_receiver_only(registry, &mut engine).map_err(PeerError::setup)?;
-    let registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    let fast_path = matches!(
+        side,
+        Side::Server {
+            fast_path: true,
+            ..
+        }
+    );
+    // What we receive: NACKs, transport-wide feedback and receiver reports for it. The fast
+    // path does all three itself; it only needs transport-wide feedback negotiated (the
+    // interceptor this adds is dropped with the registry it was added to).
+    let registry = if fast_path {
+        configure_twcc_receiver_only(Registry::new(), &mut engine).map_err(PeerError::setup)?;
+        Registry::new()
+    } else {
+        let registry =
+            Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+        configure_twcc_receiver_only(registry, &mut engine)
+            .map_err(PeerError::setup)?
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+    };
     if let Side::Server { .. } = side {
         shared.bandwidth.target_bps.store(
             INITIAL_ESTIMATE_BPS as u64,
@@ -201,9 +217,7 @@ pub(super) fn build(
     }
     // What we send, where rtc sends it: the fast path does all of this itself.
     let registry = match side {
-        Side::Server {
-            fast_path: true, ..
-        } => registry,
+        _ if fast_path => registry,
         _ => {
             let registry = registry
                 .with(

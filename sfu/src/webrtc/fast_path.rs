@@ -1,5 +1,6 @@
 //! The peer's side of the forwarding fast path (`fast`): starting it once DTLS is up, telling
-//! it where media goes, handing it the RTCP the chain set aside, and its timers.
+//! it where media goes, handing it the RTCP the chain set aside, and its timers; on the way
+//! in, offering it each RTP datagram and handing over each stream rtc opened.
 
 use super::*;
 
@@ -20,10 +21,11 @@ impl Peer {
     /// profiles we negotiate).
     pub(super) fn fast_path(&mut self, now: Instant) -> Option<&mut fast::FastPath> {
         if self.fast.is_none() && self.fast_path_wanted() && self.connected_once {
-            let (local, _remote) = self.srtp_keys()?;
+            let (local, remote) = self.srtp_keys()?;
             let started = fast::FastPath::new(
                 now,
                 &local,
+                &remote,
                 self.chain.clone(),
                 engine::estimator(&self.chain),
                 engine::NACK_HISTORY,
@@ -102,19 +104,104 @@ impl Peer {
         }
     }
 
-    /// The fast path's timers: its estimator's, and sender reports (written through rtc,
-    /// which protects RTCP).
+    /// The fast path's timers: its estimator's, reports, feedback and NACKs (written
+    /// through rtc, which protects RTCP).
     pub(super) fn fast_timeout(&mut self, now: Instant) {
         let Some(fast) = self.fast.as_deref_mut() else {
             return;
         };
         // One compound per report: a receiver that reads only a compound's first report
         // (some do) still hears of every stream.
-        for report in fast.handle_timeout(now) {
+        for packet in fast.handle_timeout(now) {
             let _ = self.pc.handle_write(TaggedRTCMessage {
                 now,
-                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(report)]),
+                message: RTCMessage::RtcpPacket(String::new(), vec![packet]),
             });
+        }
+    }
+
+    /// Offers an RTP datagram to the fast path's receive side; `true` when it took it (the
+    /// packet is queued as output, or dropped as a replay).
+    pub(super) fn fast_receive(&mut self, now: Instant, data: &[u8]) -> bool {
+        let Some(fast) = self.fast.as_deref_mut() else {
+            return false;
+        };
+        // RTP, not RTCP (RFC 5761 §4: payload types 64-95 with the marker bit are RTCP's).
+        if !matches!(data.first(), Some(128..=191)) || matches!(data.get(1), Some(192..=223)) {
+            return false;
+        }
+        let ids = fast::ExtensionIds {
+            audio_level: self.audio_level_ext,
+            transport_cc: self.transport_cc_ext,
+        };
+        match fast.receive.receive(now, data, ids) {
+            fast::Receive::NotOurs => false,
+            fast::Receive::Dropped => true,
+            fast::Receive::Media {
+                inbound,
+                layer,
+                packet,
+            } => {
+                self.pending.push_back(PeerOutput::Rtp {
+                    inbound,
+                    layer,
+                    packet,
+                });
+                true
+            }
+        }
+    }
+
+    /// A packet came through rtc on a track we know: it counts for the receive side's
+    /// feedback and statistics, and the stream's next packets come through the fast path.
+    pub(super) fn fast_take_over(
+        &mut self,
+        now: Instant,
+        inbound: InboundId,
+        layer: u8,
+        codec: Codec,
+        h: &rtc::rtp::header::Header,
+        payload_len: usize,
+    ) {
+        use rtc::shared::marshal::MarshalSize;
+        let transport_cc = self.transport_cc_ext;
+        let Some(fast) = self.fast_path(now) else {
+            return;
+        };
+        let transport_sequence = transport_cc
+            .and_then(|id| h.get_extension(id))
+            .and_then(|v| Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?)));
+        fast.receive.record(
+            now,
+            fast::Arrival {
+                ssrc: h.ssrc,
+                sequence_number: h.sequence_number,
+                timestamp: h.timestamp,
+                size: h.marshal_size() + payload_len,
+                transport_sequence,
+                codec,
+            },
+        );
+        fast.receive
+            .route(h.ssrc, inbound, layer, h.payload_type, codec);
+    }
+
+    /// The remote side's sender reports, echoed in the fast path's receiver reports.
+    pub(super) fn fast_sender_reports(
+        &mut self,
+        now: Instant,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+    ) {
+        let Some(fast) = self.fast.as_deref_mut() else {
+            return;
+        };
+        for p in packets {
+            if let Some(sr) = p
+                .as_any()
+                .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+            {
+                fast.receive.on_sender_report(now, sr.ssrc, sr.ntp_time);
+            }
         }
     }
 }

@@ -216,6 +216,8 @@ pub struct Peer {
     remote_ufrag: Option<String>,
     /// Round trip measured from the remote side's receiver reports, smoothed.
     rtt_ms: Option<f64>,
+    /// The fraction lost (of 256) the remote side last reported for each stream we send.
+    loss_down: Vec<(u32, u8)>,
     /// RTP packets we handed to the stack to send.
     rtp_written: u64,
     /// Until the connection is up; then dropped.
@@ -260,6 +262,7 @@ impl Peer {
             audio_level_ext: None,
             remote_ufrag: None,
             rtt_ms: None,
+            loss_down: Vec::new(),
             rtp_written: 0,
             replay: Some(Box::default()),
             state: ConnectionState::Connecting,
@@ -397,6 +400,9 @@ impl Peer {
             } else {
                 r.on_received(data);
             }
+        }
+        if self.fast_receive(now, data) {
+            return;
         }
         let msg = TaggedBytesMut {
             now,

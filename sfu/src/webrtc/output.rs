@@ -21,7 +21,7 @@ impl Peer {
                         self.on_event(event);
                     }
                 }
-                self.on_message(msg.message);
+                self.on_message(msg.now, msg.message);
                 continue;
             }
             let event = self.pc.poll_event()?;
@@ -86,11 +86,14 @@ impl Peer {
                 );
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
-                if let Some(t) = self.inbound.remove(&track_id)
-                    && t.announced
-                {
-                    self.pending
-                        .push_back(PeerOutput::TrackClosed { inbound: t.id });
+                if let Some(t) = self.inbound.remove(&track_id) {
+                    if let Some(fast) = self.fast.as_deref_mut() {
+                        fast.receive.forget(t.id);
+                    }
+                    if t.announced {
+                        self.pending
+                            .push_back(PeerOutput::TrackClosed { inbound: t.id });
+                    }
                 }
             }
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
@@ -116,11 +119,12 @@ impl Peer {
         }
     }
 
-    pub(super) fn on_message(&mut self, message: RTCMessage) {
+    pub(super) fn on_message(&mut self, now: Instant, message: RTCMessage) {
         match message {
-            RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(&track_id, pkt),
+            RTCMessage::RtpPacket(track_id, pkt) => self.on_rtp(now, &track_id, pkt),
             RTCMessage::RtcpPacket(track_id, packets) => {
-                self.measure_rtt(&packets);
+                self.on_reception_reports(&packets);
+                self.fast_sender_reports(now, &packets);
                 let Some(&outbound) = self.outbound_by_track.get(&track_id) else {
                     return;
                 };
@@ -146,7 +150,7 @@ impl Peer {
         }
     }
 
-    pub(super) fn on_rtp(&mut self, track_id: &str, pkt: rtc::rtp::packet::Packet) {
+    pub(super) fn on_rtp(&mut self, now: Instant, track_id: &str, pkt: rtc::rtp::packet::Packet) {
         let pt = pkt.header.payload_type;
         let Some(track) = self.inbound.get_mut(track_id) else {
             self.pending.push_back(PeerOutput::UnroutableRtp);
@@ -213,8 +217,10 @@ impl Peer {
         let Some(track) = self.inbound.get(track_id) else {
             return;
         };
+        let inbound = track.id;
+        self.fast_take_over(now, inbound, layer, codec, &h, pkt.payload.len());
         self.pending.push_back(PeerOutput::Rtp {
-            inbound: track.id,
+            inbound,
             layer,
             packet: RtpPacket {
                 ssrc: h.ssrc,

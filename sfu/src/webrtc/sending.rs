@@ -196,8 +196,14 @@ impl Peer {
         if !self.outbound_ready(id) {
             return false;
         }
-        if self.fast_path_wanted() && self.fast_path(now).is_none() {
-            return false;
+        if self.fast_path_wanted() {
+            let Some(fast) = self.fast_path(now) else {
+                return false;
+            };
+            // Started before ICE had chosen a pair (on a publisher's first packet).
+            if !fast.has_destination() {
+                self.refresh_fast_destination();
+            }
         }
         let Some(out) = self.outbound.get(&id) else {
             return false;

@@ -22,10 +22,12 @@ pub struct LinkCounters {
 }
 
 impl Peer {
-    /// RFC 3550 §6.4.1: a receiver report echoes our last sender report's time (LSR) and
-    /// how long it held it (DLSR); what is left of the time since is the round trip. The
-    /// reports' clock is the wall clock, as rtc and the fast path stamp sender reports.
-    pub(super) fn measure_rtt(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+    /// Reads the remote side's reception reports on what we send. RFC 3550 §6.4.1: a
+    /// report echoes our last sender report's time (LSR) and how long it held it (DLSR);
+    /// what is left of the time since is the round trip. The reports' clock is the wall
+    /// clock, as rtc and the fast path stamp sender reports. Each report's fraction lost is
+    /// kept per stream of ours (rtc 0.21 reads none of it into its statistics).
+    pub(super) fn on_reception_reports(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
         use rtc::rtcp::receiver_report::ReceiverReport;
         use rtc::rtcp::sender_report::SenderReport;
         let Some(ntp) = fast::ntp_now() else {
@@ -42,6 +44,15 @@ impl Peer {
             } else {
                 continue;
             };
+            for r in reports {
+                let ours = self.outbound.values().any(|o| o.ssrcs.contains(&r.ssrc));
+                let room = self.loss_down.len() < crate::srtp::MAX_STREAMS;
+                match self.loss_down.iter_mut().find(|(ssrc, _)| *ssrc == r.ssrc) {
+                    Some(entry) => entry.1 = r.fraction_lost,
+                    None if ours && room => self.loss_down.push((r.ssrc, r.fraction_lost)),
+                    None => {}
+                }
+            }
             for r in reports.iter().filter(|r| r.last_sender_report != 0) {
                 let rtt = now.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
                 // A negative or absurd value (clock step, forged report) is no measurement.
@@ -71,6 +82,15 @@ impl Peer {
             let jitter_ms = r.jitter / clock * 1000.0;
             c.jitter_ms = Some(c.jitter_ms.unwrap_or(0.0).max(jitter_ms));
         }
+        if let Some(fast) = self.fast.as_deref() {
+            // The fast path sees every packet received since it started (rtc's statistics
+            // only those it carried).
+            let r = fast.receive.counters();
+            c.packets_received = r.packets_received;
+            c.packets_lost = r.packets_lost;
+            c.bytes_received = r.bytes_received;
+            c.jitter_ms = r.jitter_ms;
+        }
         let mut packets_sent = 0;
         for s in report.outbound_rtp_streams() {
             c.bytes_sent += s.sent_rtp_stream_stats.bytes_sent;
@@ -89,12 +109,11 @@ impl Peer {
         c.unanswerable_nacks = nacks
             .unanswerable
             .load(std::sync::atomic::Ordering::Relaxed);
-        for e in report.iter() {
-            if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(r) = e {
-                let lost = r.fraction_lost * 100.0;
-                c.loss_down_pct = Some(c.loss_down_pct.map_or(lost, |x: f64| x.max(lost)));
-            }
-        }
+        c.loss_down_pct = self
+            .loss_down
+            .iter()
+            .map(|&(_, fraction)| f64::from(fraction) * 100.0 / 256.0)
+            .reduce(f64::max);
         // rtc 0.21 leaves the RTT at zero; we measure it from the reports ourselves.
         c.rtt_ms = self.rtt_ms;
         c

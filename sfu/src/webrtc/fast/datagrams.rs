@@ -5,18 +5,36 @@
 
 use bytes::BytesMut;
 
-/// One slab: several packets' worth.
+/// What is sent: one slab is several packets' worth.
 const SLAB_BYTES: usize = 4 * 1024;
-/// Slabs kept per connection, at most (a turn with more in flight allocates a spare one).
+/// Slabs kept per connection for what is sent, at most (a turn with more in flight
+/// allocates a spare one).
 const MAX_SLABS: usize = 8;
 
-#[derive(Default)]
 pub(super) struct Datagrams {
     slabs: Vec<BytesMut>,
     current: usize,
+    slab_bytes: usize,
+    max_slabs: usize,
+}
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Self::new(SLAB_BYTES, MAX_SLABS)
+    }
 }
 
 impl Datagrams {
+    /// Slabs of `slab_bytes`, at most `max_slabs` of them kept.
+    pub fn new(slab_bytes: usize, max_slabs: usize) -> Self {
+        Datagrams {
+            slabs: Vec::new(),
+            current: 0,
+            slab_bytes,
+            max_slabs: max_slabs.max(1),
+        }
+    }
+
     /// An empty buffer with room for `len` bytes, cut from a slab (see [`BytesMut::split_to`]).
     pub fn buffer(&mut self, len: usize) -> &mut BytesMut {
         let n = self.slabs.len();
@@ -30,8 +48,8 @@ impl Datagrams {
                 return &mut self.slabs[i];
             }
         }
-        let slab = BytesMut::with_capacity(SLAB_BYTES.max(len));
-        if n < MAX_SLABS {
+        let slab = BytesMut::with_capacity(self.slab_bytes.max(len));
+        if n < self.max_slabs {
             self.slabs.push(slab);
             self.current = n;
         } else {
@@ -80,6 +98,6 @@ mod tests {
         assert_eq!(big.len(), SLAB_BYTES * 2);
         let small = cut(&mut d, 100, 2);
         assert_eq!(small.len(), 100);
-        assert!(d.slabs.len() <= MAX_SLABS);
+        assert!(d.slabs.len() <= d.max_slabs);
     }
 }

@@ -6,13 +6,16 @@
 //! What rtc's interceptors did for those packets happens here, per connection: answering
 //! NACKs from a resend history (through the [`NackPolicy`]), transport-wide sequence numbers
 //! and the send-side bandwidth estimate over the subscriber's feedback ([`Congestion`]), and
-//! sender reports. rtc keeps ICE, DTLS, SCTP, negotiation, RTCP's own transport, and
-//! everything about what the SFU receives.
+//! sender reports. What a publisher sends comes in the same way (`receive`): after a
+//! stream's first packet, the SFU opens its packets itself and sends the feedback, NACKs and
+//! receiver reports rtc's interceptors sent. rtc keeps ICE, DTLS, SCTP, negotiation, RTCP's
+//! own transport, and each stream's first packet (which opens its track).
 
 mod congestion;
 mod datagrams;
 mod header;
 mod history;
+mod receive;
 mod reports;
 mod send_records;
 
@@ -22,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 
@@ -36,6 +38,7 @@ use datagrams::Datagrams;
 pub(super) use header::HeaderFields;
 use header::{MAX_HEADER, set_transport_sequence, write_header};
 use history::ResendHistory;
+pub(super) use receive::{Arrival, ExtensionIds, FastReceive, Receive};
 use reports::SenderStats;
 pub(super) use reports::ntp_now;
 
@@ -86,12 +89,16 @@ pub(super) struct FastPath {
     next_report: Instant,
     history_size: u16,
     counters: FastCounters,
+    /// What the remote side sends.
+    pub receive: FastReceive,
 }
 
 impl FastPath {
+    /// `key` protects what we send, `remote_key` opens what we receive.
     pub fn new(
         now: Instant,
         key: &MasterKey,
+        remote_key: &MasterKey,
         shared: Arc<ChainShared>,
         estimator: SfuEstimator,
         history_size: u16,
@@ -108,11 +115,16 @@ impl FastPath {
             next_report: now + REPORT_INTERVAL,
             history_size,
             counters: FastCounters::default(),
+            receive: FastReceive::new(now, remote_key)?,
         })
     }
 
     pub fn set_destination(&mut self, to: SocketAddr, tcp: bool) {
         self.to = Some((to, tcp));
+    }
+
+    pub fn has_destination(&self) -> bool {
+        self.to.is_some()
     }
 
     pub fn counters(&self) -> FastCounters {
@@ -247,23 +259,27 @@ impl FastPath {
     }
 
     pub fn poll_timeout(&self) -> Instant {
+        let next = self.next_report.min(self.receive.poll_timeout());
         match self.congestion.poll_timeout() {
-            Some(t) => t.min(self.next_report),
-            None => self.next_report,
+            Some(t) => t.min(next),
+            None => next,
         }
     }
 
-    /// Runs the estimator's timers; when reports are due, returns them (sent through rtc,
-    /// which protects RTCP).
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<SenderReport> {
+    /// Runs the estimator's timers; returns the RTCP due (sent through rtc, which protects
+    /// RTCP): sender reports for what we send, feedback and reports for what we receive.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Box<dyn rtc::rtcp::Packet>> {
         self.congestion.handle_timeout(now);
-        if now < self.next_report {
-            return Vec::new();
+        let mut out: Vec<Box<dyn rtc::rtcp::Packet>> = Vec::new();
+        self.receive.handle_timeout(now, &mut out);
+        if now >= self.next_report {
+            self.next_report = now + REPORT_INTERVAL;
+            for s in &self.streams {
+                if let Some(report) = s.stats.report(now, s.ssrc, s.clock_rate) {
+                    out.push(Box::new(report));
+                }
+            }
         }
-        self.next_report = now + REPORT_INTERVAL;
-        self.streams
-            .iter()
-            .filter_map(|s| s.stats.report(now, s.ssrc, s.clock_rate))
-            .collect()
+        out
     }
 }

@@ -1,6 +1,6 @@
 //! Sender reports (RFC 3550 §6.4.1) for what the fast path sends: the subscriber's receiver
 //! learns the wall clock of our RTP timestamps (lip sync) and echoes the report's time in its
-//! receiver reports, from which the SFU measures the round trip (`stats::measure_rtt`, on the
+//! receiver reports, from which the SFU measures the round trip (`stats::on_reception_reports`, on the
 //! same wall clock).
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -97,12 +97,6 @@ fn media(seq: u16, level: Option<u8>) -> RtpPacket {
     }
 }
 
-/// The RTP sequence number of an SRTP datagram for `ssrc` (its header is in the clear).
-fn rtp_sequence(data: &[u8], ssrc: u32) -> Option<u16> {
-    let is_rtp = data.len() > 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1]);
-    (is_rtp && data[8..12] == ssrc.to_be_bytes()).then(|| u16::from_be_bytes([data[2], data[3]]))
-}
-
 #[test]
 fn every_packet_arrives_with_its_payload_and_audio_level() {
     let mut c = call();

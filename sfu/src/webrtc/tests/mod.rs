@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod congestion;
 mod fast_path;
+mod fast_receive;
 mod feedback;
 mod handshake;
 mod ice_restart;
@@ -48,6 +49,12 @@ pub(super) fn vp8_packet(seq: u16) -> RtpPacket {
         payload: Bytes::from(vec![0x10, 0x00, 0x9d, 0x01, 0x2a, seq as u8]),
         audio_level: None,
     }
+}
+
+/// The RTP sequence number of an SRTP datagram for `ssrc` (its header is in the clear).
+pub(super) fn rtp_sequence(data: &[u8], ssrc: u32) -> Option<u16> {
+    let is_rtp = data.len() > 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1]);
+    (is_rtp && data[8..12] == ssrc.to_be_bytes()).then(|| u16::from_be_bytes([data[2], data[3]]))
 }
 
 /// A server and a client connected over the client's first offer, in which it publishes

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod forward;
 pub mod forward_relay;
 pub mod ice_tcp;
+pub mod janus;
 pub mod join;
 pub mod load;
 pub mod local;

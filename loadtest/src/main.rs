@@ -36,6 +36,9 @@ enum Command {
     /// Forwarding benchmark: an SFU child process, rooms of publishers and subscribers, CPU
     /// per forwarded packet, loss and latency. Ends with one JSON line.
     Forward(forward::ForwardArgs),
+    /// The forwarding benchmark's shape against a running Janus VideoRoom (the reference
+    /// SFU), for CPU per forwarded packet side by side. Ends with one JSON line.
+    JanusForward(metaclinic_loadtest::janus::JanusForwardArgs),
     /// One participant joins a consultation through signaling (a dev token by default),
     /// sends a tone and prints what it hears: try `metaclinic dev` from a terminal.
     Join(join::JoinArgs),
@@ -125,6 +128,22 @@ fn main() -> anyhow::Result<()> {
             let report = runtime.block_on(forward::run(args))?;
             let json = serde_json::to_string(&report)?;
             println!("{}", forward::summary(&report));
+            if let Some(p) = json_path {
+                std::fs::write(&p, format!("{json}\n"))?;
+            }
+            println!("{json}");
+        }
+        Command::JanusForward(args) => {
+            let json_path = args.json.clone();
+            let report = runtime.block_on(metaclinic_loadtest::janus::run(args))?;
+            let json = serde_json::to_string(&report)?;
+            println!(
+                "janus: {:.2} us per forwarded packet ({} packets, {:.1}% loss, latency p50 {:.2} ms)",
+                report.cpu_us_per_fwd_pkt,
+                report.received_pkts,
+                report.loss_pct,
+                report.latency_ms_p50
+            );
             if let Some(p) = json_path {
                 std::fs::write(&p, format!("{json}\n"))?;
             }

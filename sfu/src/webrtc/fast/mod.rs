@@ -162,7 +162,7 @@ impl FastPath {
         let header = &header[..header_len];
         let stream = &mut self.streams[stream];
         if let Some(history) = &mut stream.history {
-            history.keep(fields.sequence_number, header, payload);
+            history.keep(now, fields.sequence_number, header, payload);
         }
         stream.stats.on_sent(now, fields.timestamp, payload.len());
         self.nacks.record_sent(fields.ssrc, fields.sequence_number);

@@ -189,3 +189,40 @@ fn the_publisher_hears_feedback_and_its_loss_in_receiver_reports() {
         "the publisher hears of its loss: {loss}%"
     );
 }
+
+#[test]
+fn replayed_and_forged_packets_are_dropped_and_the_stream_goes_on() {
+    let mut p = publisher();
+    let mut captured = Vec::new();
+    let got = publish(&mut p, 0..20, &mut |d| {
+        if rtp_sequence(d, 222) == Some(10) {
+            captured.push(d.to_vec());
+        }
+        false
+    });
+    assert_eq!(got.iter().filter(|(s, ..)| *s == 222).count(), 20);
+    let replay = captured.pop().expect("packet 10 went out");
+    let mut forged = replay.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    for datagram in [&replay, &forged] {
+        p.server.handle_datagram(p.now, addr(50000), datagram);
+    }
+    let mut outputs = Vec::new();
+    while let Some(o) = p.server.poll_output() {
+        outputs.push(o);
+    }
+    assert!(
+        !outputs.iter().any(|o| matches!(o, PeerOutput::Rtp { .. })),
+        "a replay or a forgery came out: {outputs:?}"
+    );
+    // The publisher's stream goes on through the fast path.
+    let got = publish(&mut p, 20..30, &mut |_| false);
+    let video: Vec<u16> = got
+        .iter()
+        .filter(|(s, ..)| *s == 222)
+        .map(|(_, seq, ..)| *seq)
+        .collect();
+    assert_eq!(video, (20..30).collect::<Vec<_>>());
+    assert!(opened_by_rtc(&mut p.server, 222) <= 2);
+}

@@ -31,7 +31,9 @@ pub enum DropReason {
     UnknownPeer,
     /// RTP or RTCP shorter than its own header says.
     TruncatedRtp,
-    /// The WebRTC stack refused the datagram (bad DTLS record, failed SRTP auth, ...).
+    /// The forwarding fast path refused an SRTP packet on a stream it carries: a replay, a
+    /// packet older than the replay window, or one failing authentication. (rtc's own
+    /// refusals, of DTLS records and of packets it carries, are not reported to us.)
     PeerRejected,
     /// The WebRTC stack panicked on this input; the session was closed, the node lives on.
     PeerPanic,
@@ -422,7 +424,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 impl ShardTally {
     pub fn drop(&mut self, reason: DropReason) {
-        self.dropped[reason.index()] += 1;
+        self.drop_n(reason, 1);
+    }
+
+    pub fn drop_n(&mut self, reason: DropReason, n: u64) {
+        self.dropped[reason.index()] += n;
     }
 
     /// Drops for `reason` not yet published.

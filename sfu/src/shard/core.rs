@@ -205,12 +205,14 @@ impl ShardCore {
         s.last_received = now;
         let peer = &mut s.peer;
         let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            peer.handle_datagram_on(now, from, data, via == Via::Tcp)
+            peer.handle_datagram_on(now, from, data, via == Via::Tcp);
+            peer.take_rejected_packets()
         }));
-        if fed.is_err() {
+        let Ok(rejected) = fed else {
             self.on_peer_panic(key, now);
             return;
-        }
+        };
+        self.tally.drop_n(DropReason::PeerRejected, rejected);
         self.mark_dirty(key);
         self.drive(key, now);
     }

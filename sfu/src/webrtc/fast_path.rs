@@ -152,6 +152,14 @@ impl Peer {
         }
     }
 
+    /// SRTP packets the fast path refused since the last call: replays, packets older than
+    /// the replay window, forgeries (counted by the shard as `peer_rejected`).
+    pub fn take_rejected_packets(&mut self) -> u64 {
+        self.fast
+            .as_deref_mut()
+            .map_or(0, |fast| fast.receive.take_rejected())
+    }
+
     /// A packet came through rtc on a track we know: it counts for the receive side's
     /// feedback and statistics, and the stream's next packets come through the fast path.
     pub(super) fn fast_take_over(

@@ -205,9 +205,11 @@ fn replayed_and_forged_packets_are_dropped_and_the_stream_goes_on() {
     let mut forged = replay.clone();
     let last = forged.len() - 1;
     forged[last] ^= 0x01;
+    p.server.take_rejected_packets();
     for datagram in [&replay, &forged] {
         p.server.handle_datagram(p.now, addr(50000), datagram);
     }
+    assert_eq!(p.server.take_rejected_packets(), 2, "both counted");
     let mut outputs = Vec::new();
     while let Some(o) = p.server.poll_output() {
         outputs.push(o);

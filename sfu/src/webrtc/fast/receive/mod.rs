@@ -117,6 +117,9 @@ pub(in crate::webrtc) struct FastReceive {
     next_report: Instant,
     /// Scratch for one stream's missing sequence numbers.
     missing: Vec<u16>,
+    /// Packets refused since the last [`FastReceive::take_rejected`]: replays, packets older
+    /// than the replay window, and forgeries on a stream this side carries.
+    rejected: u64,
 }
 
 impl FastReceive {
@@ -133,6 +136,7 @@ impl FastReceive {
             next_feedback: now + FEEDBACK_INTERVAL,
             next_report: now + REPORT_INTERVAL,
             missing: Vec::new(),
+            rejected: 0,
         })
     }
 
@@ -205,10 +209,16 @@ impl FastReceive {
             Ok(len) => len,
             Err(SrtpError::Replayed | SrtpError::TooOld) => {
                 buffer.clear();
+                self.rejected += 1;
                 return Receive::Dropped;
             }
-            // rtc may know better (a stream that wrapped before the fast path took it); a
-            // forgery fails there too.
+            // Every stream routed here was resumed from rtc's index: a packet that fails
+            // to authenticate is forged or damaged. rtc still decides (and drops it).
+            Err(SrtpError::Authentication) => {
+                buffer.clear();
+                self.rejected += 1;
+                return Receive::NotOurs;
+            }
             Err(_) => {
                 buffer.clear();
                 return Receive::NotOurs;
@@ -330,6 +340,11 @@ impl FastReceive {
                 }));
             }
         }
+    }
+
+    /// Packets refused since the last call (see `rejected`).
+    pub fn take_rejected(&mut self) -> u64 {
+        std::mem::take(&mut self.rejected)
     }
 
     pub fn counters(&self) -> ReceiveCounters {

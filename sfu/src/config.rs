@@ -65,6 +65,9 @@ pub struct RtcConfig {
     /// The forwarding fast path: after DTLS the SFU writes and protects the RTP it sends
     /// itself instead of passing each packet through the WebRTC library's pipeline.
     pub fast_path: bool,
+    /// Datagrams to one destination leave in one segmented message where the kernel and the
+    /// network card allow (Linux UDP GSO); turned off by itself where the path refuses it.
+    pub udp_gso: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +152,7 @@ impl Default for RtcConfig {
             keyframe_request_interval_ms: 500,
             tcp_port: 40000,
             fast_path: true,
+            udp_gso: true,
         }
     }
 }

@@ -142,6 +142,7 @@ pub struct Metrics {
     pub rtp_packets_received: IntCounter,
     pub rtp_packets_forwarded: IntCounter,
     pub send_batches: IntCounter,
+    pub send_messages: IntCounter,
     pub recv_batches: IntCounter,
     pub rooms: IntGauge,
     pub participants: IntGauge,
@@ -252,6 +253,10 @@ impl Metrics {
                 "RTP packets forwarded to subscribers (one per subscriber)",
             ),
             send_batches: counter("metaclinic_sfu_send_batches_total", "sendmmsg calls"),
+            send_messages: counter(
+                "metaclinic_sfu_send_messages_total",
+                "UDP messages sent: one per datagram, or per segmented run of datagrams (rtc.udp_gso)",
+            ),
             recv_batches: counter(
                 "metaclinic_sfu_recv_batches_total",
                 "recvmmsg calls that returned datagrams",
@@ -416,6 +421,7 @@ pub struct ShardTally {
     pub rtp_packets_received: u64,
     pub rtp_packets_forwarded: u64,
     pub send_batches: u64,
+    pub send_messages: u64,
     pub recv_batches: u64,
     last_flush: Option<Instant>,
 }
@@ -469,6 +475,7 @@ impl ShardTally {
             &metrics.rtp_packets_forwarded,
         );
         take(&mut self.send_batches, &metrics.send_batches);
+        take(&mut self.send_messages, &metrics.send_messages);
         take(&mut self.recv_batches, &metrics.recv_batches);
     }
 }

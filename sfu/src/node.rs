@@ -78,6 +78,7 @@ impl Node {
             tcp_candidate: (config.rtc.tcp_port != 0)
                 .then(|| SocketAddr::new(config.node.announced_ip, config.rtc.tcp_port)),
             fast_path: config.rtc.fast_path,
+            udp_gso: config.rtc.udp_gso,
         };
         // Bind the ICE-TCP port before anything starts, so a taken port fails the start.
         let tcp_listener = match config.rtc.tcp_port {

@@ -38,6 +38,7 @@ fn settings() -> ShardSettings {
         max_busy: 1.0,
         tcp_candidate: None,
         fast_path: true,
+        udp_gso: false,
     }
 }
 

@@ -195,6 +195,7 @@ impl Shard {
         tally.datagrams_sent += f.datagrams as u64;
         tally.bytes_sent += f.bytes as u64;
         tally.send_batches += f.syscalls as u64;
+        tally.send_messages += f.messages as u64;
         if f.blocked {
             // The kernel buffer is full; mio reports writability and the next turn retries.
             debug!(

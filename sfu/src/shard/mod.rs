@@ -20,6 +20,7 @@ mod core;
 mod core_tests;
 pub mod demux;
 mod driver;
+pub mod gso;
 mod media;
 mod quality;
 mod spatial;
@@ -77,6 +78,8 @@ pub struct ShardSettings {
     pub tcp_candidate: Option<SocketAddr>,
     /// Send through the forwarding fast path (`webrtc::fast`).
     pub fast_path: bool,
+    /// Send runs of datagrams to one destination segmented (`gso`), where the socket can.
+    pub udp_gso: bool,
 }
 
 /// The control plane's end of a shard.
@@ -146,7 +149,7 @@ pub(crate) fn spawn(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
     let load = Arc::new(ShardLoad::default());
-    let core = ShardCore::new(
+    let mut core = ShardCore::new(
         index,
         settings,
         candidate,
@@ -155,6 +158,8 @@ pub(crate) fn spawn(
         load.clone(),
         Instant::now(),
     );
+    let segmentation = core.settings.udp_gso && gso::supported(&socket);
+    core.outbox.udp.set_segmentation(segmentation);
     let shard = Shard::new(core, poll, socket, rx, relay);
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))

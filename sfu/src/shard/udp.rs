@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
 
+use super::gso;
+
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
 /// Receive buffer per datagram. Anything larger is truncated by the kernel and reported.
@@ -116,10 +118,14 @@ impl Default for RecvBatch {
     }
 }
 
-/// Datagrams to send, flushed with `sendmmsg`.
+/// Datagrams to send, flushed with `sendmmsg`; where the socket allows, runs to one
+/// destination leave as one segmented message ([`gso`]).
 #[derive(Default)]
 pub struct SendQueue {
     queued: Vec<(SocketAddr, BytesMut)>,
+    /// The flush's order of `queued` (by destination when segmenting); kept for its capacity.
+    order: Vec<u32>,
+    segmentation: bool,
     /// Dropped because the socket stayed full and the queue reached its bound.
     pub dropped: u64,
 }
@@ -129,13 +135,32 @@ pub struct SendQueue {
 pub struct Flushed {
     pub datagrams: usize,
     pub bytes: usize,
+    /// Messages handed to the kernel: datagrams, or runs of them sent segmented.
+    pub messages: usize,
     pub syscalls: usize,
     /// The socket is full: wait for it to become writable and flush again.
     pub blocked: bool,
 }
 
+/// Buffers per `sendmmsg` across all its messages.
+const MAX_IOVECS: usize = 4 * BATCH;
+
 impl SendQueue {
+    /// Send runs to one destination as segmented messages (the driver turns it on where
+    /// [`gso::supported`]); off, each datagram is a message.
+    pub fn set_segmentation(&mut self, on: bool) {
+        self.segmentation = on;
+    }
+
+    pub fn segmentation(&self) -> bool {
+        self.segmentation
+    }
+
     pub fn push(&mut self, to: SocketAddr, data: BytesMut) {
+        // An empty datagram says nothing (and marks a sent one in `flush`).
+        if data.is_empty() {
+            return;
+        }
         if self.queued.len() >= MAX_QUEUED {
             self.dropped += 1;
             return;
@@ -163,62 +188,119 @@ impl SendQueue {
 
     pub fn flush(&mut self, socket: &impl AsRawFd) -> Flushed {
         let mut out = Flushed::default();
-        let mut sent_total = 0;
+        let total = self.queued.len();
+        if self.segmentation {
+            gso::order_by_destination(&self.queued, &mut self.order);
+        } else {
+            self.order.clear();
+            self.order.extend(0..total as u32);
+        }
         // SAFETY: zeroed C structs are valid; filled before use below.
         let mut addrs: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        let mut iovecs: [libc::iovec; MAX_IOVECS] = unsafe { mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        while sent_total < self.queued.len() {
-            let chunk = &self.queued[sent_total..(sent_total + BATCH).min(self.queued.len())];
-            for (i, (to, data)) in chunk.iter().enumerate() {
-                let len = std_to_sockaddr(to, &mut addrs[i]);
-                iovecs[i] = libc::iovec {
-                    iov_base: data.as_ptr() as *mut libc::c_void,
-                    iov_len: data.len(),
-                };
-                let h = &mut headers[i].msg_hdr;
-                h.msg_name = addrs[i].as_mut_ptr().cast();
-                h.msg_namelen = len;
-                h.msg_iov = &mut iovecs[i];
-                h.msg_iovlen = 1;
+        let mut controls: [gso::Control; BATCH] = [const { gso::Control::new() }; BATCH];
+        // Where each header's message starts in `order`, and its length.
+        let mut spans = [(0usize, 0usize); BATCH];
+        let mut done = 0;
+        while done < total {
+            let max_segments = if self.segmentation {
+                gso::MAX_SEGMENTS
+            } else {
+                1
+            };
+            let (mut count, mut at, mut iov) = (0, done, 0);
+            while count < BATCH && at < total && iov < MAX_IOVECS {
+                let len = gso::message_len(
+                    &self.queued,
+                    &self.order,
+                    at,
+                    max_segments.min(MAX_IOVECS - iov),
+                );
+                for (k, &i) in self.order[at..at + len].iter().enumerate() {
+                    let data = &self.queued[i as usize].1;
+                    iovecs[iov + k] = libc::iovec {
+                        iov_base: data.as_ptr() as *mut libc::c_void,
+                        iov_len: data.len(),
+                    };
+                }
+                let (to, first) = &self.queued[self.order[at] as usize];
+                let addr_len = std_to_sockaddr(to, &mut addrs[count]);
+                let h = &mut headers[count].msg_hdr;
+                h.msg_name = addrs[count].as_mut_ptr().cast();
+                h.msg_namelen = addr_len;
+                h.msg_iov = &mut iovecs[iov];
+                h.msg_iovlen = len as _;
                 h.msg_control = std::ptr::null_mut();
                 h.msg_controllen = 0;
                 h.msg_flags = 0;
+                if len > 1 {
+                    // SAFETY: `controls` outlives the sendmmsg below.
+                    unsafe { gso::set_segment_size(h, &mut controls[count], first.len() as u16) };
+                }
+                spans[count] = (at, len);
+                count += 1;
+                at += len;
+                iov += len;
             }
-            // SAFETY: the first chunk.len() headers point at live addresses and buffers.
+            // SAFETY: the first `count` headers point at live addresses, controls and buffers.
             let n = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
                     headers.as_mut_ptr(),
-                    chunk.len() as libc::c_uint,
+                    count as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
             out.syscalls += 1;
             if n < 0 {
                 let err = io::Error::last_os_error();
+                let (start, len) = spans[0];
                 match err.kind() {
                     io::ErrorKind::WouldBlock => {
                         out.blocked = true;
                         break;
                     }
                     io::ErrorKind::Interrupted => continue,
+                    _ if len > 1 && gso::is_unsupported(&err) => {
+                        // The path cannot segment: send the same datagrams one by one.
+                        tracing::warn!("UDP segmentation refused ({err}); sending unsegmented");
+                        self.segmentation = false;
+                        continue;
+                    }
                     // A datagram the kernel refuses (unreachable destination, too big): skip
                     // it rather than wedge the queue behind it.
                     _ => {
-                        self.dropped += 1;
-                        sent_total += 1;
+                        self.dropped += len as u64;
+                        done = start + len;
                         continue;
                     }
                 }
             }
-            let n = n as usize;
-            out.datagrams += n;
-            out.bytes += chunk[..n].iter().map(|(_, d)| d.len()).sum::<usize>();
-            sent_total += n;
+            if n == 0 {
+                out.blocked = true;
+                break;
+            }
+            for &(start, len) in &spans[..n as usize] {
+                out.messages += 1;
+                out.datagrams += len;
+                out.bytes += self.order[start..start + len]
+                    .iter()
+                    .map(|&i| self.queued[i as usize].1.len())
+                    .sum::<usize>();
+                done = start + len;
+            }
         }
-        self.queued.drain(..sent_total);
+        if done == total {
+            self.queued.clear();
+        } else {
+            // Blocked: what went out is emptied, the rest waits in its queued order.
+            for &i in &self.order[..done] {
+                self.queued[i as usize].1 = BytesMut::new();
+            }
+            self.queued.retain(|(_, data)| !data.is_empty());
+        }
         out
     }
 }
@@ -358,6 +440,47 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn runs_to_one_destination_leave_segmented_and_arrive_as_datagrams() {
+        let rx = [
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        ];
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(gso::supported(&tx), "loopback segments on Linux 4.18+");
+        let mut q = SendQueue::default();
+        q.set_segmentation(true);
+        // A frame of three packets (two full, one short) fanned out to both, then audio.
+        for (i, len) in [(0u8, 1200), (1, 1200), (2, 500), (3, 160)] {
+            for r in &rx {
+                q.push(r.local_addr().unwrap(), BytesMut::from(&vec![i; len][..]));
+            }
+        }
+        let f = q.flush(&tx);
+        // Per receiver: [1200, 1200, 500] in one message, the 160 alone.
+        assert_eq!(
+            (f.datagrams, f.messages, f.syscalls, f.bytes),
+            (8, 4, 1, 2 * 3060)
+        );
+        assert!(q.is_empty() && q.segmentation());
+
+        let mut batch = RecvBatch::new();
+        for r in &rx {
+            r.set_nonblocking(true).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                batch
+                    .recv(r, |d| got.push((d.data[0], d.data.len())))
+                    .unwrap();
+                if got.len() == 4 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(got, [(0, 1200), (1, 1200), (2, 500), (3, 160)]);
+        }
     }
 
     #[test]

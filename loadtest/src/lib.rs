@@ -23,6 +23,7 @@ pub mod media;
 pub mod netem;
 pub mod participant;
 pub mod relay;
+pub mod room_events;
 pub mod sfu_client;
 pub mod signaling_client;
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::control::{SfuControl, StreamItem};
+use crate::control::SfuControl;
 use crate::driver::{ClientDriver, ParticipantKey};
 use crate::participant::{ParticipantSpec, ParticipantStats, VideoSpec};
+use crate::room_events::{Listening, RoomEvents};
 
 pub struct SfuParticipant {
     pub name: String,
@@ -21,6 +22,8 @@ pub struct SfuParticipant {
     driver: ClientDriver,
     control: SfuControl,
     relay: JoinHandle<()>,
+    /// This participant's place on its room's event stream (shared with the room's others).
+    _listening: Listening,
     /// One offer/answer exchange at a time, whichever side starts it.
     negotiation: Arc<Mutex<()>>,
     /// From the session request to the answer being applied.
@@ -42,7 +45,7 @@ impl SfuParticipant {
             .open_session(room, &name, role, Rights::default())
             .await?;
         // Listen before offering, so no offer of the SFU's can slip past.
-        let mut events = control.participant_events(room, &name).await?;
+        let (listening, mut events) = RoomEvents::listen(control, room, &name).await?;
         let (key, offer) = driver.create(spec).await?;
         let answer = control.offer(room, &name, offer).await?;
         driver.accept_answer(key, answer).await?;
@@ -57,11 +60,8 @@ impl SfuParticipant {
             negotiation.clone(),
         );
         let relay = tokio::spawn(async move {
-            while let Some(item) = events.next().await {
-                let StreamItem::Event(env) = item else {
-                    continue;
-                };
-                match env.event {
+            while let Some(event) = events.recv().await {
+                match event {
                     RoomEvent::Offer {
                         participant, sdp, ..
                     } if participant.as_str() == n => {
@@ -90,6 +90,7 @@ impl SfuParticipant {
             driver: driver.clone(),
             control: control.clone(),
             relay,
+            _listening: listening,
             negotiation,
             signaling_ms,
         })

@@ -20,13 +20,14 @@ use crate::ids::{ParticipantId, RoomId};
 use crate::media::MediaKind;
 use crate::metrics::Metrics;
 use crate::placement::{self, ThreadLoad};
-use crate::room::RoomKind;
+use crate::room::{RoomEvents, RoomKind};
 use crate::shard::{self, Command, ShardHandle, ShardSettings};
 
 /// Room events buffered per room for slow readers before they start missing some: a
 /// consultation (at most 16 people, a quality report each every two seconds) fills 256 in
-/// half a minute; a shared room's hundreds of participants need more. Each slot costs the
-/// size of an event whether used or not, so this is sized by the room's kind.
+/// half a minute; a shared room's hundreds of participants need more. A slot holds a
+/// reference, but the event it last held stays alive until the slot is reused (an offer's
+/// SDP included), so this is sized by the room's kind.
 fn event_buffer(kind: RoomKind) -> usize {
     match kind {
         RoomKind::Consultation => 256,
@@ -37,7 +38,7 @@ fn event_buffer(kind: RoomKind) -> usize {
 struct RoomEntry {
     shard: usize,
     kind: RoomKind,
-    events: broadcast::Sender<RoomEventEnvelope>,
+    events: RoomEvents,
 }
 
 pub struct Node {
@@ -579,7 +580,7 @@ impl Node {
     pub fn events(
         &self,
         room: &RoomId,
-    ) -> Result<broadcast::Receiver<RoomEventEnvelope>, ControlError> {
+    ) -> Result<broadcast::Receiver<Arc<RoomEventEnvelope>>, ControlError> {
         self.rooms()
             .get(room)
             .map(|r| r.events.subscribe())

@@ -42,6 +42,9 @@ pub fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Idle connections kept open to one node, at most.
+const MAX_IDLE_CONNECTIONS: usize = 8;
+
 #[derive(Clone)]
 pub struct SfuControl {
     base: String,
@@ -60,6 +63,10 @@ impl SfuControl {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
+            // A burst of joins opens a connection per request in flight; once it is over, a
+            // few idle ones serve the steady traffic. Each one kept costs the node its
+            // buffers (about 20 KiB).
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .build()
             .expect("a plain HTTP client always builds");
         SfuControl {

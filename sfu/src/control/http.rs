@@ -352,11 +352,11 @@ async fn v1(
 /// relays offers from it); with `only_for`, only the room-wide events and those addressed to
 /// that participant, ending when the participant leaves.
 fn event_stream(
-    rx: broadcast::Receiver<RoomEventEnvelope>,
+    rx: broadcast::Receiver<Arc<RoomEventEnvelope>>,
     only_for: Option<ParticipantId>,
 ) -> Response<Body> {
     struct State {
-        rx: broadcast::Receiver<RoomEventEnvelope>,
+        rx: broadcast::Receiver<Arc<RoomEventEnvelope>>,
         only_for: Option<ParticipantId>,
         done: bool,
     }
@@ -392,7 +392,7 @@ fn event_stream(
                         if matches!(env.event, RoomEvent::RoomClosed) {
                             st.done = true;
                         }
-                        let mut v = serde_json::to_vec(&env).unwrap_or_default();
+                        let mut v = serde_json::to_vec(&*env).unwrap_or_default();
                         v.push(b'\n');
                         Bytes::from(v)
                     }

@@ -6,6 +6,7 @@ mod fanout;
 pub use fanout::FanOutSink;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -210,12 +211,16 @@ pub struct Room {
     pub poses_sent: Option<Instant>,
     /// Consultations: a host lets companions see the patient's vitals too.
     pub vitals_to_companions: bool,
-    events: broadcast::Sender<RoomEventEnvelope>,
+    events: RoomEvents,
     next_seq: u64,
 }
 
+/// Where a room's events go: each is shared by every reader (a reader's copy is a reference,
+/// and each buffered slot the size of one).
+pub type RoomEvents = broadcast::Sender<Arc<RoomEventEnvelope>>;
+
 impl Room {
-    pub fn new(id: RoomId, kind: RoomKind, events: broadcast::Sender<RoomEventEnvelope>) -> Self {
+    pub fn new(id: RoomId, kind: RoomKind, events: RoomEvents) -> Self {
         Room {
             id,
             kind,
@@ -234,11 +239,11 @@ impl Room {
     /// Publish an event to whoever listens (nobody listening is fine).
     pub fn emit(&mut self, event: RoomEvent) {
         self.next_seq += 1;
-        let _ = self.events.send(RoomEventEnvelope {
+        let _ = self.events.send(Arc::new(RoomEventEnvelope {
             room: self.id.clone(),
             seq: self.next_seq,
             event,
-        });
+        }));
     }
 
     /// The publication of `track` a subscriber's outbound carries, by subscriber.

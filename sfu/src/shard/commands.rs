@@ -3,17 +3,17 @@
 use std::time::Instant;
 
 use rand::RngExt;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tracing::info;
 
 use super::ShardCore;
 use super::demux::SessionKey;
 use crate::control::api::{IceCandidate, ParticipantInfo, RoomInfo, TrackInfo};
 use crate::error::ControlError;
-use crate::events::{LeaveReason, MediaState, Rights, RoomEvent, RoomEventEnvelope};
+use crate::events::{LeaveReason, MediaState, Rights, RoomEvent};
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::MediaKind;
-use crate::room::{Room, RoomKind};
+use crate::room::{Room, RoomEvents, RoomKind};
 use crate::session::Session;
 use crate::webrtc::{ConnectionState, Peer, PeerError, Side};
 
@@ -23,7 +23,7 @@ pub enum Command {
     CreateRoom {
         room: RoomId,
         kind: RoomKind,
-        events: broadcast::Sender<RoomEventEnvelope>,
+        events: RoomEvents,
         /// Shared rooms: the spatial mixer, built off the media thread.
         mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
         reply: Reply<()>,
@@ -230,7 +230,7 @@ impl ShardCore {
         &mut self,
         id: RoomId,
         kind: RoomKind,
-        events: broadcast::Sender<RoomEventEnvelope>,
+        events: RoomEvents,
         mixer: Option<Box<crate::spatial::SpatialMixer<SessionKey>>>,
         now: Instant,
     ) -> Result<(), ControlError> {

@@ -56,7 +56,7 @@ struct Client {
 struct Net {
     core: ShardCore,
     room: RoomId,
-    events: broadcast::Receiver<RoomEventEnvelope>,
+    events: broadcast::Receiver<std::sync::Arc<RoomEventEnvelope>>,
     clients: Vec<Client>,
     now: Instant,
 }
@@ -183,7 +183,7 @@ impl Net {
         while let Ok(envelope) = self.events.try_recv() {
             let RoomEvent::Offer {
                 participant, sdp, ..
-            } = envelope.event
+            } = &envelope.event
             else {
                 continue;
             };
@@ -191,10 +191,11 @@ impl Net {
             let c = self
                 .clients
                 .iter_mut()
-                .find(|c| c.name == participant)
+                .find(|c| c.name == *participant)
                 .expect("an offer for a client");
-            let answer = c.peer.accept_offer(now, &sdp).expect("the client accepts");
+            let answer = c.peer.accept_offer(now, sdp).expect("the client accepts");
             let room = self.room.clone();
+            let participant = participant.clone();
             self.ask(|reply| Command::Answer {
                 room,
                 participant,

@@ -8,20 +8,21 @@
 //! transport-wide feedback reports as arrived over the last second is a capacity the line
 //! has just proven, so the estimate never goes below most of it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport, RateCalculator};
+use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
+
+use super::delivered::DeliveredRate;
 
 /// The share of the delivered rate the estimate keeps as its floor.
 const DELIVERED_FLOOR: f64 = 0.85;
-const DELIVERED_WINDOW: Duration = Duration::from_secs(1);
 /// How fast the one-way delay baseline forgets an old minimum (ms per second), so that a
 /// route change does not leave a stale baseline behind.
 const BASELINE_DRIFT_MS_PER_S: f64 = 5.0;
 
 pub(super) struct SfuEstimator {
     gcc: Gcc,
-    delivered: RateCalculator,
+    delivered: DeliveredRate,
     floor: f64,
     target: f64,
     /// One-way delay (receiver clock minus our clock, so with an unknown offset) of the
@@ -44,14 +45,15 @@ impl SfuEstimator {
         queue_delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
         delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
+        let epoch = Instant::now();
         SfuEstimator {
             gcc: Gcc::new(initial, min, max),
-            delivered: RateCalculator::new(DELIVERED_WINDOW),
+            delivered: DeliveredRate::new(epoch),
             floor: min,
             target: initial,
             latest_delay_ms: None,
             baseline_ms: None,
-            epoch: Instant::now(),
+            epoch,
             queue_delay,
             delivered_out: delivered,
         }
@@ -78,7 +80,7 @@ impl SfuEstimator {
     }
 
     fn update(&mut self, now: Instant) {
-        let delivered = self.delivered.rate_bits_per_second(now).unwrap_or(0.0);
+        let delivered = self.delivered.bits_per_second(now).unwrap_or(0.0);
         self.delivered_out
             .store(delivered as u64, std::sync::atomic::Ordering::Relaxed);
         self.target = self
@@ -125,6 +127,7 @@ impl BandwidthEstimator for SfuEstimator {
 mod tests {
     use super::*;
     use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+    use std::time::Duration;
 
     fn report(id: u64, arrived: bool, departure: Instant) -> PacketReport {
         PacketReport {
@@ -166,7 +169,7 @@ mod tests {
             e.on_reports(now, &batch);
         }
         let target = e.target_bitrate();
-        let delivered = e.delivered.rate_bits_per_second(now).unwrap();
+        let delivered = e.delivered.bits_per_second(now).unwrap();
         assert!(
             e.gcc.target_bitrate() < target,
             "GCC alone falls further: {} vs {target}",

@@ -11,6 +11,7 @@
 //! (counters, round trip, loss); the chain's own interceptors (`nack_filter`,
 //! `feedback`, `estimator`) and how a connection is assembled (`engine`).
 
+mod delivered;
 mod dtls_replay;
 mod engine;
 mod estimator;

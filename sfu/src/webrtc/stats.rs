@@ -58,7 +58,11 @@ impl Peer {
                 // A negative or absurd value (clock step, forged report) is no measurement.
                 if rtt < 65_536 * 10 {
                     let ms = f64::from(rtt) * 1000.0 / 65_536.0;
-                    self.rtt_ms = Some(self.rtt_ms.map_or(ms, |old| old * 0.8 + ms * 0.2));
+                    let smoothed = self.rtt_ms.map_or(ms, |old| old * 0.8 + ms * 0.2);
+                    self.rtt_ms = Some(smoothed);
+                    if let Some(fast) = self.fast.as_deref_mut() {
+                        fast.set_round_trip(std::time::Duration::from_secs_f64(smoothed / 1000.0));
+                    }
                 }
             }
         }

@@ -57,6 +57,26 @@ impl Datagrams {
         }
         &mut self.slabs[self.current]
     }
+
+    /// Lets go of the slabs no datagram uses any more, but `spare` of them: a burst (a key
+    /// frame, a call's first second before its round trip is known) leaves more slabs than
+    /// the steady flow needs, and they would stay for the whole call. Called once a second;
+    /// the flow's own slabs come free as fast as it needs new ones, so it does not allocate.
+    pub fn release_spare(&mut self, spare: usize) {
+        let slab_bytes = self.slab_bytes;
+        let mut free = 0;
+        self.slabs.retain_mut(|slab| {
+            slab.clear();
+            if !slab.try_reclaim(slab_bytes) {
+                return true;
+            }
+            free += 1;
+            free <= spare
+        });
+        if self.current >= self.slabs.len() {
+            self.current = 0;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +109,23 @@ mod tests {
             "{} slabs for 3 datagrams in flight",
             d.slabs.len()
         );
+    }
+
+    #[test]
+    fn slabs_a_burst_left_free_are_let_go_but_the_spares() {
+        let mut d = Datagrams::default();
+        // A burst: 40 datagrams in flight at once, then all sent.
+        let burst: Vec<BytesMut> = (0..40).map(|i| cut(&mut d, 1200, i)).collect();
+        assert_eq!(d.slabs.len(), d.max_slabs);
+        let held = cut(&mut d, 1200, 99);
+        drop(burst);
+        d.release_spare(2);
+        // The slab under the datagram still held stays, and two free ones.
+        assert_eq!(d.slabs.len(), 3);
+        assert!(held.iter().all(|&b| b == 99));
+        // And it goes on cutting from what is left.
+        let next = cut(&mut d, 1200, 7);
+        assert!(next.iter().all(|&b| b == 7) && d.slabs.len() == 3);
     }
 
     #[test]

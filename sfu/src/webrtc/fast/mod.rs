@@ -49,6 +49,8 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_QUEUED: usize = 1024;
 /// SSRCs one connection sends on, at most (the SRTP sender's own bound).
 const MAX_STREAMS: usize = crate::srtp::MAX_STREAMS;
+/// Free slabs each side keeps past a burst (`Datagrams::release_spare`).
+const SPARE_SLABS: usize = 2;
 
 /// What the fast path counted, for the connection's statistics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -88,6 +90,8 @@ pub(super) struct FastPath {
     datagrams: Datagrams,
     next_report: Instant,
     history_size: u16,
+    /// How long sent video is held for NACKs: three round trips (`history::resend_age`).
+    resend_age: Duration,
     counters: FastCounters,
     /// What the remote side sends.
     pub receive: FastReceive,
@@ -114,9 +118,16 @@ impl FastPath {
             datagrams: Datagrams::default(),
             next_report: now + REPORT_INTERVAL,
             history_size,
+            resend_age: history::resend_age(None),
             counters: FastCounters::default(),
             receive: FastReceive::new(now, remote_key)?,
         })
+    }
+
+    /// The path's round trip, measured from the subscriber's receiver reports: how long
+    /// sent video stays resendable follows it.
+    pub fn set_round_trip(&mut self, rtt: Duration) {
+        self.resend_age = history::resend_age(Some(rtt));
     }
 
     pub fn set_destination(&mut self, to: SocketAddr, tcp: bool) {
@@ -162,7 +173,13 @@ impl FastPath {
         let header = &header[..header_len];
         let stream = &mut self.streams[stream];
         if let Some(history) = &mut stream.history {
-            history.keep(now, fields.sequence_number, header, payload);
+            history.keep(
+                now,
+                self.resend_age,
+                fields.sequence_number,
+                header,
+                payload,
+            );
         }
         stream.stats.on_sent(now, fields.timestamp, payload.len());
         self.nacks.record_sent(fields.ssrc, fields.sequence_number);
@@ -274,6 +291,7 @@ impl FastPath {
         self.receive.handle_timeout(now, &mut out);
         if now >= self.next_report {
             self.next_report = now + REPORT_INTERVAL;
+            self.datagrams.release_spare(SPARE_SLABS);
             for s in &self.streams {
                 if let Some(report) = s.stats.report(now, s.ssrc, s.clock_rate) {
                     out.push(Box::new(report));

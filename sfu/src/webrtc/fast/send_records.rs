@@ -7,9 +7,16 @@ use std::time::{Duration, Instant};
 use rtc::interceptor::{Acknowledgement, PacketReport};
 use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
 
-/// Packets remembered: over a second and a half of two 1.2 Mbit/s videos and their audio,
-/// where feedback comes every 50 to 100 ms.
+/// Packets remembered at most: over a second and a half of two 1.2 Mbit/s videos and their
+/// audio, where feedback comes every 50 to 100 ms.
 pub(super) const RECORDS: usize = 512;
+/// The ring a connection starts with: what a 300 kbit/s video and its audio send between two
+/// feedbacks a few times over. It doubles when a packet would push out one that feedback has
+/// not covered yet and that is still worth reporting.
+const FIRST_RECORDS: usize = 128;
+/// A packet feedback has not covered after this long is not waited for (the ring does not
+/// grow for it): the estimator has moved on.
+const FEEDBACK_HORIZON: Duration = Duration::from_secs(1);
 const NOT_ARRIVED: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,7 +47,7 @@ pub(super) struct SendRecords {
 impl SendRecords {
     pub fn new(epoch: Instant) -> Self {
         SendRecords {
-            slots: vec![Record::default(); RECORDS].into_boxed_slice(),
+            slots: vec![Record::default(); FIRST_RECORDS].into_boxed_slice(),
             epoch,
             next_id: 1,
             highest_arrived: None,
@@ -52,15 +59,39 @@ impl SendRecords {
     pub fn on_sent(&mut self, now: Instant, ssrc: u32, sequence_number: u16, size: usize) -> u16 {
         let id = self.next_id;
         self.next_id += 1;
-        self.slots[id as usize % RECORDS] = Record {
+        let departure_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        if self.must_grow(id, departure_us) {
+            self.grow();
+        }
+        let len = self.slots.len();
+        self.slots[id as usize % len] = Record {
             id,
             ssrc,
             sequence_number,
             size: size.min(usize::from(u16::MAX)) as u16,
-            departure_us: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            departure_us,
             arrival_us: NOT_ARRIVED,
         };
         Self::transport_sequence(id)
+    }
+
+    /// Would packet `id`, leaving at `departure_us`, push out a record feedback has not
+    /// covered yet, young enough to still be reported?
+    fn must_grow(&self, id: u64, departure_us: u64) -> bool {
+        let old = &self.slots[id as usize % self.slots.len()];
+        self.slots.len() < RECORDS
+            && old.id >= self.next_to_report
+            && departure_us.saturating_sub(old.departure_us) < FEEDBACK_HORIZON.as_micros() as u64
+    }
+
+    /// Twice the slots, each record moved to its new place (they span fewer ids than the old
+    /// ring, so none collide).
+    fn grow(&mut self) {
+        let len = (self.slots.len() * 2).min(RECORDS);
+        let old = std::mem::replace(&mut self.slots, vec![Record::default(); len].into());
+        for r in old.iter().filter(|r| r.id != 0) {
+            self.slots[r.id as usize % len] = *r;
+        }
     }
 
     /// Ids start at 1; transport-wide sequence numbers at 0.
@@ -73,14 +104,15 @@ impl SendRecords {
         let latest = self.next_id.checked_sub(1).filter(|&l| l > 0)?;
         let behind = u64::from(Self::transport_sequence(latest).wrapping_sub(sequence));
         let id = latest.checked_sub(behind).filter(|&id| id > 0)?;
-        (self.slots[id as usize % RECORDS].id == id).then_some(id)
+        (self.slots[id as usize % self.slots.len()].id == id).then_some(id)
     }
 
     pub fn on_acknowledgement(&mut self, ack: &Acknowledgement) {
         let Some(id) = self.id_of(ack.sequence_number) else {
             return;
         };
-        let record = &mut self.slots[id as usize % RECORDS];
+        let len = self.slots.len();
+        let record = &mut self.slots[id as usize % len];
         record.arrival_us = match ack.arrival {
             Some(a) if ack.arrived => (a.as_micros() as u64).min(NOT_ARRIVED - 1),
             _ => NOT_ARRIVED,
@@ -97,9 +129,10 @@ impl SendRecords {
             return;
         };
         // Older than the ring: forgotten.
-        let oldest = self.next_id.saturating_sub(RECORDS as u64).max(1);
+        let len = self.slots.len();
+        let oldest = self.next_id.saturating_sub(len as u64).max(1);
         for id in self.next_to_report.max(oldest)..=highest {
-            let r = self.slots[id as usize % RECORDS];
+            let r = self.slots[id as usize % len];
             if r.id != id {
                 continue;
             }
@@ -180,5 +213,39 @@ mod tests {
         let last = reports.last().unwrap();
         assert!(last.arrived && last.twcc_sequence_number == 4463);
         assert!(reports[..RECORDS - 1].iter().all(|p| !p.arrived));
+    }
+
+    #[test]
+    fn the_ring_grows_only_while_feedback_lags_behind() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 100 packets a second with feedback every 100 ms: the first ring is enough.
+        let mut r = SendRecords::new(t0);
+        let mut reports = Vec::new();
+        for i in 0..1000u64 {
+            let seq = r.on_sent(at(i * 10), 1, i as u16, 1000);
+            r.on_acknowledgement(&received(seq, i * 10 + 20));
+            if i % 10 == 9 {
+                r.take_reports(&mut reports);
+            }
+        }
+        assert_eq!(r.slots.len(), FIRST_RECORDS);
+        assert_eq!(reports.len(), 1000, "every packet reported once");
+        // 400 a second, feedback late by half a second: grows to hold it.
+        let mut r = SendRecords::new(t0);
+        for i in 0..400u64 {
+            r.on_sent(at(i * 5 / 2), 1, i as u16, 1000);
+        }
+        assert_eq!(r.slots.len(), RECORDS);
+        r.on_acknowledgement(&received(399, 1500));
+        reports.clear();
+        r.take_reports(&mut reports);
+        assert_eq!(reports.len(), 400);
+        // No feedback at all: the ring stops growing once what it holds is past waiting for.
+        let mut r = SendRecords::new(t0);
+        for i in 0..2000u64 {
+            r.on_sent(at(i * 20), 1, i as u16, 1000);
+        }
+        assert_eq!(r.slots.len(), FIRST_RECORDS);
     }
 }

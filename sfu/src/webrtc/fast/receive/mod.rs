@@ -40,9 +40,13 @@ const MAX_PAYLOAD_TYPES: usize = 4;
 const MAX_BLOCKS: usize = 31;
 /// The received packets' slabs: a video stream's payloads stay referenced while subscribers
 /// may resend them (`engine::NACK_HISTORY` packets), so its slabs come free in the order
-/// they were filled; 32 slabs of 8 KiB hold that for a 2.5 Mbit/s camera.
-const SLAB_BYTES: usize = 8 * 1024;
-const MAX_SLABS: usize = 32;
+/// they were filled; 64 slabs of 4 KiB hold that for a 2.5 Mbit/s camera. A slab lives as
+/// long as its last packet, so smaller slabs hold less past what the histories need.
+const SLAB_BYTES: usize = 4 * 1024;
+const MAX_SLABS: usize = 64;
+/// Voice is never held for resending: its own few slabs come free as soon as the packets
+/// are sent on, and a video slab is not kept alive by the voice packets between its frames.
+const VOICE_SLABS: usize = 4;
 
 /// The negotiated header extension ids the fast path reads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -110,7 +114,9 @@ pub(in crate::webrtc) struct FastReceive {
     routes: Vec<Route>,
     streams: Vec<ReceivedStream>,
     twcc: TwccRecorder,
+    /// Video's slabs, and voice's.
     buffers: Datagrams,
+    voice_buffers: Datagrams,
     /// The SSRC our feedback and reports are sent from.
     sender_ssrc: u32,
     next_feedback: Instant,
@@ -132,6 +138,7 @@ impl FastReceive {
             streams: Vec::new(),
             twcc: TwccRecorder::new(now),
             buffers: Datagrams::new(SLAB_BYTES, MAX_SLABS),
+            voice_buffers: Datagrams::new(SLAB_BYTES, VOICE_SLABS),
             sender_ssrc: rand::random(),
             next_feedback: now + FEEDBACK_INTERVAL,
             next_report: now + REPORT_INTERVAL,
@@ -203,7 +210,11 @@ impl FastReceive {
             return Receive::NotOurs;
         };
         let (inbound, layer) = (route.inbound, route.layer);
-        let buffer = self.buffers.buffer(data.len());
+        let buffers = match codec.kind() {
+            MediaKind::Audio => &mut self.voice_buffers,
+            MediaKind::Video => &mut self.buffers,
+        };
+        let buffer = buffers.buffer(data.len());
         buffer.extend_from_slice(data);
         let plain_len = match self.srtp.unprotect(&mut buffer[..]) {
             Ok(len) => len,
@@ -332,6 +343,7 @@ impl FastReceive {
         }
         if now >= self.next_report {
             self.next_report = now + REPORT_INTERVAL;
+            self.buffers.release_spare(super::SPARE_SLABS);
             for streams in self.streams.chunks_mut(MAX_BLOCKS) {
                 out.push(Box::new(ReceiverReport {
                     ssrc: self.sender_ssrc,

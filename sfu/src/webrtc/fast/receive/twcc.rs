@@ -15,8 +15,10 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
     SymbolTypeTcc, TransportLayerCc,
 };
 
-/// Sequence numbers held between feedbacks: far more than 100 ms of any publisher's packets.
-const SLOTS: usize = 1024;
+/// Sequence numbers held between feedbacks: far more than 100 ms of any publisher's packets,
+/// and twice what sends the feedback early (`EAGER`), so a receive batch arriving past that
+/// point still fits.
+const SLOTS: usize = 512;
 /// Past this many numbers waiting, the feedback goes out without waiting for its timer.
 pub(super) const EAGER: usize = 256;
 /// Receive deltas are in units of 250 us; the reference time in units of 64 ms.

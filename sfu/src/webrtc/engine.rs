@@ -25,7 +25,8 @@ use crate::media::Codec;
 /// of a 300 kbit/s one. The history is most of a node's memory: every payload stays
 /// referenced as long as any subscriber's history holds it (with rtc's default, 1024, a
 /// participant cost 1.3 MiB; 256 held 112 KiB of decrypted packets and 29 KiB of slots per
-/// participant). Must be a power of two (rtc's ring buffer).
+/// participant). On the fast path it is the cap: a stream's ring grows to it only as its
+/// rate needs (`fast::history`). Must be a power of two (rtc's ring buffer).
 pub(super) const NACK_HISTORY: u16 = 128;
 
 /// The largest message either side may send on the SFU's data channels: a roster of poses

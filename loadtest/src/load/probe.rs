@@ -10,8 +10,8 @@ use crate::local::{metric_value, process_cpu_seconds, process_rss_kb};
 /// How to read the servers.
 #[derive(Debug, Clone)]
 pub enum ServerProbe {
-    /// `metaclinic dev`: SFU and signaling in one process. The SFU's share is its media
-    /// threads (`media-*`, `ice-tcp-*`); the rest (HTTP, WebSockets, control API) is
+    /// `metaclinic dev`: SFU and signaling in one process. The SFU's share is its own
+    /// threads ([`is_sfu_thread`]); the rest (HTTP, WebSockets, control API) is
     /// signaling's. Memory is the process's, both together.
     DevProcess { pid: u32 },
     /// A `metaclinic sfu` process alone (no signaling in the run).
@@ -47,10 +47,7 @@ impl ServerProbe {
             ServerProbe::DevProcess { pid } => {
                 let pid = *pid;
                 let total = process_cpu_seconds(pid).ok();
-                let sfu = thread_cpu_seconds(pid, |name| {
-                    name.starts_with("media-") || name.starts_with("ice-tcp")
-                })
-                .ok();
+                let sfu = thread_cpu_seconds(pid, is_sfu_thread).ok();
                 ServerReading {
                     sfu_cpu_s: sfu,
                     signaling_cpu_s: total.zip(sfu).map(|(t, s)| (t - s).max(0.0)),
@@ -118,6 +115,15 @@ async fn scrape(url: &str, credential: Option<&str>) -> Option<String> {
     resp.text().await.ok()
 }
 
+/// Is this thread of a `metaclinic dev` process the SFU's? Its media threads, the spatial
+/// mixer's workers (a shared room's mixing runs there, not on the media thread), the
+/// embedded TURN server and ICE-TCP's accepting threads; signaling's run on tokio's.
+pub fn is_sfu_thread(name: &str) -> bool {
+    ["media-", "mixer-", "turn", "ice-tcp"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
 /// CPU seconds (user + system) of the threads of `pid` whose name matches.
 pub fn thread_cpu_seconds(pid: u32, matches: impl Fn(&str) -> bool) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
@@ -144,6 +150,28 @@ pub fn thread_cpu_seconds(pid: u32, matches: impl Fn(&str) -> bool) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sfu_s_threads_are_told_from_signaling_s() {
+        for sfu in [
+            "media-0",
+            "media-15",
+            "mixer-0",
+            "mixer-11",
+            "turn",
+            "ice-tcp-accept",
+        ] {
+            assert!(is_sfu_thread(sfu), "{sfu}");
+        }
+        for signaling in [
+            "tokio-runtime-w",
+            "booking-reload",
+            "audit-writer",
+            "metaclinic",
+        ] {
+            assert!(!is_sfu_thread(signaling), "{signaling}");
+        }
+    }
 
     #[test]
     fn a_named_thread_s_cpu_is_counted_apart() {
